@@ -1,0 +1,218 @@
+//! Configuration of connections and of a server endpoint, with documented defaults.
+//!
+//! Every knob says its unit and why its default is what it is. Defaults are tuned for Ferry's
+//! job: low latency over lossy, long or jittery links (KCP's "nodelay" spirit), with bounded
+//! memory per connection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::congestion::CongestionConfig;
+use crate::settings::Settings;
+
+/// Per-connection transport settings. Build with [`TransportConfig::default`] and the setters.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest UDP payload sent, in bytes. Default 1350: fits the common 1500-byte MTU with room
+    /// for IPv6, tunnels and PPPoE, as kcptun's default does. Negotiated down to the peer's value.
+    pub max_datagram_size: u16,
+    /// Abandon the connection after this long without a packet from the peer (0: never).
+    /// Default 30 s. Negotiated: the smaller of the two ends' values applies.
+    pub idle_timeout: Duration,
+    /// Send a PING after this long without sending anything, so NAT bindings and the peer's idle
+    /// timer stay alive. Default 5 s; `None` disables it.
+    pub keepalive_interval: Option<Duration>,
+    /// Give up a handshake that has not completed after this long. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Bytes the peer may send on one stream beyond what the application has read. Default 1 MiB:
+    /// a full 50 Mbit/s x 160 ms bandwidth-delay product for a single stream.
+    pub stream_receive_window: u64,
+    /// Bytes the peer may send on all streams together beyond what has been read. Default 16 MiB.
+    pub connection_receive_window: u64,
+    /// Bytes the application may write to one stream before it has been acknowledged. Default 1 MiB.
+    pub stream_send_buffer: usize,
+    /// How many streams the peer may have open at once. Default 1024.
+    pub max_concurrent_streams: u64,
+    /// RTT assumed before the first sample. Default 100 ms.
+    pub initial_rtt: Duration,
+    /// A packet is lost once a packet sent this many packets after it is acknowledged (KCP's
+    /// `fastresend`). Default 2, as KCP's fast mode; lower means faster repair, more spurious
+    /// retransmissions under reordering.
+    pub reorder_threshold: u64,
+    /// A packet is lost once a later packet is acknowledged and it is older than this multiple of
+    /// the RTT. Default 1.125 (RFC 9002's 9/8).
+    pub time_threshold: f64,
+    /// Lower bound of the retransmission timeout. Default 30 ms (KCP nodelay uses 30 ms too):
+    /// a low floor repairs tail losses in about one RTT on short paths.
+    pub rto_floor: Duration,
+    /// Upper bound of the retransmission timeout after backoff. Default 10 s.
+    pub rto_ceiling: Duration,
+    /// Multiplier applied to the timeout after each consecutive expiry. Default 1.5 (KCP nodelay),
+    /// gentler than TCP's 2 so a burst of loss does not stall the link for seconds.
+    pub rto_backoff: f64,
+    /// Congestion controller. Default BBR (loss-tolerant).
+    pub congestion: CongestionConfig,
+    /// Send the last packet of a small burst twice (when nothing else is pending and at most
+    /// three datagrams are in flight). Default on: an interactive message costs one extra
+    /// packet, and a single loss no longer costs it a retransmission timeout. Bulk transfers
+    /// are unaffected (their packets are never the tail of a small burst).
+    pub tail_duplication: bool,
+    /// Named settings that must be identical on both ends, or the handshake fails with a reason
+    /// naming each difference.
+    pub required_settings: BTreeMap<String, String>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram_size: 1350,
+            idle_timeout: Duration::from_secs(30),
+            keepalive_interval: Some(Duration::from_secs(5)),
+            handshake_timeout: Duration::from_secs(10),
+            stream_receive_window: 1 << 20,
+            connection_receive_window: 16 << 20,
+            stream_send_buffer: 1 << 20,
+            max_concurrent_streams: 1024,
+            initial_rtt: Duration::from_millis(100),
+            reorder_threshold: 2,
+            time_threshold: 1.125,
+            rto_floor: Duration::from_millis(30),
+            rto_ceiling: Duration::from_secs(10),
+            rto_backoff: 1.5,
+            congestion: CongestionConfig::Bbr,
+            tail_duplication: true,
+            required_settings: BTreeMap::new(),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Sets the idle timeout.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets (or disables) keepalives.
+    pub fn keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive_interval = interval;
+        self
+    }
+
+    /// Sets the congestion controller.
+    pub fn congestion(mut self, congestion: CongestionConfig) -> Self {
+        self.congestion = congestion;
+        self
+    }
+
+    /// Turns duplication of small bursts' last packet on or off.
+    pub fn tail_duplication(mut self, on: bool) -> Self {
+        self.tail_duplication = on;
+        self
+    }
+
+    /// Sets the per-stream and connection receive windows, in bytes.
+    pub fn receive_windows(mut self, stream: u64, connection: u64) -> Self {
+        self.stream_receive_window = stream;
+        self.connection_receive_window = connection;
+        self
+    }
+
+    /// Sets the per-stream send buffer, in bytes.
+    pub fn stream_send_buffer(mut self, bytes: usize) -> Self {
+        self.stream_send_buffer = bytes;
+        self
+    }
+
+    /// Sets the largest datagram, in bytes (clamped to 1200..=65527).
+    pub fn max_datagram_size(mut self, bytes: u16) -> Self {
+        self.max_datagram_size = bytes.clamp(1200, 65527);
+        self
+    }
+
+    /// Adds a setting that must be identical on the peer.
+    pub fn require(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.required_settings.insert(name.into(), value.into());
+        self
+    }
+
+    /// Checks values that would make the protocol misbehave. The error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1200..=65527).contains(&self.max_datagram_size) {
+            return Err(format!(
+                "max_datagram_size {} is outside 1200..=65527",
+                self.max_datagram_size
+            ));
+        }
+        if self.reorder_threshold == 0 {
+            return Err("reorder_threshold must be at least 1".into());
+        }
+        if !(self.time_threshold >= 1.0 && self.time_threshold.is_finite()) {
+            return Err("time_threshold must be a finite number >= 1".into());
+        }
+        if !(self.rto_backoff >= 1.0 && self.rto_backoff.is_finite()) {
+            return Err("rto_backoff must be a finite number >= 1".into());
+        }
+        if self.stream_receive_window < 1024
+            || self.connection_receive_window < self.stream_receive_window
+        {
+            return Err(
+                "receive windows must be >= 1 KiB and the connection window >= the stream window"
+                    .into(),
+            );
+        }
+        if self.stream_send_buffer < 1024 {
+            return Err("stream_send_buffer must be at least 1 KiB".into());
+        }
+        if let CongestionConfig::Fixed { rate_bps } = self.congestion {
+            if rate_bps < 8_000 {
+                return Err("fixed congestion rate must be at least 8000 bit/s".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings this configuration announces in the handshake.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            idle_timeout: self.idle_timeout,
+            max_datagram_size: self.max_datagram_size,
+            initial_max_data: self.connection_receive_window,
+            initial_max_stream_data: self.stream_receive_window,
+            initial_max_streams: self.max_concurrent_streams,
+            required: self.required_settings.clone(),
+        }
+    }
+}
+
+/// Settings of an endpoint that accepts connections.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Transport settings for accepted connections.
+    pub transport: TransportConfig,
+    /// How long an address-validation token stays valid. Default 10 s: long enough for a client's
+    /// retransmitted Initial on a slow path, short enough that a stolen token is soon useless.
+    pub retry_token_lifetime: Duration,
+    /// Most connections at once; further clients are refused with a reason. Default 10,000.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            transport: TransportConfig::default(),
+            retry_token_lifetime: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A server configuration using `transport` for its connections.
+    pub fn new(transport: TransportConfig) -> Self {
+        Self {
+            transport,
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,1416 @@
+//! One connection's state machine: handshake, packets, acknowledgements, loss recovery,
+//! congestion control, streams, path validation, keepalive and close.
+//!
+//! It is sans-IO: the [`Endpoint`](crate::endpoint::Endpoint) hands it packets that belong to it
+//! with the current time, and asks it for datagrams to send ([`Connection::poll_transmit`]), for
+//! the next instant it must be woken at ([`Connection::poll_timeout`]), and for application events
+//! ([`Connection::poll_event`]). The application's stream calls (`open_stream`, `write`, `read`,
+//! `finish`, `reset`, `close`) only change state; bytes leave on the next `poll_transmit`.
+//!
+//! Handshake (one packet-number space, no encryption at this layer):
+//!
+//! ```text
+//! client                                         server
+//! Initial[HELLO], no token        ---->          (no state) Retry[token]
+//! Initial[HELLO], token           ---->          validate token, create connection,
+//!                                                check settings: Handshake[HELLO] or Handshake[CLOSE]
+//!                 <----  Handshake[HELLO, ...data]
+//! Short[ACK, ...data]             ---->          handshake confirmed: Short from now on
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::{debug, trace};
+
+use crate::coding::BufMutExt;
+use crate::config::TransportConfig;
+use crate::congestion::pacing::Pacer;
+use crate::congestion::{AckedPacket, Controller};
+use crate::frame::{self, AckFrame, Frame, FrameIter};
+use crate::ids::{ConnectionId, Side, StreamId};
+use crate::packet::{self, decode_packet_number, encode_header, Header, Packet};
+use crate::ranges::RangeSet;
+use crate::recovery::{SentFrame, SentPacket, SentPackets};
+use crate::rtt::RttEstimator;
+use crate::settings::Settings;
+use crate::streams::{ReadOutcome, StreamError, StreamEvent, StreamLimits, StreamSet};
+
+mod timer;
+use timer::{Timer, TimerTable};
+
+/// Close codes carried by CLOSE frames. Codes below 0x100 are the transport's; applications
+/// use 0x100 and above.
+pub mod close_code {
+    /// Orderly close.
+    pub const NO_ERROR: u64 = 0x0;
+    /// An internal error.
+    pub const INTERNAL: u64 = 0x1;
+    /// The peer broke a protocol rule.
+    pub const PROTOCOL_VIOLATION: u64 = 0x2;
+    /// The peer sent beyond its flow-control credit.
+    pub const FLOW_CONTROL: u64 = 0x3;
+    /// The peer opened more streams than allowed.
+    pub const STREAM_LIMIT: u64 = 0x4;
+    /// The peer changed a stream's final size.
+    pub const FINAL_SIZE: u64 = 0x5;
+    /// A frame could not be decoded.
+    pub const FRAME_ENCODING: u64 = 0x6;
+    /// Required settings differ between the ends.
+    pub const SETTINGS_MISMATCH: u64 = 0x7;
+    /// The connection was refused (server full, address not allowed...).
+    pub const REFUSED: u64 = 0x9;
+    /// The address-validation token was invalid or expired.
+    pub const INVALID_TOKEN: u64 = 0xa;
+    /// First code available to applications.
+    pub const APPLICATION: u64 = 0x100;
+}
+
+/// Most ACK ranges sent in one ACK frame.
+const MAX_ACK_RANGES_SENT: usize = 32;
+/// Most packet-number ranges remembered as received.
+const MAX_RECEIVED_RANGES: usize = 64;
+/// Largest ACK delay believed from a peer. Ferry acknowledges at once, so a reported delay
+/// means the ACK was lost and the acknowledgement rode on a later packet: the delay is real and
+/// must be subtracted, or the RTT estimate (and so the retransmission timeout) would inflate.
+/// The estimator never subtracts below the minimum RTT, which bounds what a lying peer can do.
+const MAX_ACK_DELAY: Duration = Duration::from_secs(10);
+/// Timer granularity assumed for the time threshold and the RTO.
+const GRANULARITY: Duration = Duration::from_millis(1);
+/// Consecutive RTO expiries after which the congestion controller is told of persistent congestion.
+const PERSISTENT_CONGESTION_RTOS: u32 = 3;
+
+/// Why a connection ended. Each carries a reason fit for one log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionError {
+    /// Nothing was heard from the peer for the negotiated idle timeout.
+    #[error("idle timeout: nothing heard from the peer for {0:?}")]
+    IdleTimeout(Duration),
+    /// The handshake did not complete in time.
+    #[error("handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The handshake was refused or the ends disagree (versions, settings, token, limits).
+    #[error("handshake failed: {0}")]
+    HandshakeFailed(String),
+    /// The peer closed the connection.
+    #[error("closed by peer (code {code:#x}): {reason}")]
+    PeerClosed {
+        /// Close code.
+        code: u64,
+        /// Peer's reason.
+        reason: String,
+    },
+    /// The application closed the connection.
+    #[error("closed locally (code {code:#x}): {reason}")]
+    LocallyClosed {
+        /// Close code.
+        code: u64,
+        /// Reason given.
+        reason: String,
+    },
+    /// The peer broke the protocol; we closed the connection.
+    #[error("protocol error (code {code:#x}): {reason}")]
+    ProtocolError {
+        /// Close code sent.
+        code: u64,
+        /// What the peer did.
+        reason: String,
+    },
+}
+
+/// Something the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake completed; streams may be opened.
+    Connected,
+    /// The peer opened a stream.
+    StreamOpened(StreamId),
+    /// A stream has bytes or its end to read.
+    StreamReadable(StreamId),
+    /// A stream whose writer was refused has room again.
+    StreamWritable(StreamId),
+    /// Everything written on a finished stream was acknowledged by the peer.
+    StreamAcknowledged(StreamId),
+    /// The peer reset a stream.
+    StreamReset {
+        /// The stream.
+        id: StreamId,
+        /// The peer's code.
+        code: u64,
+    },
+    /// More streams may be opened (the peer raised the limit).
+    StreamsAvailable,
+    /// The peer's address changed and the new path was validated.
+    PathMigrated(SocketAddr),
+    /// The connection ended. No event follows.
+    Closed(ConnectionError),
+}
+
+/// A datagram (or, when `segment_size` is set, several of that size) to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// Bytes written at the start of the caller's buffer.
+    pub size: usize,
+    /// When set, the buffer holds `size / segment_size` datagrams of that size (the last may be
+    /// shorter), suited to one GSO send.
+    pub segment_size: Option<usize>,
+}
+
+/// Counters of one connection, for monitoring.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectionStats {
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams received and accepted.
+    pub packets_received: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Of which by retransmission timeout.
+    pub rto_expiries: u64,
+    /// Stream bytes sent again after a loss.
+    pub stream_bytes_retransmitted: u64,
+    /// Stream bytes sent, including retransmissions.
+    pub stream_bytes_sent: u64,
+    /// Duplicate packets received.
+    pub duplicate_packets: u64,
+    /// Packets dropped because their frames could not be decoded.
+    pub malformed_packets: u64,
+    /// Path migrations completed.
+    pub migrations: u64,
+    /// Smoothed RTT.
+    pub rtt: Duration,
+    /// Minimum RTT.
+    pub min_rtt: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Bytes in flight.
+    pub bytes_in_flight: u64,
+    /// Pacing rate, bytes per second.
+    pub pacing_rate: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Handshake in progress.
+    Handshake,
+    /// Streams may flow.
+    Established,
+    /// We sent CLOSE; we answer further packets with CLOSE until the deadline.
+    Closing,
+    /// The peer sent CLOSE; silence until the deadline.
+    Draining,
+    /// Gone; the endpoint forgets it.
+    Closed,
+}
+
+/// The connection IDs a connection starts with.
+struct Ids {
+    local: ConnectionId,
+    remote: ConnectionId,
+    initial_dcid: ConnectionId,
+}
+
+#[derive(Debug)]
+struct PathChallenge {
+    addr: SocketAddr,
+    data: [u8; 8],
+    pending: bool,
+    sent_at: Option<Instant>,
+}
+
+/// A Ferry connection.
+#[derive(Debug)]
+pub struct Connection {
+    side: Side,
+    state: State,
+    config: TransportConfig,
+    local_settings: Settings,
+    peer_settings: Option<Settings>,
+    local_cid: ConnectionId,
+    remote_cid: ConnectionId,
+    /// The client's first destination ID (what the server's Initial routing knows it by).
+    initial_dcid: ConnectionId,
+    remote: SocketAddr,
+    /// Client: token from a Retry, echoed in Initials.
+    retry_token: Option<Vec<u8>>,
+    /// Server: the client has sent a short packet or acknowledged our HELLO.
+    handshake_confirmed: bool,
+    max_datagram: usize,
+    idle_timeout: Option<Duration>,
+    rng: ChaCha8Rng,
+
+    // Packets.
+    next_pn: u64,
+    sent: SentPackets,
+    largest_acked: Option<u64>,
+    received: RangeSet,
+    largest_received: Option<(u64, Instant)>,
+    ack_pending: bool,
+    rtt: RttEstimator,
+    cc: Box<dyn Controller>,
+    pacer: Pacer,
+    rto_count: u32,
+    loss_time: Option<Instant>,
+    timers: TimerTable,
+    last_sent: Instant,
+
+    // Frames owed.
+    hello_pending: bool,
+    ping_pending: bool,
+    path_challenge: Option<PathChallenge>,
+    path_responses: VecDeque<(SocketAddr, [u8; 8])>,
+    close_frame: Option<(u64, String)>,
+    close_pending: bool,
+    graceful_close: Option<String>,
+    /// The previous packet was a tail duplicate (do not duplicate the duplicate).
+    duplicating: bool,
+    /// Ack-eliciting packets that may be sent beyond the congestion window: after a
+    /// retransmission timeout, probes must leave whatever the window says.
+    probe_credit: u8,
+
+    streams: StreamSet,
+    events: VecDeque<Event>,
+    stats: ConnectionStats,
+    error: Option<ConnectionError>,
+}
+
+impl Connection {
+    fn new(
+        side: Side,
+        now: Instant,
+        remote: SocketAddr,
+        config: TransportConfig,
+        ids: Ids,
+        seed: u64,
+    ) -> Self {
+        let Ids {
+            local: local_cid,
+            remote: remote_cid,
+            initial_dcid,
+        } = ids;
+        let max_datagram = usize::from(config.max_datagram_size);
+        let limits = StreamLimits {
+            stream_window: config.stream_receive_window,
+            connection_window: config.connection_receive_window,
+            send_buffer: config.stream_send_buffer,
+            max_concurrent: config.max_concurrent_streams,
+        };
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Idle, now + config.handshake_timeout);
+        Self {
+            side,
+            state: State::Handshake,
+            local_settings: config.settings(),
+            peer_settings: None,
+            local_cid,
+            remote_cid,
+            initial_dcid,
+            remote,
+            retry_token: None,
+            handshake_confirmed: false,
+            max_datagram,
+            idle_timeout: None,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_pn: 0,
+            sent: SentPackets::new(0),
+            largest_acked: None,
+            received: RangeSet::new(),
+            largest_received: None,
+            ack_pending: false,
+            rtt: RttEstimator::new(config.initial_rtt),
+            cc: config.congestion.build(now, max_datagram as u64),
+            pacer: Pacer::new(now, max_datagram as u64),
+            rto_count: 0,
+            loss_time: None,
+            timers,
+            last_sent: now,
+            hello_pending: side == Side::Client,
+            ping_pending: false,
+            path_challenge: None,
+            path_responses: VecDeque::new(),
+            close_frame: None,
+            close_pending: false,
+            graceful_close: None,
+            duplicating: false,
+            probe_credit: 0,
+            streams: StreamSet::new(side, limits),
+            events: VecDeque::new(),
+            stats: ConnectionStats::default(),
+            error: None,
+            config,
+        }
+    }
+
+    /// A client connection; its first datagram leaves on the next `poll_transmit`.
+    pub(crate) fn new_client(
+        now: Instant,
+        remote: SocketAddr,
+        config: TransportConfig,
+        local_cid: ConnectionId,
+        initial_dcid: ConnectionId,
+        seed: u64,
+    ) -> Self {
+        let ids = Ids {
+            local: local_cid,
+            remote: initial_dcid,
+            initial_dcid,
+        };
+        Self::new(Side::Client, now, remote, config, ids, seed)
+    }
+
+    /// A server connection for a client whose address was validated.
+    pub(crate) fn new_server(
+        now: Instant,
+        remote: SocketAddr,
+        config: TransportConfig,
+        local_cid: ConnectionId,
+        remote_cid: ConnectionId,
+        initial_dcid: ConnectionId,
+        seed: u64,
+    ) -> Self {
+        let ids = Ids {
+            local: local_cid,
+            remote: remote_cid,
+            initial_dcid,
+        };
+        Self::new(Side::Server, now, remote, config, ids, seed)
+    }
+
+    // ----- Application API -------------------------------------------------------------------
+
+    /// Which end this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The peer's current address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Our connection ID (what the peer's packets carry).
+    pub fn local_cid(&self) -> ConnectionId {
+        self.local_cid
+    }
+
+    /// The ID the client first addressed the server by (server-side routing of Initials).
+    pub fn initial_dcid(&self) -> ConnectionId {
+        self.initial_dcid
+    }
+
+    /// True once the handshake completed and until the connection closes.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// True once the connection ended (closing, draining or gone).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closing | State::Draining | State::Closed)
+    }
+
+    /// True when the endpoint may forget the connection.
+    pub fn is_drained(&self) -> bool {
+        self.state == State::Closed && self.events.is_empty()
+    }
+
+    /// Why the connection ended, once it did.
+    pub fn error(&self) -> Option<&ConnectionError> {
+        self.error.as_ref()
+    }
+
+    /// The peer's handshake settings, once known.
+    pub fn peer_settings(&self) -> Option<&Settings> {
+        self.peer_settings.as_ref()
+    }
+
+    /// Counters and estimates.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats.clone();
+        s.stream_bytes_retransmitted = self.streams.retransmitted_bytes();
+        s.rtt = self.rtt.smoothed();
+        s.min_rtt = self.rtt.min();
+        s.cwnd = self.cc.window();
+        s.bytes_in_flight = self.sent.bytes_in_flight();
+        s.pacing_rate = self.cc.pacing_rate(&self.rtt);
+        s
+    }
+
+    /// Bytes held for streams: written but unacknowledged, and received but unread.
+    pub fn buffered_bytes(&self) -> (usize, usize) {
+        (self.streams.send_buffered(), self.streams.recv_buffered())
+    }
+
+    /// Number of streams open.
+    pub fn stream_count(&self) -> usize {
+        self.streams.open_count()
+    }
+
+    /// Next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.drain_stream_events();
+        self.events.pop_front()
+    }
+
+    /// True when events are waiting.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    fn check_open(&self) -> Result<(), StreamError> {
+        if self.state == State::Established {
+            Ok(())
+        } else {
+            Err(StreamError::ConnectionClosed)
+        }
+    }
+
+    /// Opens a stream of our own.
+    pub fn open_stream(&mut self) -> Result<StreamId, StreamError> {
+        self.check_open()?;
+        if self.graceful_close.is_some() {
+            return Err(StreamError::ConnectionClosed);
+        }
+        self.streams.open()
+    }
+
+    /// Buffers bytes to send on a stream. `Ok(0)` for non-empty `data` means the stream's send
+    /// buffer is full: wait for [`Event::StreamWritable`].
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.check_open()?;
+        self.streams.write(id, data)
+    }
+
+    /// Ends our direction of a stream after what was written.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.check_open()?;
+        self.streams.finish(id)
+    }
+
+    /// Reads bytes the peer sent on a stream.
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<ReadOutcome, StreamError> {
+        self.check_open()?;
+        let r = self.streams.read(id, buf);
+        self.drain_stream_events();
+        r
+    }
+
+    /// Declares that the application will not read `id` again (see [`StreamSet::stop_reading`]).
+    pub fn stop_reading(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.check_open()?;
+        let r = self.streams.stop_reading(id);
+        self.drain_stream_events();
+        r
+    }
+
+    /// Aborts a stream in both directions; the peer sees a reset with `code`.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.check_open()?;
+        self.streams.reset(id, code)
+    }
+
+    /// Aborts the connection now: streams are reset, the peer is told `code` and `reason`.
+    pub fn close(&mut self, now: Instant, code: u64, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        debug!(side = %self.side, code, reason, "closing connection");
+        self.enter_closing(
+            now,
+            code,
+            reason.to_owned(),
+            ConnectionError::LocallyClosed {
+                code,
+                reason: reason.to_owned(),
+            },
+        );
+    }
+
+    /// Closes once every stream has finished and been acknowledged; no new streams meanwhile.
+    pub fn close_gracefully(&mut self, now: Instant, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        self.graceful_close = Some(reason.to_owned());
+        self.check_graceful_close(now);
+    }
+
+    fn check_graceful_close(&mut self, now: Instant) {
+        if let Some(reason) = &self.graceful_close {
+            if self.streams.is_empty() && self.sent.is_empty() && !self.is_closed() {
+                let reason = reason.clone();
+                self.close(now, close_code::NO_ERROR, &reason);
+            }
+        }
+    }
+
+    fn enter_closing(&mut self, now: Instant, code: u64, reason: String, error: ConnectionError) {
+        let was_handshake = self.state == State::Handshake;
+        self.state = State::Closing;
+        self.close_frame = Some((code, reason));
+        self.close_pending = true;
+        self.streams.abandon_all();
+        self.sent.drain_all();
+        self.timers.clear();
+        self.timers.set(Timer::Close, now + self.closing_period());
+        // A handshake that never completed reports itself as a failed handshake.
+        let error = match error {
+            ConnectionError::ProtocolError { reason, .. } if was_handshake => {
+                ConnectionError::HandshakeFailed(reason)
+            }
+            e => e,
+        };
+        self.finish_with(error);
+    }
+
+    fn finish_with(&mut self, error: ConnectionError) {
+        if self.error.is_none() {
+            self.error = Some(error.clone());
+            self.events.push_back(Event::Closed(error));
+        }
+    }
+
+    fn closing_period(&self) -> Duration {
+        (self.rtt.rto(self.config.rto_floor, GRANULARITY) * 3).min(Duration::from_secs(3))
+    }
+
+    fn drain_stream_events(&mut self) {
+        while let Some(ev) = self.streams.poll_event() {
+            self.events.push_back(match ev {
+                StreamEvent::Opened(id) => Event::StreamOpened(id),
+                StreamEvent::Readable(id) => Event::StreamReadable(id),
+                StreamEvent::Writable(id) => Event::StreamWritable(id),
+                StreamEvent::Acknowledged(id) => Event::StreamAcknowledged(id),
+                StreamEvent::Reset { id, code } => Event::StreamReset { id, code },
+            });
+        }
+    }
+
+    // ----- Receiving ---------------------------------------------------------------------------
+
+    /// Processes a packet the endpoint routed to this connection.
+    pub(crate) fn handle_packet(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        packet: &Packet<'_>,
+        datagram_len: usize,
+    ) {
+        match self.state {
+            State::Closed | State::Draining => return,
+            State::Closing => {
+                // Answer with CLOSE again (at most once per packet received).
+                self.close_pending = true;
+                return;
+            }
+            _ => {}
+        }
+        let pn_trunc = match &packet.header {
+            Header::Retry { scid, token, .. } => {
+                self.on_retry(now, *scid, token);
+                return;
+            }
+            Header::VersionNegotiation { versions, .. } => {
+                self.on_version_negotiation(now, versions);
+                return;
+            }
+            Header::Initial { pn, .. } => {
+                if self.side == Side::Client {
+                    return;
+                }
+                *pn
+            }
+            Header::Handshake { scid, pn, .. } => {
+                if self.side == Side::Server {
+                    return;
+                }
+                if self.state == State::Handshake {
+                    self.remote_cid = *scid;
+                }
+                *pn
+            }
+            Header::Short { pn, .. } => {
+                if self.state == State::Handshake {
+                    // The client cannot use short packets before our HELLO; the server cannot
+                    // send them before the client's handshake completed. Drop.
+                    return;
+                }
+                if self.side == Side::Server && !self.handshake_confirmed {
+                    self.handshake_confirmed = true;
+                }
+                *pn
+            }
+        };
+        let expected = self.largest_received.map_or(0, |(pn, _)| pn + 1);
+        let pn = decode_packet_number(pn_trunc, expected);
+        if self.received.contains(pn)
+            || self
+                .received
+                .min()
+                .is_some_and(|min| pn < min && self.received.range_count() >= MAX_RECEIVED_RANGES)
+        {
+            self.stats.duplicate_packets += 1;
+            self.ack_pending = true;
+            return;
+        }
+        // Decode every frame before acting on any: a malformed packet changes nothing.
+        let frames: Result<Vec<Frame<'_>>, _> = FrameIter::new(packet.payload).collect();
+        let frames = match frames {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.malformed_packets += 1;
+                trace!(side = %self.side, error = %e, "dropping packet with malformed frames");
+                return;
+            }
+        };
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram_len as u64;
+
+        let newest = self
+            .largest_received
+            .is_none_or(|(largest, _)| pn > largest);
+        if remote != self.remote {
+            if !newest || self.state != State::Established {
+                // A reordered packet from an old path, or a handshake packet: not a migration.
+                if self.state != State::Established {
+                    return;
+                }
+            } else {
+                self.on_new_path(now, remote);
+            }
+        }
+
+        let mut ack_eliciting = false;
+        for frame in &frames {
+            ack_eliciting |= frame.is_ack_eliciting();
+            self.apply_frame(now, remote, frame);
+            if self.is_closed() {
+                return;
+            }
+        }
+        self.received.insert_one(pn);
+        self.received.truncate_low(MAX_RECEIVED_RANGES);
+        if newest {
+            self.largest_received = Some((pn, now));
+        }
+        if ack_eliciting {
+            self.ack_pending = true;
+        }
+        if let Some(idle) = self.idle_timeout {
+            if self.state == State::Established {
+                self.timers.set(Timer::Idle, now + idle);
+            }
+        }
+        self.drain_stream_events();
+        self.check_graceful_close(now);
+    }
+
+    fn on_retry(&mut self, now: Instant, scid: ConnectionId, token: &[u8]) {
+        if self.side != Side::Client || self.state != State::Handshake || self.retry_token.is_some()
+        {
+            return;
+        }
+        if scid != self.initial_dcid {
+            return;
+        }
+        debug!("retry received: echoing the address-validation token");
+        self.retry_token = Some(token.to_vec());
+        // Everything sent so far is void: send the HELLO again at once, uncounted as loss.
+        self.sent.drain_all();
+        self.hello_pending = true;
+        self.pacer = Pacer::new(now, self.max_datagram as u64);
+    }
+
+    fn on_version_negotiation(&mut self, now: Instant, versions: &[u8]) {
+        if self.side != Side::Client || self.state != State::Handshake {
+            return;
+        }
+        let theirs: Vec<String> = versions
+            .chunks_exact(4)
+            .map(|c| format!("{:#x}", u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        let ours = packet::VERSION;
+        if versions
+            .chunks_exact(4)
+            .any(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) == ours)
+        {
+            return; // a forged or stale negotiation: the server speaks our version
+        }
+        let reason = format!(
+            "version mismatch: client speaks {ours:#x}, server speaks {}",
+            theirs.join(", ")
+        );
+        self.state = State::Closed;
+        self.timers.clear();
+        let _ = now;
+        self.finish_with(ConnectionError::HandshakeFailed(reason));
+    }
+
+    fn on_new_path(&mut self, now: Instant, remote: SocketAddr) {
+        if self
+            .path_challenge
+            .as_ref()
+            .is_some_and(|c| c.addr == remote)
+        {
+            let rto = self.current_rto();
+            if let Some(c) = &mut self.path_challenge {
+                if c.sent_at.is_none_or(|t| now >= t + rto) {
+                    c.pending = true;
+                }
+            }
+            return;
+        }
+        let mut data = [0u8; 8];
+        self.rng.fill_bytes(&mut data);
+        debug!(side = %self.side, from = %self.remote, to = %remote, "peer address changed: validating the new path");
+        self.path_challenge = Some(PathChallenge {
+            addr: remote,
+            data,
+            pending: true,
+            sent_at: None,
+        });
+    }
+
+    fn protocol_error(&mut self, now: Instant, code: u64, reason: String) {
+        debug!(side = %self.side, code, %reason, "closing on peer protocol error");
+        self.enter_closing(
+            now,
+            code,
+            reason.clone(),
+            ConnectionError::ProtocolError { code, reason },
+        );
+    }
+
+    fn apply_frame(&mut self, now: Instant, remote: SocketAddr, frame: &Frame<'_>) {
+        let established = self.state == State::Established;
+        let result = match frame {
+            Frame::Padding | Frame::Ping => Ok(()),
+            Frame::Ack(ack) => {
+                self.on_ack_frame(now, ack);
+                Ok(())
+            }
+            Frame::Hello(body) => {
+                self.on_hello(now, body);
+                Ok(())
+            }
+            Frame::Close(close) => {
+                let reason = String::from_utf8_lossy(close.reason).into_owned();
+                let error = if self.state == State::Handshake {
+                    ConnectionError::HandshakeFailed(reason)
+                } else {
+                    ConnectionError::PeerClosed {
+                        code: close.code,
+                        reason,
+                    }
+                };
+                debug!(side = %self.side, %error, "peer closed the connection");
+                self.state = State::Draining;
+                self.streams.abandon_all();
+                self.sent.drain_all();
+                self.timers.clear();
+                self.timers.set(Timer::Close, now + self.closing_period());
+                self.finish_with(error);
+                Ok(())
+            }
+            Frame::PathChallenge(data) => {
+                if self.path_responses.len() < 8 {
+                    self.path_responses.push_back((remote, *data));
+                }
+                Ok(())
+            }
+            Frame::PathResponse(data) => {
+                if let Some(c) = &self.path_challenge {
+                    if c.data == *data {
+                        let addr = c.addr;
+                        debug!(side = %self.side, %addr, "new path validated: migrating");
+                        self.remote = addr;
+                        self.path_challenge = None;
+                        self.stats.migrations += 1;
+                        self.events.push_back(Event::PathMigrated(addr));
+                    }
+                }
+                Ok(())
+            }
+            _ if !established => Ok(()), // stream frames before the handshake: ignore
+            Frame::Stream(s) => {
+                let r = self.streams.on_stream_frame(s);
+                self.drain_stream_events();
+                r
+            }
+            Frame::Reset {
+                id,
+                code,
+                final_size,
+            } => self.streams.on_reset(*id, *code, *final_size),
+            Frame::MaxData(max) => {
+                self.streams.on_max_data(*max);
+                Ok(())
+            }
+            Frame::MaxStreamData { id, max } => self.streams.on_max_stream_data(*id, *max),
+            Frame::MaxStreams(max) => {
+                let could = self.streams.can_open();
+                self.streams.on_max_streams(*max);
+                if !could && self.streams.can_open() {
+                    self.events.push_back(Event::StreamsAvailable);
+                }
+                Ok(())
+            }
+        };
+        if let Err(v) = result {
+            self.protocol_error(now, v.code, v.reason);
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, body: &[u8]) {
+        if self.peer_settings.is_some() {
+            return; // a retransmission
+        }
+        let peer = match Settings::decode(body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.protocol_error(
+                    now,
+                    close_code::FRAME_ENCODING,
+                    format!("malformed HELLO: {e}"),
+                );
+                return;
+            }
+        };
+        let (ours, theirs) = match self.side {
+            Side::Client => ("client", "server"),
+            Side::Server => ("server", "client"),
+        };
+        if let Err(reason) = self.local_settings.check_required(ours, &peer, theirs) {
+            // Both ends log this same line: the server sends it in its CLOSE.
+            self.enter_closing(
+                now,
+                close_code::SETTINGS_MISMATCH,
+                reason.clone(),
+                ConnectionError::HandshakeFailed(reason),
+            );
+            return;
+        }
+        self.max_datagram = self.max_datagram.min(usize::from(peer.max_datagram_size));
+        self.idle_timeout = self.local_settings.negotiated_idle_timeout(&peer);
+        self.streams.apply_peer_settings(
+            peer.initial_max_data,
+            peer.initial_max_stream_data,
+            peer.initial_max_streams,
+        );
+        self.peer_settings = Some(peer);
+        self.state = State::Established;
+        self.timers.stop(Timer::Idle);
+        if let Some(idle) = self.idle_timeout {
+            self.timers.set(Timer::Idle, now + idle);
+        }
+        if self.side == Side::Server {
+            self.hello_pending = true;
+        }
+        debug!(side = %self.side, remote = %self.remote, "connection established");
+        self.events.push_back(Event::Connected);
+    }
+
+    fn on_ack_frame(&mut self, now: Instant, ack: &AckFrame) {
+        if ack.largest >= self.next_pn {
+            self.protocol_error(
+                now,
+                close_code::PROTOCOL_VIOLATION,
+                format!("acknowledged packet {} that was never sent", ack.largest),
+            );
+            return;
+        }
+        let acked = self.sent.on_ack(&ack.ranges);
+        self.largest_acked = Some(
+            self.largest_acked
+                .map_or(ack.largest, |l| l.max(ack.largest)),
+        );
+        if acked.is_empty() {
+            return;
+        }
+        if let Some(last) = acked.last() {
+            if last.pn == ack.largest {
+                let delay = Duration::from_micros(ack.delay_us).min(MAX_ACK_DELAY);
+                self.rtt
+                    .update(now.saturating_duration_since(last.time), delay);
+            }
+        }
+        let mut samples = Vec::with_capacity(acked.len());
+        for p in &acked {
+            samples.push(AckedPacket {
+                sent_time: p.time,
+                bytes: u64::from(p.size),
+                delivery: p.delivery,
+            });
+            for f in &p.frames {
+                self.on_frame_acked(f);
+            }
+        }
+        self.cc
+            .on_ack(now, &samples, &self.rtt, self.sent.bytes_in_flight());
+        self.rto_count = 0;
+        self.detect_lost(now);
+        self.drain_stream_events();
+    }
+
+    fn on_frame_acked(&mut self, frame: &SentFrame) {
+        match *frame {
+            SentFrame::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } => self.streams.on_stream_acked(id, offset, len, fin),
+            SentFrame::Reset { id, .. } => self.streams.on_reset_acked(id),
+            SentFrame::Hello if self.side == Side::Server => self.handshake_confirmed = true,
+            _ => {}
+        }
+    }
+
+    fn loss_delay(&self) -> Duration {
+        let base = self.rtt.smoothed().max(self.rtt.latest());
+        base.mul_f64(self.config.time_threshold).max(GRANULARITY)
+    }
+
+    fn detect_lost(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let delay = self.loss_delay();
+        let deadline = now.checked_sub(delay);
+        let (lost, next) =
+            self.sent
+                .detect_lost(largest, self.config.reorder_threshold, deadline, delay);
+        self.loss_time = next;
+        self.on_packets_lost(now, lost);
+    }
+
+    fn on_packets_lost(&mut self, now: Instant, lost: Vec<SentPacket>) {
+        if lost.is_empty() {
+            return;
+        }
+        let mut bytes = 0;
+        let mut latest = None;
+        for p in &lost {
+            bytes += u64::from(p.size);
+            latest = Some(p.time);
+            for f in &p.frames {
+                match *f {
+                    SentFrame::Stream {
+                        id,
+                        offset,
+                        len,
+                        fin,
+                    } => self.streams.on_stream_lost(id, offset, len, fin),
+                    SentFrame::Hello => self.hello_pending = true,
+                    SentFrame::Ping => {}
+                    ref other => self.streams.on_control_lost(other),
+                }
+            }
+        }
+        self.stats.packets_lost += lost.len() as u64;
+        trace!(side = %self.side, count = lost.len(), "packets lost");
+        if let Some(t) = latest {
+            self.cc.on_loss(now, bytes, t, self.sent.bytes_in_flight());
+        }
+    }
+
+    // ----- Timers ------------------------------------------------------------------------------
+
+    fn current_rto(&self) -> Duration {
+        let base = self.rtt.rto(self.config.rto_floor, GRANULARITY);
+        let factor = self.config.rto_backoff.powi(self.rto_count.min(64) as i32);
+        base.mul_f64(factor.min(1e6)).min(self.config.rto_ceiling)
+    }
+
+    fn update_loss_timer(&mut self) {
+        let rto = self.sent.oldest_sent_time().map(|t| t + self.current_rto());
+        let t = match (self.loss_time, rto) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match t {
+            Some(t) => self.timers.set(Timer::Loss, t),
+            None => self.timers.stop(Timer::Loss),
+        }
+        // While a PING is already owed (it may be held back by the congestion window), the
+        // keepalive must not fire again: it would spin at a deadline in the past.
+        match (self.config.keepalive_interval, self.state) {
+            (Some(interval), State::Established) if !self.ping_pending => {
+                self.timers.set(Timer::Keepalive, self.last_sent + interval)
+            }
+            _ => self.timers.stop(Timer::Keepalive),
+        }
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if !self.is_closed() {
+            self.update_loss_timer();
+        }
+        self.timers.next()
+    }
+
+    /// Runs the timers that expired by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.is_closed() {
+            self.update_loss_timer();
+        }
+        while let Some(timer) = self.timers.expired(now) {
+            self.timers.stop(timer);
+            match timer {
+                Timer::Idle => {
+                    let error = if self.state == State::Handshake {
+                        ConnectionError::HandshakeTimeout(self.config.handshake_timeout)
+                    } else {
+                        ConnectionError::IdleTimeout(self.idle_timeout.unwrap_or_default())
+                    };
+                    debug!(side = %self.side, %error, "connection timed out");
+                    self.state = State::Closed;
+                    self.timers.clear();
+                    self.streams.abandon_all();
+                    self.finish_with(error);
+                    return;
+                }
+                Timer::Close => {
+                    self.state = State::Closed;
+                    self.timers.clear();
+                    return;
+                }
+                Timer::Keepalive => self.ping_pending = true,
+                Timer::Pacing => {}
+                Timer::Loss => self.on_loss_timer(now),
+            }
+        }
+    }
+
+    fn on_loss_timer(&mut self, now: Instant) {
+        if self.loss_time.is_some_and(|t| t <= now) {
+            self.detect_lost(now);
+            return;
+        }
+        // Packets unacknowledged for a whole timeout are lost; two probes may leave whatever
+        // the congestion window says, so a timeout always puts packets on the wire, and their
+        // acknowledgement lets the reorder threshold settle everything older.
+        let rto = self.current_rto();
+        let Some(deadline) = now.checked_sub(rto) else {
+            return;
+        };
+        let lost = self.sent.drain_sent_before(deadline);
+        if lost.is_empty() {
+            return;
+        }
+        self.probe_credit = 2;
+        self.stats.rto_expiries += 1;
+        self.rto_count += 1;
+        if self.rto_count >= PERSISTENT_CONGESTION_RTOS {
+            self.cc.on_persistent_congestion(now);
+        }
+        self.on_packets_lost(now, lost);
+    }
+
+    // ----- Sending -----------------------------------------------------------------------------
+
+    fn header(&mut self, pn: u64, out: &mut Vec<u8>) -> bool {
+        let pn32 = pn as u32;
+        let (header, initial) = match (self.side, self.state) {
+            (Side::Client, State::Handshake) => (
+                Header::Initial {
+                    version: packet::VERSION,
+                    dcid: self.remote_cid,
+                    scid: self.local_cid,
+                    token: self.retry_token.as_deref().unwrap_or(&[]),
+                    pn: pn32,
+                },
+                true,
+            ),
+            (Side::Client, State::Closing) if self.peer_settings.is_none() => (
+                Header::Initial {
+                    version: packet::VERSION,
+                    dcid: self.remote_cid,
+                    scid: self.local_cid,
+                    token: self.retry_token.as_deref().unwrap_or(&[]),
+                    pn: pn32,
+                },
+                true,
+            ),
+            (Side::Server, _) if !self.handshake_confirmed => (
+                Header::Handshake {
+                    version: packet::VERSION,
+                    dcid: self.remote_cid,
+                    scid: self.local_cid,
+                    pn: pn32,
+                },
+                false,
+            ),
+            _ => (
+                Header::Short {
+                    dcid: self.remote_cid,
+                    pn: pn32,
+                },
+                false,
+            ),
+        };
+        encode_header(&header, out);
+        initial
+    }
+
+    fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>) {
+        if let Some((_, at)) = self.largest_received {
+            let delay = now.saturating_duration_since(at).as_micros() as u64;
+            AckFrame::encode(self.received.iter().rev(), delay, MAX_ACK_RANGES_SENT, out);
+            self.ack_pending = false;
+        }
+    }
+
+    fn wants_to_send_eliciting(&self) -> bool {
+        match self.state {
+            State::Handshake => self.hello_pending,
+            State::Established => {
+                self.hello_pending
+                    || self.ping_pending
+                    || self.streams.has_pending_control()
+                    || self.streams.has_pending_data()
+            }
+            _ => false,
+        }
+    }
+
+    /// Builds the next datagram(s) into `buf` (cleared first). With `max_datagrams > 1` several
+    /// equal-size datagrams for the same destination may be built, for one GSO send.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        max_datagrams: usize,
+    ) -> Option<Transmit> {
+        buf.clear();
+        match self.state {
+            State::Closed | State::Draining => return None,
+            State::Closing => {
+                if !self.close_pending {
+                    return None;
+                }
+                self.close_pending = false;
+                let (code, reason) = self.close_frame.clone().unwrap_or_default();
+                let pn = self.next_pn;
+                self.next_pn += 1;
+                let initial = self.header(pn, buf);
+                if self.ack_pending {
+                    self.write_ack(now, buf);
+                }
+                frame::encode_close(code, reason.as_bytes(), buf);
+                if initial {
+                    buf.resize(buf.len().max(packet::MIN_INITIAL_SIZE), 0);
+                }
+                self.count_sent(buf.len());
+                return Some(Transmit {
+                    destination: self.remote,
+                    size: buf.len(),
+                    segment_size: None,
+                });
+            }
+            _ => {}
+        }
+        // Path frames go to their own address, one datagram each.
+        if let Some((addr, data)) = self.path_responses.pop_front() {
+            return Some(self.send_path_frame(now, buf, addr, Frame::PathResponse(data)));
+        }
+        if let Some(c) = &mut self.path_challenge {
+            if c.pending {
+                c.pending = false;
+                c.sent_at = Some(now);
+                let (addr, data) = (c.addr, c.data);
+                return Some(self.send_path_frame(now, buf, addr, Frame::PathChallenge(data)));
+            }
+        }
+        let mut count = 0;
+        let mut segment = 0;
+        while count < max_datagrams.max(1) {
+            let start = buf.len();
+            if !self.build_packet(now, buf) {
+                break;
+            }
+            let len = buf.len() - start;
+            count += 1;
+            if count == 1 {
+                segment = len;
+            } else if len > segment {
+                // Cannot happen (full packets are the largest), but never emit a bad GSO batch.
+                buf.truncate(start);
+                count -= 1;
+                break;
+            }
+            if len < segment || len < self.max_datagram {
+                break;
+            }
+        }
+        if count == 0 {
+            return None;
+        }
+        Some(Transmit {
+            destination: self.remote,
+            size: buf.len(),
+            segment_size: (count > 1).then_some(segment),
+        })
+    }
+
+    fn count_sent(&mut self, len: usize) {
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+    }
+
+    fn send_path_frame(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        addr: SocketAddr,
+        frame: Frame<'_>,
+    ) -> Transmit {
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        self.header(pn, buf);
+        if self.ack_pending {
+            self.write_ack(now, buf);
+        }
+        frame.encode(buf);
+        self.sent.push(pn, None);
+        self.count_sent(buf.len());
+        Transmit {
+            destination: addr,
+            size: buf.len(),
+            segment_size: None,
+        }
+    }
+
+    /// Appends one packet to `buf` if there is anything to send; returns whether it did.
+    fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
+        let wants = self.wants_to_send_eliciting();
+        let mut may_elicit = false;
+        if wants {
+            let cwnd_open = self.sent.bytes_in_flight() + self.max_datagram as u64
+                <= self.cc.window()
+                || self.probe_credit > 0
+                || self.hello_pending && self.state == State::Handshake;
+            if cwnd_open {
+                let rate = self.cc.pacing_rate(&self.rtt);
+                match self.pacer.delay(now, rate, self.max_datagram as u64) {
+                    None => may_elicit = true,
+                    Some(at) => self.timers.set(Timer::Pacing, at),
+                }
+            }
+        } else if self.state == State::Established {
+            self.cc.on_app_limited(self.sent.bytes_in_flight());
+        }
+        if !may_elicit && !self.ack_pending {
+            return false;
+        }
+        let start = buf.len();
+        let limit = start + self.max_datagram;
+        let pn = self.next_pn;
+        let initial = self.header(pn, buf);
+        if self.ack_pending {
+            self.write_ack(now, buf);
+        }
+        let mut frames = Vec::new();
+        if may_elicit {
+            if self.hello_pending {
+                let mut body = Vec::with_capacity(64);
+                self.local_settings.encode(&mut body);
+                buf.put_varint(frame::types::HELLO);
+                buf.put_length_prefixed(&body);
+                frames.push(SentFrame::Hello);
+                self.hello_pending = false;
+            }
+            if self.state == State::Established {
+                self.streams.write_control(buf, limit, &mut frames);
+                if self.ping_pending {
+                    buf.put_varint(frame::types::PING);
+                    frames.push(SentFrame::Ping);
+                    self.ping_pending = false;
+                }
+                self.streams.write_data(buf, limit, &mut frames);
+                for f in &frames {
+                    if let SentFrame::Stream { len, .. } = f {
+                        self.stats.stream_bytes_sent += u64::from(*len);
+                    }
+                }
+            }
+        }
+        if initial {
+            let min = start + packet::MIN_INITIAL_SIZE;
+            if buf.len() < min {
+                buf.resize(min, 0);
+            }
+        }
+        let len = buf.len() - start;
+        self.next_pn += 1;
+        if frames.is_empty() {
+            self.sent.push(pn, None);
+        } else {
+            self.probe_credit = self.probe_credit.saturating_sub(1);
+            let delivery = self
+                .cc
+                .on_sent(now, len as u64, self.sent.bytes_in_flight());
+            self.pacer.on_sent(now, len as u64);
+            self.sent.push(
+                pn,
+                Some(SentPacket {
+                    pn,
+                    time: now,
+                    size: len as u32,
+                    frames,
+                    delivery,
+                }),
+            );
+            self.last_sent = now;
+            self.maybe_duplicate_tail(pn);
+        }
+        self.count_sent(len);
+        true
+    }
+
+    /// If packet `pn` ends a small burst, owes its stream frames once more, so that they leave
+    /// again in the next packet (see [`TransportConfig::tail_duplication`]).
+    fn maybe_duplicate_tail(&mut self, pn: u64) {
+        let was_duplicate = std::mem::replace(&mut self.duplicating, false);
+        if !self.config.tail_duplication || was_duplicate {
+            return;
+        }
+        if self.sent.bytes_in_flight() > 3 * self.max_datagram as u64
+            || self.streams.has_pending_data()
+        {
+            return;
+        }
+        let Some(frames) = self.sent.frames_of(pn) else {
+            return;
+        };
+        let streams: Vec<SentFrame> = frames
+            .iter()
+            .filter(|f| matches!(f, SentFrame::Stream { .. }))
+            .cloned()
+            .collect();
+        if streams.is_empty() {
+            return;
+        }
+        for f in streams {
+            if let SentFrame::Stream {
+                id,
+                offset,
+                len,
+                fin,
+            } = f
+            {
+                self.streams.on_stream_lost(id, offset, len, fin);
+            }
+        }
+        self.duplicating = true;
+    }
+}

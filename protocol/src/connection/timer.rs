@@ -1,0 +1,63 @@
+//! The connection's timers as one small table, instead of scattered `Instant` fields.
+
+use std::time::Instant;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// No packet from the peer for the idle timeout (or the handshake took too long).
+    Idle,
+    /// Loss detection: time threshold or retransmission timeout.
+    Loss,
+    /// Nothing sent for the keepalive interval: send a PING.
+    Keepalive,
+    /// The pacer holds back the next packet until then.
+    Pacing,
+    /// End of the closing or draining period.
+    Close,
+}
+
+const ALL: [Timer; 5] = [
+    Timer::Idle,
+    Timer::Loss,
+    Timer::Keepalive,
+    Timer::Pacing,
+    Timer::Close,
+];
+
+/// Deadline of each timer, if armed.
+#[derive(Debug, Default, Clone)]
+pub(super) struct TimerTable {
+    deadlines: [Option<Instant>; 5],
+}
+
+impl TimerTable {
+    pub(super) fn set(&mut self, timer: Timer, at: Instant) {
+        self.deadlines[timer as usize] = Some(at);
+    }
+
+    pub(super) fn stop(&mut self, timer: Timer) {
+        self.deadlines[timer as usize] = None;
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.deadlines = [None; 5];
+    }
+
+    /// Earliest deadline.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// A timer whose deadline is at or before `now`, earliest first.
+    pub(super) fn expired(&self, now: Instant) -> Option<Timer> {
+        ALL.iter()
+            .filter_map(|t| {
+                self.deadlines[*t as usize]
+                    .filter(|d| *d <= now)
+                    .map(|d| (d, *t))
+            })
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, t)| t)
+    }
+}

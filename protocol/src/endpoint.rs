@@ -1,0 +1,572 @@
+//! Many connections on one UDP socket: routing by connection ID, stateless handshake replies,
+//! connection admission, and fair scheduling of transmissions and timers.
+//!
+//! The endpoint is what a driver talks to. It owns every [`Connection`] on a socket and answers
+//! the datagrams that belong to none without allocating anything per sender: version
+//! negotiation, Retry (address validation), and refusals. Before a client has proved its address
+//! with a token, every answer is far smaller than the 1200-byte Initial that caused it, well within
+//! the 3x anti-amplification bound.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tracing::{debug, trace};
+
+use crate::config::{ServerConfig, TransportConfig};
+use crate::connection::{close_code, Connection, Event, Transmit};
+use crate::cookie::TokenKey;
+use crate::frame;
+use crate::ids::ConnectionId;
+use crate::packet::{self, encode_header, Header, Packet};
+
+/// Identifies a connection within its endpoint. Never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle(pub u64);
+
+impl fmt::Display for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Decides whether a source address may reach the server (an allow-list). Checked on a client's
+/// first packet, before anything is allocated, and again before migrating to a new address.
+pub type AddressFilter = Arc<dyn Fn(&SocketAddr) -> bool + Send + Sync>;
+
+/// Counters of everything the endpoint dropped or answered statelessly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Datagrams handed to the endpoint.
+    pub datagrams_received: u64,
+    /// UDP payload bytes received.
+    pub bytes_received: u64,
+    /// Datagrams whose header could not be decoded.
+    pub malformed_dropped: u64,
+    /// Datagrams for no known connection.
+    pub unknown_connection_dropped: u64,
+    /// Initials smaller than the minimum size (possible amplification attempts).
+    pub short_initial_dropped: u64,
+    /// Datagrams from addresses the filter rejects.
+    pub address_rejected: u64,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Version negotiations sent.
+    pub version_negotiations_sent: u64,
+    /// Connections refused (limit reached, invalid token).
+    pub connections_refused: u64,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Stateless replies dropped because too many were queued.
+    pub stateless_replies_dropped: u64,
+}
+
+/// Why `connect` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The transport configuration is unusable.
+    #[error("invalid transport configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// Most stateless replies queued at once; beyond that they are dropped (and counted).
+const MAX_STATELESS_QUEUED: usize = 256;
+
+struct Slot {
+    conn: Connection,
+    /// Timer currently registered in `Endpoint::timers`.
+    scheduled: Option<Instant>,
+    /// In the transmit round-robin.
+    queued: bool,
+    /// In the queue of connections with events.
+    eventful: bool,
+    /// Server side: handed out by `accept` already.
+    announced: bool,
+}
+
+/// A set of connections sharing one socket.
+pub struct Endpoint {
+    server: Option<ServerConfig>,
+    address_filter: Option<AddressFilter>,
+    rng: ChaCha20Rng,
+    token_key: TokenKey,
+    slots: HashMap<ConnectionHandle, Slot>,
+    by_cid: HashMap<ConnectionId, ConnectionHandle>,
+    by_initial_dcid: HashMap<ConnectionId, ConnectionHandle>,
+    next_handle: u64,
+    transmit_queue: VecDeque<ConnectionHandle>,
+    timers: BTreeSet<(Instant, ConnectionHandle)>,
+    touched: BTreeSet<ConnectionHandle>,
+    eventful: VecDeque<ConnectionHandle>,
+    incoming: VecDeque<ConnectionHandle>,
+    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    stats: EndpointStats,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("connections", &self.slots.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint; with a `server` configuration it accepts connections. `seed` seeds every
+    /// random choice (connection IDs, token key, challenges): pass 32 bytes from the operating
+    /// system's generator in production, a fixed value in simulations.
+    pub fn new(server: Option<ServerConfig>, seed: [u8; 32], now: Instant) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        Self {
+            server,
+            address_filter: None,
+            rng,
+            token_key: TokenKey::new(secret, now),
+            slots: HashMap::new(),
+            by_cid: HashMap::new(),
+            by_initial_dcid: HashMap::new(),
+            next_handle: 0,
+            transmit_queue: VecDeque::new(),
+            timers: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            eventful: VecDeque::new(),
+            incoming: VecDeque::new(),
+            stateless: VecDeque::new(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// Restricts which source addresses may connect (and migrate) to this server.
+    pub fn set_address_filter(&mut self, filter: Option<AddressFilter>) {
+        self.address_filter = filter;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Handles of every live connection, in creation order.
+    pub fn connection_handles(&self) -> Vec<ConnectionHandle> {
+        let mut v: Vec<_> = self.slots.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    fn new_cid(&mut self) -> ConnectionId {
+        loop {
+            let mut cid = ConnectionId::default();
+            self.rng.fill_bytes(&mut cid.0);
+            if !self.by_cid.contains_key(&cid) {
+                return cid;
+            }
+        }
+    }
+
+    fn insert(&mut self, conn: Connection) -> ConnectionHandle {
+        let handle = ConnectionHandle(self.next_handle);
+        self.next_handle += 1;
+        self.by_cid.insert(conn.local_cid(), handle);
+        self.slots.insert(
+            handle,
+            Slot {
+                conn,
+                scheduled: None,
+                queued: false,
+                eventful: false,
+                announced: false,
+            },
+        );
+        self.touched.insert(handle);
+        handle
+    }
+
+    /// Starts a connection to `remote`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        config.validate().map_err(ConnectError::InvalidConfig)?;
+        let local = self.new_cid();
+        let initial = self.new_cid();
+        let seed = self.rng.next_u64();
+        let conn = Connection::new_client(now, remote, config, local, initial, seed);
+        Ok(self.insert(conn))
+    }
+
+    /// A connection, for stream calls. Accessing it marks it for the next `poll_*` calls.
+    pub fn connection(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
+        let slot = self.slots.get_mut(&handle)?;
+        self.touched.insert(handle);
+        Some(&mut slot.conn)
+    }
+
+    /// A connection, read-only.
+    pub fn connection_ref(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        self.slots.get(&handle).map(|s| &s.conn)
+    }
+
+    /// Next connection accepted by this server.
+    pub fn accept(&mut self) -> Option<ConnectionHandle> {
+        self.process_touched();
+        self.incoming.pop_front()
+    }
+
+    fn queue_stateless(&mut self, remote: SocketAddr, datagram: Vec<u8>) {
+        if self.stateless.len() >= MAX_STATELESS_QUEUED {
+            self.stats.stateless_replies_dropped += 1;
+            return;
+        }
+        self.stateless.push_back((remote, datagram));
+    }
+
+    /// Processes one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed_dropped += 1;
+                trace!(%remote, error = %e, "dropping malformed datagram");
+                return;
+            }
+        };
+        let dcid = packet.header.dcid();
+        let handle = self
+            .by_cid
+            .get(&dcid)
+            .or_else(|| match packet.header {
+                Header::Initial { .. } => self.by_initial_dcid.get(&dcid),
+                _ => None,
+            })
+            .copied();
+        if let Some(handle) = handle {
+            if let Some(filter) = &self.address_filter {
+                let known = self.slots.get(&handle).map(|s| s.conn.remote());
+                if known != Some(remote) && !filter(&remote) {
+                    self.stats.address_rejected += 1;
+                    return;
+                }
+            }
+            if let Some(slot) = self.slots.get_mut(&handle) {
+                slot.conn
+                    .handle_packet(now, remote, &packet, datagram.len());
+                self.touched.insert(handle);
+            }
+            return;
+        }
+        match packet.header {
+            Header::Initial {
+                version,
+                dcid,
+                scid,
+                token,
+                ..
+            } => self.handle_first_initial(
+                now,
+                remote,
+                &packet,
+                datagram.len(),
+                version,
+                dcid,
+                scid,
+                token,
+            ),
+            _ => {
+                self.stats.unknown_connection_dropped += 1;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_first_initial(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        packet: &Packet<'_>,
+        len: usize,
+        version: u32,
+        dcid: ConnectionId,
+        scid: ConnectionId,
+        token: &[u8],
+    ) {
+        let Some(server) = &self.server else {
+            self.stats.unknown_connection_dropped += 1;
+            return;
+        };
+        if len < packet::MIN_INITIAL_SIZE {
+            self.stats.short_initial_dropped += 1;
+            return;
+        }
+        if let Some(filter) = &self.address_filter {
+            if !filter(&remote) {
+                self.stats.address_rejected += 1;
+                return;
+            }
+        }
+        if !packet::SUPPORTED_VERSIONS.contains(&version) {
+            let versions: Vec<u8> = packet::SUPPORTED_VERSIONS
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
+            let mut out = Vec::with_capacity(64);
+            encode_header(
+                &Header::VersionNegotiation {
+                    dcid: scid,
+                    scid: dcid,
+                    versions: &versions,
+                },
+                &mut out,
+            );
+            self.stats.version_negotiations_sent += 1;
+            self.queue_stateless(remote, out);
+            return;
+        }
+        if token.is_empty() {
+            let token = self.token_key.issue(now, remote, scid, dcid);
+            let mut out = Vec::with_capacity(64);
+            encode_header(
+                &Header::Retry {
+                    version,
+                    dcid: scid,
+                    scid: dcid,
+                    token: &token,
+                },
+                &mut out,
+            );
+            self.stats.retries_sent += 1;
+            self.queue_stateless(remote, out);
+            return;
+        }
+        let lifetime = server.retry_token_lifetime;
+        if let Err(e) = self
+            .token_key
+            .validate(now, token, remote, scid, dcid, lifetime)
+        {
+            debug!(%remote, error = %e, "refusing Initial");
+            self.refuse(
+                remote,
+                scid,
+                dcid,
+                close_code::INVALID_TOKEN,
+                &e.to_string(),
+            );
+            return;
+        }
+        if self.slots.len() >= server.max_connections {
+            let reason = format!(
+                "server at its limit of {} connections",
+                server.max_connections
+            );
+            debug!(%remote, %reason, "refusing connection");
+            self.refuse(remote, scid, dcid, close_code::REFUSED, &reason);
+            return;
+        }
+        let config = server.transport.clone();
+        let local = self.new_cid();
+        let seed = self.rng.next_u64();
+        let conn = Connection::new_server(now, remote, config, local, scid, dcid, seed);
+        let handle = self.insert(conn);
+        self.by_initial_dcid.insert(dcid, handle);
+        if let Some(slot) = self.slots.get_mut(&handle) {
+            slot.conn.handle_packet(now, remote, packet, len);
+        }
+    }
+
+    /// Sends a stateless CLOSE in a Handshake packet: the client's address was validated (or the
+    /// reply is far below 3x its 1200-byte Initial), and nothing is kept.
+    fn refuse(
+        &mut self,
+        remote: SocketAddr,
+        client_cid: ConnectionId,
+        orig_dcid: ConnectionId,
+        code: u64,
+        reason: &str,
+    ) {
+        self.stats.connections_refused += 1;
+        let mut out = Vec::with_capacity(128);
+        encode_header(
+            &Header::Handshake {
+                version: packet::VERSION,
+                dcid: client_cid,
+                scid: orig_dcid,
+                pn: 0,
+            },
+            &mut out,
+        );
+        frame::encode_close(code, reason.as_bytes(), &mut out);
+        self.queue_stateless(remote, out);
+    }
+
+    /// Applies the consequences of calls into connections since the last poll: transmit queue,
+    /// timers, events, and forgetting finished connections.
+    fn process_touched(&mut self) {
+        while let Some(handle) = self.touched.pop_first() {
+            self.refresh(handle);
+        }
+    }
+
+    fn refresh(&mut self, handle: ConnectionHandle) {
+        let Some(slot) = self.slots.get_mut(&handle) else {
+            return;
+        };
+        if !slot.queued {
+            slot.queued = true;
+            self.transmit_queue.push_back(handle);
+        }
+        if slot.conn.has_events() && !slot.eventful {
+            slot.eventful = true;
+            self.eventful.push_back(handle);
+        }
+        if !slot.announced
+            && slot.conn.side() == crate::ids::Side::Server
+            && slot.conn.is_established()
+        {
+            slot.announced = true;
+            self.stats.connections_accepted += 1;
+            self.incoming.push_back(handle);
+        }
+        let next = slot.conn.poll_timeout();
+        if next != slot.scheduled {
+            if let Some(old) = slot.scheduled {
+                self.timers.remove(&(old, handle));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, handle));
+            }
+            slot.scheduled = next;
+        }
+        if slot.conn.is_drained() {
+            self.remove(handle);
+        }
+    }
+
+    fn remove(&mut self, handle: ConnectionHandle) {
+        if let Some(slot) = self.slots.remove(&handle) {
+            if let Some(t) = slot.scheduled {
+                self.timers.remove(&(t, handle));
+            }
+            self.by_cid.remove(&slot.conn.local_cid());
+            if self.by_initial_dcid.get(&slot.conn.initial_dcid()) == Some(&handle) {
+                self.by_initial_dcid.remove(&slot.conn.initial_dcid());
+            }
+            trace!(%handle, "connection forgotten");
+        }
+    }
+
+    /// Next datagram(s) to send, written at the start of `buf`. Connections take turns.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        max_datagrams: usize,
+    ) -> Option<Transmit> {
+        self.process_touched();
+        if let Some((destination, datagram)) = self.stateless.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&datagram);
+            return Some(Transmit {
+                destination,
+                size: datagram.len(),
+                segment_size: None,
+            });
+        }
+        while let Some(handle) = self.transmit_queue.pop_front() {
+            let Some(slot) = self.slots.get_mut(&handle) else {
+                continue;
+            };
+            match slot.conn.poll_transmit(now, buf, max_datagrams) {
+                Some(t) => {
+                    // Back of the queue: the next call serves another connection first.
+                    self.transmit_queue.push_back(handle);
+                    self.touched.insert(handle);
+                    // Do not re-queue it twice through refresh.
+                    if let Some(s) = self.slots.get_mut(&handle) {
+                        s.queued = true;
+                    }
+                    return Some(t);
+                }
+                None => {
+                    slot.queued = false;
+                    let next = slot.conn.poll_timeout();
+                    if next != slot.scheduled {
+                        if let Some(old) = slot.scheduled {
+                            self.timers.remove(&(old, handle));
+                        }
+                        if let Some(new) = next {
+                            self.timers.insert((new, handle));
+                        }
+                        slot.scheduled = next;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.process_touched();
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Runs every connection timer due by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.process_touched();
+        while let Some(&(t, handle)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(slot) = self.slots.get_mut(&handle) {
+                slot.scheduled = None;
+                slot.conn.handle_timeout(now);
+                self.touched.insert(handle);
+            }
+        }
+        self.process_touched();
+    }
+
+    /// Next application event, with the connection it concerns.
+    pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
+        self.process_touched();
+        while let Some(&handle) = self.eventful.front() {
+            let Some(slot) = self.slots.get_mut(&handle) else {
+                self.eventful.pop_front();
+                continue;
+            };
+            match slot.conn.poll_event() {
+                Some(event) => {
+                    if !slot.conn.has_events() {
+                        slot.eventful = false;
+                        self.eventful.pop_front();
+                    }
+                    if slot.conn.is_drained() {
+                        self.remove(handle);
+                    }
+                    return Some((handle, event));
+                }
+                None => {
+                    slot.eventful = false;
+                    self.eventful.pop_front();
+                }
+            }
+        }
+        None
+    }
+}

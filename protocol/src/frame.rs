@@ -1,0 +1,473 @@
+//! Frames: the typed records carried inside a packet's payload, and their encoding.
+//!
+//! A packet holds one or more frames back to back. Decoding borrows stream data straight out of
+//! the datagram ([`Frame::Stream`] holds a slice), so receiving costs one copy, into the stream's
+//! reassembly buffer. Frames are what gets retransmitted: when a packet is lost its frames are
+//! rebuilt into new packets with new packet numbers, never resent as the old bytes.
+//!
+//! Type codes (one varint each):
+//!
+//! | code        | frame            | body                                                    |
+//! |-------------|------------------|---------------------------------------------------------|
+//! | 0x00        | PADDING          | none (runs of zero bytes)                               |
+//! | 0x01        | PING             | none; elicits an ACK                                    |
+//! | 0x02        | ACK              | largest, ack delay (us), extra range count, first range, (gap, len)* |
+//! | 0x04        | RESET            | stream id, error code, final size                       |
+//! | 0x08..=0x0f | STREAM           | id, [offset if 0x04], [length if 0x02], data; FIN = 0x01 |
+//! | 0x10        | MAX_DATA         | connection-wide byte limit                              |
+//! | 0x11        | MAX_STREAM_DATA  | stream id, byte limit                                   |
+//! | 0x12        | MAX_STREAMS      | how many streams the peer may open in total             |
+//! | 0x1a        | PATH_CHALLENGE   | 8 random bytes                                          |
+//! | 0x1b        | PATH_RESPONSE    | the 8 bytes of the challenge                            |
+//! | 0x1c        | CLOSE            | error code, reason (length-prefixed UTF-8)              |
+//! | 0x30        | HELLO            | handshake settings (length-prefixed, see `settings`)    |
+
+use std::ops::Range;
+
+use bytes::BufMut;
+
+use crate::coding::{varint_len, BufMutExt, DecodeError, Reader};
+use crate::ids::StreamId;
+
+/// Frame type codes.
+pub mod types {
+    #![allow(missing_docs)]
+    pub const PADDING: u64 = 0x00;
+    pub const PING: u64 = 0x01;
+    pub const ACK: u64 = 0x02;
+    pub const RESET: u64 = 0x04;
+    pub const STREAM: u64 = 0x08;
+    pub const STREAM_FIN: u64 = 0x01;
+    pub const STREAM_LEN: u64 = 0x02;
+    pub const STREAM_OFF: u64 = 0x04;
+    pub const MAX_DATA: u64 = 0x10;
+    pub const MAX_STREAM_DATA: u64 = 0x11;
+    pub const MAX_STREAMS: u64 = 0x12;
+    pub const PATH_CHALLENGE: u64 = 0x1a;
+    pub const PATH_RESPONSE: u64 = 0x1b;
+    pub const CLOSE: u64 = 0x1c;
+    pub const HELLO: u64 = 0x30;
+}
+
+/// At most this many ACK ranges are decoded from one frame; more is treated as malformed.
+pub const MAX_ACK_RANGES: usize = 256;
+
+/// Longest close reason sent; longer reasons are cut at a character boundary.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// A decoded frame. Stream data and close reasons borrow from the datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// One or more zero bytes.
+    Padding,
+    /// Asks for an acknowledgement; keeps a path alive.
+    Ping,
+    /// Selective acknowledgement.
+    Ack(AckFrame),
+    /// The sender abandoned the stream in both directions.
+    Reset {
+        /// Stream being reset.
+        id: StreamId,
+        /// Application error code.
+        code: u64,
+        /// How many bytes the sender had sent on the stream (for flow-control accounting).
+        final_size: u64,
+    },
+    /// Stream data.
+    Stream(StreamFrame<'a>),
+    /// Connection-wide flow-control credit: the peer may send up to this many bytes in total.
+    MaxData(u64),
+    /// Per-stream flow-control credit.
+    MaxStreamData {
+        /// Stream the credit is for.
+        id: StreamId,
+        /// Highest offset the peer may send.
+        max: u64,
+    },
+    /// The peer may open streams up to this count (cumulative).
+    MaxStreams(u64),
+    /// Path validation probe.
+    PathChallenge([u8; 8]),
+    /// Echo of a path challenge.
+    PathResponse([u8; 8]),
+    /// The connection is closing.
+    Close(CloseFrame<'a>),
+    /// Handshake: the sender's version and settings, still encoded.
+    Hello(&'a [u8]),
+}
+
+/// Stream data at an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFrame<'a> {
+    /// The stream.
+    pub id: StreamId,
+    /// Byte offset of `data` in the stream.
+    pub offset: u64,
+    /// True when `data` ends the stream.
+    pub fin: bool,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl StreamFrame<'_> {
+    /// Bytes of header a STREAM frame needs for these values (length always encoded).
+    pub fn header_len(id: StreamId, offset: u64, len: usize) -> usize {
+        1 + varint_len(id.0)
+            + if offset > 0 { varint_len(offset) } else { 0 }
+            + varint_len(len as u64)
+    }
+
+    /// Appends a STREAM frame for `data` at `offset`.
+    pub fn encode(id: StreamId, offset: u64, fin: bool, data: &[u8], out: &mut impl BufMut) {
+        let mut ty = types::STREAM | types::STREAM_LEN;
+        if offset > 0 {
+            ty |= types::STREAM_OFF;
+        }
+        if fin {
+            ty |= types::STREAM_FIN;
+        }
+        out.put_varint(ty);
+        out.put_varint(id.0);
+        if offset > 0 {
+            out.put_varint(offset);
+        }
+        out.put_varint(data.len() as u64);
+        out.put_slice(data);
+    }
+}
+
+/// A CLOSE frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseFrame<'a> {
+    /// Transport or application error code (see `CloseCode`).
+    pub code: u64,
+    /// Human-readable reason, UTF-8 (decoded lossily by the receiver).
+    pub reason: &'a [u8],
+}
+
+/// Selective acknowledgement: packet-number ranges received, highest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckFrame {
+    /// Largest packet number acknowledged.
+    pub largest: u64,
+    /// How long the receiver held the largest packet before acknowledging it, in microseconds.
+    pub delay_us: u64,
+    /// Acknowledged ranges, half-open, in descending order, never overlapping.
+    pub ranges: Vec<Range<u64>>,
+}
+
+impl AckFrame {
+    /// Appends an ACK frame for `received` (ranges in any order iterable from the highest), at most
+    /// `max_ranges` ranges. Returns false (writing nothing) when there is nothing to acknowledge.
+    pub fn encode<I>(
+        mut ranges_desc: I,
+        delay_us: u64,
+        max_ranges: usize,
+        out: &mut impl BufMut,
+    ) -> bool
+    where
+        I: Iterator<Item = Range<u64>>,
+    {
+        let Some(first) = ranges_desc.next() else {
+            return false;
+        };
+        let largest = first.end - 1;
+        let rest: Vec<Range<u64>> = ranges_desc.take(max_ranges.saturating_sub(1)).collect();
+        out.put_varint(types::ACK);
+        out.put_varint(largest);
+        out.put_varint(delay_us);
+        out.put_varint(rest.len() as u64);
+        out.put_varint(first.end - first.start - 1);
+        let mut smallest = first.start;
+        for r in rest {
+            // gap: number of missing packets between this range and the previous one, minus one.
+            out.put_varint(smallest - r.end - 1);
+            out.put_varint(r.end - r.start - 1);
+            smallest = r.start;
+        }
+        true
+    }
+
+    /// Upper bound of the encoded size of an ACK with `ranges` ranges around `largest`.
+    pub fn max_encoded_len(largest: u64, ranges: usize) -> usize {
+        1 + varint_len(largest) + 8 + 8 + ranges * 16
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let largest = r.varint()?;
+        let delay_us = r.varint()?;
+        let extra = r.varint()?;
+        if extra as usize >= MAX_ACK_RANGES {
+            return Err(DecodeError::Invalid("too many ACK ranges"));
+        }
+        let first_len = r.varint()?;
+        let first_start = largest
+            .checked_sub(first_len)
+            .ok_or(DecodeError::Invalid("ACK range below zero"))?;
+        let mut ranges = Vec::with_capacity(extra as usize + 1);
+        ranges.push(first_start..largest + 1);
+        let mut smallest = first_start;
+        for _ in 0..extra {
+            let gap = r.varint()?;
+            let len = r.varint()?;
+            let end = smallest
+                .checked_sub(gap + 1)
+                .ok_or(DecodeError::Invalid("ACK gap below zero"))?;
+            let start = (end - 1)
+                .checked_sub(len)
+                .ok_or(DecodeError::Invalid("ACK range below zero"))?;
+            if end == 0 {
+                return Err(DecodeError::Invalid("ACK range below zero"));
+            }
+            ranges.push(start..end);
+            smallest = start;
+        }
+        Ok(AckFrame {
+            largest,
+            delay_us,
+            ranges,
+        })
+    }
+}
+
+impl<'a> Frame<'a> {
+    /// True for frames that require the receiver to acknowledge the packet.
+    pub fn is_ack_eliciting(&self) -> bool {
+        !matches!(self, Frame::Padding | Frame::Ack(_) | Frame::Close(_))
+    }
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let ty = r.varint()?;
+        Ok(match ty {
+            types::PADDING => {
+                while r.rest().first() == Some(&0) {
+                    r.u8()?;
+                }
+                Frame::Padding
+            }
+            types::PING => Frame::Ping,
+            types::ACK => Frame::Ack(AckFrame::decode(r)?),
+            types::RESET => Frame::Reset {
+                id: StreamId(r.varint()?),
+                code: r.varint()?,
+                final_size: r.varint()?,
+            },
+            t if (types::STREAM..=types::STREAM | 0x07).contains(&t) => {
+                let id = StreamId(r.varint()?);
+                let offset = if t & types::STREAM_OFF != 0 {
+                    r.varint()?
+                } else {
+                    0
+                };
+                let data = if t & types::STREAM_LEN != 0 {
+                    r.length_prefixed()?
+                } else {
+                    r.bytes(r.remaining())?
+                };
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|end| end > crate::coding::VARINT_MAX)
+                {
+                    return Err(DecodeError::Invalid("stream offset overflow"));
+                }
+                Frame::Stream(StreamFrame {
+                    id,
+                    offset,
+                    fin: t & types::STREAM_FIN != 0,
+                    data,
+                })
+            }
+            types::MAX_DATA => Frame::MaxData(r.varint()?),
+            types::MAX_STREAM_DATA => Frame::MaxStreamData {
+                id: StreamId(r.varint()?),
+                max: r.varint()?,
+            },
+            types::MAX_STREAMS => Frame::MaxStreams(r.varint()?),
+            types::PATH_CHALLENGE => Frame::PathChallenge(r.array()?),
+            types::PATH_RESPONSE => Frame::PathResponse(r.array()?),
+            types::CLOSE => Frame::Close(CloseFrame {
+                code: r.varint()?,
+                reason: r.length_prefixed()?,
+            }),
+            types::HELLO => Frame::Hello(r.length_prefixed()?),
+            other => return Err(DecodeError::UnknownFrame(other)),
+        })
+    }
+
+    /// Appends this frame's encoding.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        match self {
+            Frame::Padding => out.put_u8(0),
+            Frame::Ping => out.put_varint(types::PING),
+            Frame::Ack(ack) => {
+                AckFrame::encode(ack.ranges.iter().cloned(), ack.delay_us, usize::MAX, out);
+            }
+            Frame::Reset {
+                id,
+                code,
+                final_size,
+            } => {
+                out.put_varint(types::RESET);
+                out.put_varint(id.0);
+                out.put_varint(*code);
+                out.put_varint(*final_size);
+            }
+            Frame::Stream(s) => StreamFrame::encode(s.id, s.offset, s.fin, s.data, out),
+            Frame::MaxData(max) => {
+                out.put_varint(types::MAX_DATA);
+                out.put_varint(*max);
+            }
+            Frame::MaxStreamData { id, max } => {
+                out.put_varint(types::MAX_STREAM_DATA);
+                out.put_varint(id.0);
+                out.put_varint(*max);
+            }
+            Frame::MaxStreams(n) => {
+                out.put_varint(types::MAX_STREAMS);
+                out.put_varint(*n);
+            }
+            Frame::PathChallenge(data) => {
+                out.put_varint(types::PATH_CHALLENGE);
+                out.put_slice(data);
+            }
+            Frame::PathResponse(data) => {
+                out.put_varint(types::PATH_RESPONSE);
+                out.put_slice(data);
+            }
+            Frame::Close(c) => encode_close(c.code, c.reason, out),
+            Frame::Hello(body) => {
+                out.put_varint(types::HELLO);
+                out.put_length_prefixed(body);
+            }
+        }
+    }
+}
+
+/// Appends a CLOSE frame, cutting the reason to [`MAX_REASON_LEN`] bytes.
+pub fn encode_close(code: u64, reason: &[u8], out: &mut impl BufMut) {
+    let reason = &reason[..reason.len().min(MAX_REASON_LEN)];
+    out.put_varint(types::CLOSE);
+    out.put_varint(code);
+    out.put_length_prefixed(reason);
+}
+
+/// Iterates over the frames of a packet payload. After the first error it yields nothing more:
+/// the whole packet is then to be discarded.
+#[derive(Debug, Clone)]
+pub struct FrameIter<'a> {
+    reader: Reader<'a>,
+    failed: bool,
+}
+
+impl<'a> FrameIter<'a> {
+    /// Frames of `payload`.
+    pub fn new(payload: &'a [u8]) -> Self {
+        Self {
+            reader: Reader::new(payload),
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for FrameIter<'a> {
+    type Item = Result<Frame<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.reader.is_empty() {
+            return None;
+        }
+        let result = Frame::decode(&mut self.reader);
+        self.failed = result.is_err();
+        Some(result)
+    }
+}
+
+/// Decodes every frame of `payload`, or the first error.
+pub fn decode_all(payload: &[u8]) -> Result<Vec<Frame<'_>>, DecodeError> {
+    FrameIter::new(payload).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(frame: Frame<'_>) {
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        let decoded = decode_all(&buf).expect("decodes");
+        assert_eq!(decoded, vec![frame]);
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        round_trip(Frame::Ping);
+        round_trip(Frame::Ack(AckFrame {
+            largest: 100,
+            delay_us: 250,
+            ranges: vec![90..101, 50..60, 0..1],
+        }));
+        round_trip(Frame::Reset {
+            id: StreamId(5),
+            code: 7,
+            final_size: 1 << 40,
+        });
+        for (offset, fin) in [(0, false), (0, true), (99_999, false), (1 << 33, true)] {
+            round_trip(Frame::Stream(StreamFrame {
+                id: StreamId(12),
+                offset,
+                fin,
+                data: b"hello",
+            }));
+        }
+        round_trip(Frame::MaxData(1 << 30));
+        round_trip(Frame::MaxStreamData {
+            id: StreamId(3),
+            max: 65536,
+        });
+        round_trip(Frame::MaxStreams(100));
+        round_trip(Frame::PathChallenge(*b"12345678"));
+        round_trip(Frame::PathResponse(*b"abcdefgh"));
+        round_trip(Frame::Close(CloseFrame {
+            code: 9,
+            reason: b"settings mismatch",
+        }));
+        round_trip(Frame::Hello(b"\x01\x02"));
+    }
+
+    #[test]
+    fn stream_header_len_matches_encoding() {
+        for (id, off, len) in [(0, 0, 0), (3, 1, 1200), (1 << 20, 1 << 40, 60000)] {
+            let data = vec![0u8; len];
+            let mut buf = Vec::new();
+            StreamFrame::encode(StreamId(id), off, false, &data, &mut buf);
+            assert_eq!(
+                buf.len(),
+                StreamFrame::header_len(StreamId(id), off, len) + len
+            );
+        }
+    }
+
+    #[test]
+    fn ack_with_range_below_zero_is_malformed() {
+        let mut buf = Vec::new();
+        buf.put_varint(types::ACK);
+        buf.put_varint(5); // largest
+        buf.put_varint(0); // delay
+        buf.put_varint(1); // one extra range
+        buf.put_varint(2); // first range: 3..=5
+        buf.put_varint(1); // gap: end would be 1
+        buf.put_varint(5); // len reaching below zero
+        assert!(decode_all(&buf).is_err());
+    }
+
+    #[test]
+    fn ack_encoding_respects_range_limit() {
+        let ranges = vec![40..41, 30..31, 20..21, 10..11];
+        let mut buf = Vec::new();
+        assert!(AckFrame::encode(ranges.into_iter(), 0, 2, &mut buf));
+        match &decode_all(&buf).unwrap()[0] {
+            Frame::Ack(ack) => assert_eq!(ack.ranges, vec![40..41, 30..31]),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

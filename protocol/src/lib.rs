@@ -1,0 +1,36 @@
+//! Ferry's reliable-UDP protocol as a sans-IO state machine.
+//!
+//! Nothing in this crate touches a socket or reads a clock: an [`Endpoint`] is fed datagrams and
+//! the current [`Instant`](std::time::Instant), and is asked for datagrams to send, for the next
+//! instant it needs to be woken at, and for application events. The tokio driver in
+//! `ferry-transport` does the I/O; the simulator in [`sim`] moves datagrams in virtual time, so
+//! loss, delay, reordering and blackouts are tested deterministically from a seed.
+//!
+//! Map of the crate (wire code never imports logic code):
+//! - wire: [`coding`] (varints, bounds-checked reader), [`packet`] (headers), [`frame`] (frames),
+//!   [`settings`] (handshake settings), [`cookie`] (stateless address-validation tokens);
+//! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
+//!   [`congestion`] (controllers and pacing);
+//! - streams: [`streams`] (send buffers, reassembly, flow control);
+//! - state machines: [`connection`], [`endpoint`] (many connections on one socket);
+//! - testing: [`sim`] (seeded network simulator in virtual time).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod coding;
+pub mod config;
+pub mod congestion;
+pub mod connection;
+pub mod cookie;
+pub mod endpoint;
+pub mod frame;
+pub mod ids;
+pub mod packet;
+pub mod ranges;
+pub mod recovery;
+pub mod rtt;
+pub mod settings;
+pub mod sim;
+pub mod streams;
+
+pub use ids::{ConnectionId, Side, StreamId};

@@ -1,0 +1,290 @@
+//! Sent-packet bookkeeping and loss detection.
+//!
+//! Every ack-eliciting packet sent is remembered with the frames it carried, until it is
+//! acknowledged or declared lost. Loss is declared three ways, tuned for latency (KCP-class) while
+//! keeping QUIC-class rules:
+//!
+//! - *reorder threshold*: a packet is lost once a packet sent `reorder_threshold` numbers later
+//!   (default 2, KCP's fast resend) is acknowledged;
+//! - *time threshold*: once a later packet is acknowledged and it is older than
+//!   `time_threshold x max(smoothed RTT, latest RTT)` (RFC 9002 section 6.1.2);
+//! - *retransmission timeout*: a packet unacknowledged for an RTO (with gentle backoff) is lost
+//!   whether or not anything later was acknowledged: this repairs tail losses.
+//!
+//! What is lost is the frames, not the packet: the connection requeues the stream ranges and
+//! control frames of a lost packet, and they go out again in new packets with new numbers.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::congestion::DeliveryState;
+use crate::ids::StreamId;
+
+/// A retransmittable record of what a packet carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentFrame {
+    /// Stream bytes `[offset, offset + len)`, and the FIN if `fin`.
+    Stream {
+        /// Stream.
+        id: StreamId,
+        /// First byte.
+        offset: u64,
+        /// Byte count.
+        len: u32,
+        /// Whether the FIN was carried.
+        fin: bool,
+    },
+    /// A stream reset.
+    Reset {
+        /// Stream.
+        id: StreamId,
+        /// Error code.
+        code: u64,
+        /// Final size sent.
+        final_size: u64,
+    },
+    /// Connection credit (the current value is resent, not the old one).
+    MaxData,
+    /// Stream credit.
+    MaxStreamData(StreamId),
+    /// Stream-count credit.
+    MaxStreams,
+    /// A keepalive or probe.
+    Ping,
+    /// The handshake HELLO.
+    Hello,
+}
+
+/// An ack-eliciting packet in flight.
+#[derive(Debug, Clone)]
+pub struct SentPacket {
+    /// Packet number.
+    pub pn: u64,
+    /// When it was sent.
+    pub time: Instant,
+    /// UDP payload bytes.
+    pub size: u32,
+    /// What it carried.
+    pub frames: Vec<SentFrame>,
+    /// Congestion controller's delivery-rate state.
+    pub delivery: DeliveryState,
+}
+
+/// Packets in flight, indexed by packet number.
+#[derive(Debug, Default)]
+pub struct SentPackets {
+    /// Packet number of `slots[0]`.
+    base: u64,
+    /// One slot per packet number from `base`; `None` once acknowledged or lost, or for packets
+    /// that are not tracked (ACK-only).
+    slots: VecDeque<Option<SentPacket>>,
+    bytes_in_flight: u64,
+    count: usize,
+}
+
+impl SentPackets {
+    /// Nothing in flight; the first packet number will be `first_pn`.
+    pub fn new(first_pn: u64) -> Self {
+        Self {
+            base: first_pn,
+            ..Default::default()
+        }
+    }
+
+    /// Records packet `pn` (which must follow the previous one). `None` reserves the number of
+    /// a packet that needs no acknowledgement.
+    pub fn push(&mut self, pn: u64, packet: Option<SentPacket>) {
+        debug_assert_eq!(pn, self.base + self.slots.len() as u64);
+        if let Some(p) = &packet {
+            self.bytes_in_flight += u64::from(p.size);
+            self.count += 1;
+        }
+        if self.slots.is_empty() && packet.is_none() {
+            self.base = pn + 1;
+            return;
+        }
+        self.slots.push_back(packet);
+    }
+
+    /// UDP payload bytes of tracked packets in flight.
+    pub fn bytes_in_flight(&self) -> u64 {
+        self.bytes_in_flight
+    }
+
+    /// Number of packets in flight.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn take(&mut self, pn: u64) -> Option<SentPacket> {
+        let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
+        let packet = self.slots.get_mut(idx)?.take()?;
+        self.bytes_in_flight -= u64::from(packet.size);
+        self.count -= 1;
+        Some(packet)
+    }
+
+    fn trim_front(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Removes and returns the packets of `ranges` still in flight, in increasing order.
+    /// Work is bounded by the number of packets tracked, whatever the ranges claim.
+    pub fn on_ack(&mut self, ranges: &[Range<u64>]) -> Vec<SentPacket> {
+        let mut acked = Vec::new();
+        let end = self.base + self.slots.len() as u64;
+        for range in ranges.iter().rev() {
+            let lo = range.start.max(self.base);
+            let hi = range.end.min(end);
+            for pn in lo..hi {
+                if let Some(p) = self.take(pn) {
+                    acked.push(p);
+                }
+            }
+        }
+        self.trim_front();
+        acked
+    }
+
+    /// Declares lost every packet below `largest_acked` that is `reorder_threshold` or more
+    /// numbers older, or sent at or before `sent_deadline`. Returns them and the earliest time
+    /// another packet below `largest_acked` will pass the time threshold (given `loss_delay`).
+    pub fn detect_lost(
+        &mut self,
+        largest_acked: u64,
+        reorder_threshold: u64,
+        sent_deadline: Option<Instant>,
+        loss_delay: Duration,
+    ) -> (Vec<SentPacket>, Option<Instant>) {
+        let mut lost = Vec::new();
+        let mut next_time = None;
+        let mut idx = 0;
+        while idx < self.slots.len() {
+            let pn = self.base + idx as u64;
+            if pn >= largest_acked {
+                break;
+            }
+            if let Some(p) = &self.slots[idx] {
+                let by_count = largest_acked - pn >= reorder_threshold;
+                let by_time = sent_deadline.is_some_and(|d| p.time <= d);
+                if by_count || by_time {
+                    if let Some(p) = self.take(pn) {
+                        lost.push(p);
+                    }
+                } else {
+                    let t = p.time + loss_delay;
+                    next_time = Some(next_time.map_or(t, |n: Instant| n.min(t)));
+                }
+            }
+            idx += 1;
+        }
+        self.trim_front();
+        (lost, next_time)
+    }
+
+    /// Removes every packet sent at or before `deadline` (retransmission timeout).
+    pub fn drain_sent_before(&mut self, deadline: Instant) -> Vec<SentPacket> {
+        let mut lost = Vec::new();
+        for idx in 0..self.slots.len() {
+            let pn = self.base + idx as u64;
+            if self.slots[idx].as_ref().is_some_and(|p| p.time <= deadline) {
+                if let Some(p) = self.take(pn) {
+                    lost.push(p);
+                }
+            }
+        }
+        self.trim_front();
+        lost
+    }
+
+    /// Removes everything (connection closing, or Retry restarting the handshake).
+    pub fn drain_all(&mut self) -> Vec<SentPacket> {
+        let packets: Vec<SentPacket> = self.slots.drain(..).flatten().collect();
+        self.base += packets.len() as u64;
+        self.bytes_in_flight = 0;
+        self.count = 0;
+        packets
+    }
+
+    /// Frames of packet `pn`, if it is in flight.
+    pub fn frames_of(&self, pn: u64) -> Option<&[SentFrame]> {
+        let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
+        self.slots.get(idx)?.as_ref().map(|p| p.frames.as_slice())
+    }
+
+    /// Send time of the oldest packet in flight.
+    pub fn oldest_sent_time(&self) -> Option<Instant> {
+        self.slots.iter().flatten().next().map(|p| p.time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(pn: u64, time: Instant) -> SentPacket {
+        SentPacket {
+            pn,
+            time,
+            size: 1000,
+            frames: vec![SentFrame::Ping],
+            delivery: {
+                use crate::congestion::Controller;
+                crate::congestion::fixed::Fixed::new(1_000_000, 1350).on_sent(time, 1000, 0)
+            },
+        }
+    }
+
+    #[test]
+    fn reorder_threshold_declares_only_packets_far_enough_behind() {
+        let t = Instant::now();
+        let mut sent = SentPackets::new(0);
+        for pn in 0..6 {
+            sent.push(pn, Some(packet(pn, t)));
+        }
+        let acked = sent.on_ack(&[3..4, 0..0]);
+        assert_eq!(acked.len(), 1);
+        let (lost, next) = sent.detect_lost(3, 2, None, Duration::from_millis(50));
+        assert_eq!(lost.iter().map(|p| p.pn).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            next,
+            Some(t + Duration::from_millis(50)),
+            "packet 2 waits for the time threshold"
+        );
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent.bytes_in_flight(), 3000);
+    }
+
+    #[test]
+    fn absurd_ack_ranges_cost_no_more_than_what_is_tracked() {
+        let t = Instant::now();
+        let mut sent = SentPackets::new(0);
+        sent.push(0, Some(packet(0, t)));
+        sent.push(1, None);
+        sent.push(2, Some(packet(2, t)));
+        let acked = sent.on_ack(&[0..(1 << 62), 0..0]);
+        assert_eq!(acked.len(), 2);
+        assert!(sent.is_empty());
+    }
+
+    #[test]
+    fn rto_drains_packets_sent_before_the_deadline() {
+        let t = Instant::now();
+        let mut sent = SentPackets::new(0);
+        for pn in 0..4 {
+            sent.push(pn, Some(packet(pn, t + Duration::from_millis(pn * 10))));
+        }
+        let lost = sent.drain_sent_before(t + Duration::from_millis(15));
+        assert_eq!(lost.len(), 2);
+        assert_eq!(sent.oldest_sent_time(), Some(t + Duration::from_millis(20)));
+    }
+}

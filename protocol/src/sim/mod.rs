@@ -1,0 +1,256 @@
+//! A simulated network in virtual time, for deterministic tests and benchmarks.
+//!
+//! [`Pair`] joins a client [`Endpoint`] and a server [`Endpoint`] by two one-way [`Link`]s that
+//! delay, jitter, drop, reorder, duplicate and rate-limit datagrams from a seed. Time only moves
+//! when nothing can happen before the next delivery or timer, so a minute of lossy transfer runs in
+//! milliseconds, and a failing seed replays exactly. This is the quinn-proto test `Pair` idea,
+//! written for Ferry's endpoint API.
+//!
+//! Addresses are only labels here; they are loopback ones so that nothing could ever leave the
+//! machine even if they were used by mistake.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::{ServerConfig, TransportConfig};
+use crate::connection::Transmit;
+use crate::endpoint::{ConnectionHandle, Endpoint};
+
+pub mod link;
+pub mod transfer;
+
+pub use link::{Link, LinkConfig, LinkStats};
+
+/// The client's address in simulations.
+pub const CLIENT_ADDR: &str = "127.0.0.2:40000";
+/// The server's address in simulations.
+pub const SERVER_ADDR: &str = "127.0.0.1:9000";
+
+/// Which way a captured datagram went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    ToServer,
+    /// Server to client.
+    ToClient,
+}
+
+/// A datagram seen on the wire (when capture is on).
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// When it was sent.
+    pub at: Instant,
+    /// Which way.
+    pub direction: Direction,
+    /// The bytes.
+    pub datagram: Vec<u8>,
+}
+
+fn seed_bytes(seed: u64, salt: u8) -> [u8; 32] {
+    let mut s = [salt; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    s
+}
+
+/// A client and a server endpoint joined by two impaired links.
+pub struct Pair {
+    /// Virtual time now.
+    pub now: Instant,
+    /// When the simulation started.
+    pub start: Instant,
+    /// The client side.
+    pub client: Endpoint,
+    /// The server side.
+    pub server: Endpoint,
+    /// The client's current address (change it to simulate NAT rebinding).
+    pub client_addr: SocketAddr,
+    /// The server's address.
+    pub server_addr: SocketAddr,
+    /// Client-to-server link; each datagram carries its source address.
+    pub to_server: Link,
+    /// Server-to-client link; each datagram carries its destination address.
+    pub to_client: Link,
+    /// Every datagram sent, when `Some`.
+    pub capture: Option<Vec<Captured>>,
+    /// Datagrams the client addressed elsewhere than the server, or the server to a stale
+    /// client address (dropped).
+    pub misaddressed: u64,
+    /// When set, called for every datagram sent; returning true drops it before the link
+    /// (targeted loss for tests).
+    pub filter: Option<DropFilter>,
+    buf: Vec<u8>,
+}
+
+/// Decides which datagrams to drop before they reach a link (true: drop).
+pub type DropFilter = Box<dyn FnMut(Direction, &[u8]) -> bool>;
+
+impl Pair {
+    /// A pair whose randomness (endpoints and links) all derives from `seed`.
+    pub fn new(
+        seed: u64,
+        server: ServerConfig,
+        to_server: LinkConfig,
+        to_client: LinkConfig,
+    ) -> Self {
+        let start = Instant::now();
+        Self {
+            now: start,
+            start,
+            client: Endpoint::new(None, seed_bytes(seed, 1), start),
+            server: Endpoint::new(Some(server), seed_bytes(seed, 2), start),
+            client_addr: CLIENT_ADDR.parse().expect("valid literal"),
+            server_addr: SERVER_ADDR.parse().expect("valid literal"),
+            to_server: Link::new(to_server, seed ^ 0x5eed_0001, start),
+            to_client: Link::new(to_client, seed ^ 0x5eed_0002, start),
+            capture: None,
+            misaddressed: 0,
+            filter: None,
+            buf: Vec::with_capacity(65536),
+        }
+    }
+
+    /// A pair with the same impairments both ways.
+    pub fn symmetric(seed: u64, server: ServerConfig, link: LinkConfig) -> Self {
+        Self::new(seed, server, link.clone(), link)
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Starts a client connection to the server.
+    pub fn connect(&mut self, config: TransportConfig) -> ConnectionHandle {
+        let server = self.server_addr;
+        self.client
+            .connect(self.now, server, config)
+            .expect("valid transport config")
+    }
+
+    /// Records the datagram if capturing; returns false if the filter drops it.
+    fn record(&mut self, direction: Direction, datagram: &[u8]) -> bool {
+        if let Some(c) = &mut self.capture {
+            c.push(Captured {
+                at: self.now,
+                direction,
+                datagram: datagram.to_vec(),
+            });
+        }
+        !self.filter.as_mut().is_some_and(|f| f(direction, datagram))
+    }
+
+    fn segments(buf: &[u8], t: &Transmit) -> Vec<Vec<u8>> {
+        let data = &buf[..t.size];
+        match t.segment_size {
+            Some(s) if s > 0 => data.chunks(s).map(<[u8]>::to_vec).collect(),
+            _ => vec![data.to_vec()],
+        }
+    }
+
+    /// Moves everything both endpoints want to send now onto the links.
+    pub fn flush(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.client.poll_transmit(self.now, &mut self.buf, 1) {
+                progressed = true;
+                for d in Self::segments(&self.buf, &t) {
+                    if !self.record(Direction::ToServer, &d) {
+                        continue;
+                    }
+                    if t.destination == self.server_addr {
+                        self.to_server.send(self.now, self.client_addr, d);
+                    } else {
+                        self.misaddressed += 1;
+                    }
+                }
+            }
+            while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf, 1) {
+                progressed = true;
+                for d in Self::segments(&self.buf, &t) {
+                    if !self.record(Direction::ToClient, &d) {
+                        continue;
+                    }
+                    self.to_client.send(self.now, t.destination, d);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Earliest time anything is scheduled.
+    pub fn next_event(&mut self) -> Option<Instant> {
+        [
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+            self.to_server.next_delivery(),
+            self.to_client.next_delivery(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Flushes, advances virtual time to the next event and processes everything due then.
+    /// Returns false when nothing at all is scheduled.
+    pub fn step(&mut self) -> bool {
+        self.flush();
+        let Some(next) = self.next_event() else {
+            return false;
+        };
+        if next > self.now {
+            self.now = next;
+        }
+        let now = self.now;
+        while let Some((from, d)) = self.to_server.deliver(now) {
+            self.server.handle_datagram(now, from, &d);
+        }
+        while let Some((to, d)) = self.to_client.deliver(now) {
+            if to == self.client_addr {
+                let from = self.server_addr;
+                self.client.handle_datagram(now, from, &d);
+            } else {
+                // The client's old address (NAT binding) no longer reaches it.
+                self.misaddressed += 1;
+            }
+        }
+        self.client.handle_timeout(now);
+        self.server.handle_timeout(now);
+        true
+    }
+
+    /// Steps until `done` returns true (checked after every step, and given the pair so it can
+    /// act on events), or until `limit` of virtual time has passed since the call. Returns
+    /// whether `done` was reached.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Pair) -> bool) -> bool {
+        let deadline = self.now + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.now > deadline || !self.step() {
+                return done(self);
+            }
+        }
+    }
+
+    /// Runs until both handshakes completed; returns the client's and server's handles.
+    pub fn establish(
+        &mut self,
+        config: TransportConfig,
+    ) -> Option<(ConnectionHandle, ConnectionHandle)> {
+        let client = self.connect(config);
+        let mut server = None;
+        let ok = self.run_until(Duration::from_secs(30), |p| {
+            if server.is_none() {
+                server = p.server.accept();
+            }
+            server.is_some()
+                && p.client
+                    .connection_ref(client)
+                    .is_some_and(|c| c.is_established())
+        });
+        ok.then(|| (client, server.expect("accepted")))
+    }
+}

@@ -1,0 +1,819 @@
+//! Streams: many independent, ordered byte streams in one connection, with flow control.
+//!
+//! Each stream is bidirectional and ordered on its own: a lost packet delays only the streams
+//! whose bytes it carried (no cross-stream head-of-line blocking). Either end may open streams,
+//! up to the count the other end allows (MAX_STREAMS). Memory is bounded under any peer
+//! behaviour: a stream buffers at most `stream_send_buffer` bytes the application wrote and at
+//! most its receive window of bytes the peer sent; the connection window bounds the sum.
+//!
+//! A RESET aborts a stream in both directions (a tunnel maps it to a TCP reset). Its sender
+//! states how many bytes it had sent; the receiver answers with its own RESET carrying its own
+//! count, so both ends can settle connection-level flow-control credit for bytes that will never
+//! be read. Until that answer arrives the resetting end keeps a small tombstone of the stream.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::coding::{varint_len, BufMutExt};
+use crate::frame::{types, StreamFrame};
+use crate::ids::{Side, StreamId};
+use crate::recovery::SentFrame;
+
+pub mod recv;
+pub mod send;
+
+use recv::RecvAssembler;
+use send::SendBuffer;
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// No such stream: never opened, or already closed and forgotten.
+    #[error("unknown or closed stream {0}")]
+    UnknownStream(StreamId),
+    /// The stream was reset (by either end) with this code.
+    #[error("stream reset with code {0}")]
+    Reset(u64),
+    /// Write after `finish`.
+    #[error("stream already finished")]
+    Finished,
+    /// The peer allows no more streams now; wait for a stream to close.
+    #[error("stream limit reached")]
+    StreamLimit,
+    /// The connection is closed or closing.
+    #[error("connection closed")]
+    ConnectionClosed,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were copied.
+    Data(usize),
+    /// Nothing to read yet; a `StreamReadable` event follows when there is.
+    Blocked,
+    /// The peer finished the stream and every byte was read.
+    Finished,
+}
+
+/// Stream happenings the application should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The peer opened a stream.
+    Opened(StreamId),
+    /// A stream has bytes (or its end) to read.
+    Readable(StreamId),
+    /// A stream whose writer was refused has room again.
+    Writable(StreamId),
+    /// Everything written on the stream, and its FIN, was acknowledged.
+    Acknowledged(StreamId),
+    /// The peer reset a stream.
+    Reset {
+        /// The stream.
+        id: StreamId,
+        /// The peer's error code.
+        code: u64,
+    },
+}
+
+/// A peer misbehaviour found while applying a frame; the connection closes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowViolation {
+    /// Transport close code.
+    pub code: u64,
+    /// What happened.
+    pub reason: String,
+}
+
+/// Tunables of a stream set.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Receive window per stream, bytes.
+    pub stream_window: u64,
+    /// Receive window of the connection, bytes.
+    pub connection_window: u64,
+    /// Send buffer per stream, bytes.
+    pub send_buffer: usize,
+    /// Streams the peer may have open at once.
+    pub max_concurrent: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    send: SendBuffer,
+    recv: RecvAssembler,
+    /// Highest offset the peer lets us send (its MAX_STREAM_DATA).
+    send_limit: u64,
+    /// Highest offset we allow the peer to send (our last MAX_STREAM_DATA).
+    recv_limit: u64,
+    /// The application's write was refused for lack of room.
+    write_blocked: bool,
+    /// A Readable event is outstanding (cleared when the application reads until blocked).
+    readable_signalled: bool,
+    /// The Acknowledged event was sent.
+    acked_signalled: bool,
+    /// Queued in the send round-robin.
+    queued: bool,
+    /// Reset by us; waiting for the peer's RESET with its final size.
+    tombstone: bool,
+    /// Reset by the peer (code), reported to the application on its next call.
+    reset_by_peer: Option<u64>,
+    /// The application will never read again: received bytes are discarded on arrival (and
+    /// credit granted), so the peer can still finish.
+    discard: bool,
+}
+
+/// All streams of a connection.
+#[derive(Debug)]
+pub struct StreamSet {
+    side: Side,
+    limits: StreamLimits,
+    streams: BTreeMap<StreamId, Stream>,
+    /// Streams we opened so far.
+    local_opened: u64,
+    /// How many streams the peer lets us open (its MAX_STREAMS).
+    local_limit: u64,
+    /// Streams the peer opened so far (highest index + 1).
+    peer_opened: u64,
+    /// Peer-opened streams now closed.
+    peer_closed: u64,
+    /// How many streams we let the peer open (our last MAX_STREAMS).
+    peer_limit: u64,
+    /// Peer's initial per-stream credit for streams we send on.
+    peer_initial_stream_data: u64,
+    /// Connection credit the peer gave us (its MAX_DATA).
+    conn_send_limit: u64,
+    /// Bytes of new stream data sent, all streams.
+    conn_sent: u64,
+    /// Connection credit we gave the peer (our last MAX_DATA).
+    conn_recv_limit: u64,
+    /// Bytes the peer sent us (highest offsets), all streams.
+    conn_received: u64,
+    /// Bytes read by the application or discarded by resets.
+    conn_consumed: u64,
+    /// Round-robin of streams that may have something to send.
+    send_queue: VecDeque<StreamId>,
+    /// Control frames owed to the peer.
+    pending_max_data: bool,
+    pending_max_streams: bool,
+    pending_max_stream_data: BTreeSet<StreamId>,
+    pending_resets: VecDeque<(StreamId, u64, u64)>,
+    events: VecDeque<StreamEvent>,
+    /// Stream bytes sent again after a loss.
+    retransmitted: u64,
+}
+
+mod codes {
+    pub use crate::connection::close_code::*;
+}
+
+impl StreamSet {
+    /// Streams for one end of a connection. The peer's credits are given later by
+    /// [`StreamSet::apply_peer_settings`].
+    pub fn new(side: Side, limits: StreamLimits) -> Self {
+        Self {
+            side,
+            limits,
+            streams: BTreeMap::new(),
+            local_opened: 0,
+            local_limit: 0,
+            peer_opened: 0,
+            peer_closed: 0,
+            peer_limit: limits.max_concurrent,
+            peer_initial_stream_data: 0,
+            conn_send_limit: 0,
+            conn_sent: 0,
+            conn_recv_limit: limits.connection_window,
+            conn_received: 0,
+            conn_consumed: 0,
+            send_queue: VecDeque::new(),
+            pending_max_data: false,
+            pending_max_streams: false,
+            pending_max_stream_data: BTreeSet::new(),
+            pending_resets: VecDeque::new(),
+            events: VecDeque::new(),
+            retransmitted: 0,
+        }
+    }
+
+    /// Applies the peer's handshake credits.
+    pub fn apply_peer_settings(&mut self, max_data: u64, max_stream_data: u64, max_streams: u64) {
+        self.conn_send_limit = self.conn_send_limit.max(max_data);
+        self.peer_initial_stream_data = max_stream_data;
+        self.local_limit = self.local_limit.max(max_streams);
+        for (id, s) in &mut self.streams {
+            if s.send_limit < max_stream_data {
+                s.send_limit = max_stream_data;
+                if !s.queued {
+                    s.queued = true;
+                    self.send_queue.push_back(*id);
+                }
+            }
+        }
+    }
+
+    fn new_stream(&self) -> Stream {
+        Stream {
+            send: SendBuffer::new(self.limits.send_buffer),
+            recv: RecvAssembler::new(),
+            send_limit: self.peer_initial_stream_data,
+            recv_limit: self.limits.stream_window,
+            write_blocked: false,
+            readable_signalled: false,
+            acked_signalled: false,
+            queued: false,
+            tombstone: false,
+            reset_by_peer: None,
+            discard: false,
+        }
+    }
+
+    /// Next stream event for the application.
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Number of open streams (including reset ones awaiting the peer's answer).
+    pub fn open_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Opens a stream of our own.
+    pub fn open(&mut self) -> Result<StreamId, StreamError> {
+        if self.local_opened >= self.local_limit {
+            return Err(StreamError::StreamLimit);
+        }
+        let id = StreamId::new(self.side, self.local_opened);
+        self.local_opened += 1;
+        let stream = self.new_stream();
+        self.streams.insert(id, stream);
+        Ok(id)
+    }
+
+    /// True if we may open another stream now.
+    pub fn can_open(&self) -> bool {
+        self.local_opened < self.local_limit
+    }
+
+    fn live(
+        streams: &mut BTreeMap<StreamId, Stream>,
+        id: StreamId,
+    ) -> Result<&mut Stream, StreamError> {
+        match streams.get_mut(&id) {
+            None => Err(StreamError::UnknownStream(id)),
+            Some(s) if s.tombstone => Err(StreamError::UnknownStream(id)),
+            Some(s) => match s.reset_by_peer {
+                Some(code) => Err(StreamError::Reset(code)),
+                None => Ok(s),
+            },
+        }
+    }
+
+    fn enqueue(queue: &mut VecDeque<StreamId>, id: StreamId, s: &mut Stream) {
+        if !s.queued {
+            s.queued = true;
+            queue.push_back(id);
+        }
+    }
+
+    /// Buffers application bytes; returns how many were accepted (0: buffer full, a `Writable`
+    /// event follows when there is room).
+    pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let s = Self::live(&mut self.streams, id)?;
+        if s.send.is_finished() {
+            return Err(StreamError::Finished);
+        }
+        let n = s.send.write(data);
+        if n < data.len() {
+            s.write_blocked = true;
+        }
+        if n > 0 {
+            Self::enqueue(&mut self.send_queue, id, s);
+        }
+        Ok(n)
+    }
+
+    /// Ends our direction of the stream after the bytes written so far.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = Self::live(&mut self.streams, id)?;
+        if !s.send.is_finished() {
+            s.send.finish();
+            Self::enqueue(&mut self.send_queue, id, s);
+        }
+        Ok(())
+    }
+
+    /// Copies received bytes into `buf`.
+    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<ReadOutcome, StreamError> {
+        let window = self.limits.stream_window;
+        let s = Self::live(&mut self.streams, id)?;
+        let n = s.recv.read(buf);
+        if n == 0 {
+            if s.recv.is_finished() {
+                self.maybe_close(id);
+                return Ok(ReadOutcome::Finished);
+            }
+            if !buf.is_empty() {
+                s.readable_signalled = false;
+            }
+            return Ok(ReadOutcome::Blocked);
+        }
+        // Grant more credit once half the window has been consumed.
+        let read_offset = s.recv.read_offset();
+        if s.recv.final_size().is_none() && s.recv_limit - read_offset < window / 2 {
+            s.recv_limit = read_offset + window;
+            self.pending_max_stream_data.insert(id);
+        }
+        self.conn_consumed += n as u64;
+        self.update_conn_credit();
+        Ok(ReadOutcome::Data(n))
+    }
+
+    /// The application will not read `id` again: bytes already received and any that arrive
+    /// later are discarded, credit keeps flowing, and the stream closes once the peer finishes and
+    /// our own direction is acknowledged.
+    pub fn stop_reading(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = Self::live(&mut self.streams, id)?;
+        s.discard = true;
+        self.discard_readable(id);
+        Ok(())
+    }
+
+    fn discard_readable(&mut self, id: StreamId) {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.read(id, &mut scratch) {
+                Ok(ReadOutcome::Data(_)) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Contiguous bytes ready to read on `id`.
+    pub fn readable_len(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.recv.readable_len())
+    }
+
+    fn update_conn_credit(&mut self) {
+        let window = self.limits.connection_window;
+        if self.conn_recv_limit - self.conn_consumed.min(self.conn_recv_limit) < window / 2 {
+            self.conn_recv_limit = self.conn_consumed + window;
+            self.pending_max_data = true;
+        }
+    }
+
+    /// Aborts the stream in both directions with `code`.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        let s = match self.streams.get_mut(&id) {
+            Some(s) if !s.tombstone => s,
+            _ => return Err(StreamError::UnknownStream(id)),
+        };
+        if s.reset_by_peer.is_some() {
+            // The peer already reset it and we already answered: just forget it.
+            self.remove(id);
+            return Ok(());
+        }
+        let final_size = s.send.max_sent_offset();
+        s.tombstone = true;
+        // Free the buffers now; only flow-control offsets are still needed.
+        s.send = SendBuffer::new(0);
+        let received = s.recv.highest();
+        let read = s.recv.read_offset();
+        s.recv = RecvAssembler::new();
+        // A tombstone keeps only the offset the peer's bytes reached, in `recv_limit`.
+        s.recv_limit = received;
+        // Bytes received but never to be read count as consumed now.
+        self.conn_consumed += received - read;
+        self.update_conn_credit();
+        self.pending_resets.push_back((id, code, final_size));
+        self.pending_max_stream_data.remove(&id);
+        Ok(())
+    }
+
+    /// Applies a STREAM frame.
+    pub fn on_stream_frame(&mut self, frame: &StreamFrame<'_>) -> Result<(), FlowViolation> {
+        let id = frame.id;
+        self.ensure_peer_stream(id)?;
+        let end = frame.offset + frame.data.len() as u64;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(()); // closed stream: a late retransmission
+        };
+        if s.tombstone {
+            // Count the peer's new bytes against connection credit and discard them at once.
+            if end > s.recv_limit {
+                let grew = end - s.recv_limit;
+                s.recv_limit = end;
+                self.conn_received += grew;
+                self.conn_consumed += grew;
+                self.update_conn_credit();
+            }
+            return Ok(());
+        }
+        if s.reset_by_peer.is_some() {
+            return Ok(());
+        }
+        if end > s.recv_limit {
+            return Err(FlowViolation {
+                code: codes::FLOW_CONTROL,
+                reason: format!(
+                    "stream {id} data to offset {end} beyond the granted {}",
+                    s.recv_limit
+                ),
+            });
+        }
+        let before = s.recv.readable_len();
+        let finished_before = s.recv.is_finished();
+        let grew = s
+            .recv
+            .insert(frame.offset, frame.data, frame.fin)
+            .map_err(|e| FlowViolation {
+                code: codes::FINAL_SIZE,
+                reason: format!("stream {id}: {e}"),
+            })?;
+        if self.conn_received + grew > self.conn_recv_limit {
+            return Err(FlowViolation {
+                code: codes::FLOW_CONTROL,
+                reason: format!(
+                    "connection data {} beyond the granted {}",
+                    self.conn_received + grew,
+                    self.conn_recv_limit
+                ),
+            });
+        }
+        self.conn_received += grew;
+        if s.discard {
+            self.discard_readable(id);
+            return Ok(());
+        }
+        let readable = s.recv.readable_len() > before || (s.recv.is_finished() && !finished_before);
+        if readable && !s.readable_signalled {
+            s.readable_signalled = true;
+            self.events.push_back(StreamEvent::Readable(id));
+        }
+        Ok(())
+    }
+
+    /// Opens (implicitly) every peer stream up to `id`; checks that `id` may exist.
+    fn ensure_peer_stream(&mut self, id: StreamId) -> Result<(), FlowViolation> {
+        if id.initiator() == self.side {
+            if id.index() >= self.local_opened {
+                return Err(FlowViolation {
+                    code: codes::PROTOCOL_VIOLATION,
+                    reason: format!("frame for stream {id} that we never opened"),
+                });
+            }
+            return Ok(());
+        }
+        if id.index() < self.peer_opened {
+            return Ok(());
+        }
+        if id.index() >= self.peer_limit {
+            return Err(FlowViolation {
+                code: codes::STREAM_LIMIT,
+                reason: format!(
+                    "peer opened stream {id} beyond its limit of {} streams",
+                    self.peer_limit
+                ),
+            });
+        }
+        while self.peer_opened <= id.index() {
+            let new_id = StreamId::new(self.side.peer(), self.peer_opened);
+            self.peer_opened += 1;
+            let stream = self.new_stream();
+            self.streams.insert(new_id, stream);
+            self.events.push_back(StreamEvent::Opened(new_id));
+        }
+        Ok(())
+    }
+
+    /// Applies a RESET from the peer.
+    pub fn on_reset(
+        &mut self,
+        id: StreamId,
+        code: u64,
+        final_size: u64,
+    ) -> Result<(), FlowViolation> {
+        self.ensure_peer_stream(id)?;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        let reached = if s.tombstone {
+            s.recv_limit
+        } else {
+            s.recv.highest()
+        };
+        if final_size < reached || s.recv.final_size().is_some_and(|f| f != final_size) {
+            return Err(FlowViolation {
+                code: codes::FINAL_SIZE,
+                reason: format!(
+                    "stream {id} reset at {final_size} but {reached} bytes were received"
+                ),
+            });
+        }
+        let grew = final_size - reached;
+        if self.conn_received + grew > self.conn_recv_limit {
+            return Err(FlowViolation {
+                code: codes::FLOW_CONTROL,
+                reason: format!("stream {id} reset final size exceeds connection credit"),
+            });
+        }
+        self.conn_received += grew;
+        if s.tombstone {
+            // Our reset's answer: settle and forget.
+            self.conn_consumed += grew;
+            self.update_conn_credit();
+            self.remove(id);
+            return Ok(());
+        }
+        if s.reset_by_peer.is_some() {
+            return Ok(());
+        }
+        // Everything not yet read is discarded.
+        let unread = final_size - s.recv.read_offset();
+        let our_final = s.send.max_sent_offset();
+        s.reset_by_peer = Some(code);
+        s.send = SendBuffer::new(0);
+        s.recv = RecvAssembler::new();
+        self.conn_consumed += unread;
+        self.update_conn_credit();
+        self.pending_resets.push_back((id, code, our_final));
+        self.pending_max_stream_data.remove(&id);
+        self.events.push_back(StreamEvent::Reset { id, code });
+        Ok(())
+    }
+
+    /// Applies MAX_DATA.
+    pub fn on_max_data(&mut self, max: u64) {
+        if max > self.conn_send_limit {
+            self.conn_send_limit = max;
+            // Streams blocked on connection credit can go again.
+            let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+            for id in ids {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    Self::enqueue(&mut self.send_queue, id, s);
+                }
+            }
+        }
+    }
+
+    /// Applies MAX_STREAM_DATA.
+    pub fn on_max_stream_data(&mut self, id: StreamId, max: u64) -> Result<(), FlowViolation> {
+        self.ensure_peer_stream(id)?;
+        if let Some(s) = self.streams.get_mut(&id) {
+            if max > s.send_limit {
+                s.send_limit = max;
+                Self::enqueue(&mut self.send_queue, id, s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies MAX_STREAMS.
+    pub fn on_max_streams(&mut self, max: u64) {
+        self.local_limit = self.local_limit.max(max);
+    }
+
+    /// True if we may open more streams than before `previous_limit`.
+    pub fn local_limit(&self) -> u64 {
+        self.local_limit
+    }
+
+    /// Stream bytes `[offset, offset+len)` (and FIN) were acknowledged.
+    pub fn on_stream_acked(&mut self, id: StreamId, offset: u64, len: u32, fin: bool) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.tombstone || s.reset_by_peer.is_some() {
+            return;
+        }
+        s.send.on_ack(offset, len as usize, fin);
+        if s.write_blocked && s.send.free() > 0 {
+            s.write_blocked = false;
+            self.events.push_back(StreamEvent::Writable(id));
+        }
+        if s.send.is_fully_acked() && !s.acked_signalled {
+            s.acked_signalled = true;
+            self.events.push_back(StreamEvent::Acknowledged(id));
+            self.maybe_close(id);
+        }
+    }
+
+    /// Stream bytes were lost: queue them again.
+    pub fn on_stream_lost(&mut self, id: StreamId, offset: u64, len: u32, fin: bool) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.tombstone || s.reset_by_peer.is_some() {
+            return;
+        }
+        s.send.on_lost(offset, len as usize, fin);
+        Self::enqueue(&mut self.send_queue, id, s);
+    }
+
+    /// A frame carrying credit or a reset was lost: owe it again.
+    pub fn on_control_lost(&mut self, frame: &SentFrame) {
+        match *frame {
+            SentFrame::Reset {
+                id,
+                code,
+                final_size,
+            } if self.streams.contains_key(&id) => {
+                self.pending_resets.push_back((id, code, final_size));
+            }
+            SentFrame::MaxData => self.pending_max_data = true,
+            SentFrame::MaxStreams => self.pending_max_streams = true,
+            SentFrame::MaxStreamData(id)
+                if self.streams.get(&id).is_some_and(|s| {
+                    !s.tombstone && s.reset_by_peer.is_none() && s.recv.final_size().is_none()
+                }) =>
+            {
+                self.pending_max_stream_data.insert(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Our RESET was acknowledged; a stream the peer reset first can now be forgotten.
+    pub fn on_reset_acked(&mut self, id: StreamId) {
+        if self
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.reset_by_peer.is_some())
+        {
+            // Keep it until the application saw the reset (its next call), but at most briefly:
+            // the application has the Reset event already.
+            self.remove(id);
+        }
+    }
+
+    fn maybe_close(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get(&id) {
+            if s.send.is_fully_acked() && s.recv.is_finished() {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: StreamId) {
+        if self.streams.remove(&id).is_some() {
+            self.pending_max_stream_data.remove(&id);
+            if id.initiator() != self.side {
+                self.peer_closed += 1;
+                self.peer_limit = self.peer_closed + self.limits.max_concurrent;
+                self.pending_max_streams = true;
+            }
+        }
+    }
+
+    /// True if stream data can be sent now (within flow control).
+    pub fn has_pending_data(&self) -> bool {
+        let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
+        self.send_queue.iter().any(|id| {
+            self.streams.get(id).is_some_and(|s| {
+                let limit = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
+                s.send.has_pending(limit)
+            })
+        })
+    }
+
+    /// True if control frames are owed.
+    pub fn has_pending_control(&self) -> bool {
+        self.pending_max_data
+            || self.pending_max_streams
+            || !self.pending_max_stream_data.is_empty()
+            || !self.pending_resets.is_empty()
+    }
+
+    /// Writes owed control frames into `buf` while they fit below `limit` bytes.
+    pub fn write_control(&mut self, buf: &mut Vec<u8>, limit: usize, sent: &mut Vec<SentFrame>) {
+        while let Some(&(id, code, final_size)) = self.pending_resets.front() {
+            if buf.len() + 1 + 3 * 8 > limit {
+                return;
+            }
+            self.pending_resets.pop_front();
+            buf.put_varint(types::RESET);
+            buf.put_varint(id.0);
+            buf.put_varint(code);
+            buf.put_varint(final_size);
+            sent.push(SentFrame::Reset {
+                id,
+                code,
+                final_size,
+            });
+        }
+        if self.pending_max_data && buf.len() + 9 <= limit {
+            self.pending_max_data = false;
+            buf.put_varint(types::MAX_DATA);
+            buf.put_varint(self.conn_recv_limit);
+            sent.push(SentFrame::MaxData);
+        }
+        if self.pending_max_streams && buf.len() + 9 <= limit {
+            self.pending_max_streams = false;
+            buf.put_varint(types::MAX_STREAMS);
+            buf.put_varint(self.peer_limit);
+            sent.push(SentFrame::MaxStreams);
+        }
+        while let Some(&id) = self.pending_max_stream_data.first() {
+            if buf.len() + 17 > limit {
+                return;
+            }
+            self.pending_max_stream_data.remove(&id);
+            if let Some(s) = self.streams.get(&id) {
+                buf.put_varint(types::MAX_STREAM_DATA);
+                buf.put_varint(id.0);
+                buf.put_varint(s.recv_limit);
+                sent.push(SentFrame::MaxStreamData(id));
+            }
+        }
+    }
+
+    /// Writes stream frames into `buf` while they fit below `limit` bytes, taking streams in
+    /// round-robin order so that every stream with data progresses.
+    pub fn write_data(&mut self, buf: &mut Vec<u8>, limit: usize, sent: &mut Vec<SentFrame>) {
+        let mut visited = 0;
+        let queued = self.send_queue.len();
+        while visited < queued {
+            // Smallest useful frame: type, id, offset, length, one byte.
+            if buf.len() + 1 + 8 + 8 + 4 + 1 > limit {
+                return;
+            }
+            let Some(id) = self.send_queue.pop_front() else {
+                return;
+            };
+            visited += 1;
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.queued = false;
+            if s.tombstone || s.reset_by_peer.is_some() {
+                continue;
+            }
+            let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
+            let max_offset = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
+            let room = limit - buf.len();
+            // Header size with the largest plausible offset and length fields.
+            let header = 1 + varint_len(id.0) + 8 + varint_len(room as u64);
+            let before = s.send.max_sent_offset();
+            let Some(chunk) = s.send.next_chunk(room.saturating_sub(header), max_offset) else {
+                continue;
+            };
+            let mut ty = types::STREAM | types::STREAM_LEN;
+            if chunk.offset > 0 {
+                ty |= types::STREAM_OFF;
+            }
+            if chunk.fin {
+                ty |= types::STREAM_FIN;
+            }
+            buf.put_varint(ty);
+            buf.put_varint(id.0);
+            if chunk.offset > 0 {
+                buf.put_varint(chunk.offset);
+            }
+            buf.put_varint(chunk.len as u64);
+            s.send.copy_to(chunk.offset, chunk.len, buf);
+            let fresh = s.send.max_sent_offset() - before;
+            self.conn_sent += fresh;
+            self.retransmitted += (chunk.len as u64).saturating_sub(fresh);
+            sent.push(SentFrame::Stream {
+                id,
+                offset: chunk.offset,
+                len: chunk.len as u32,
+                fin: chunk.fin,
+            });
+            let limit_now = s.send_limit.min(
+                s.send.max_sent_offset() + self.conn_send_limit.saturating_sub(self.conn_sent),
+            );
+            if s.send.has_pending(limit_now) {
+                s.queued = true;
+                self.send_queue.push_back(id);
+            }
+        }
+    }
+
+    /// Stream bytes sent again after a loss, in total.
+    pub fn retransmitted_bytes(&self) -> u64 {
+        self.retransmitted
+    }
+
+    /// Bytes buffered for sending on all streams (unacknowledged).
+    pub fn send_buffered(&self) -> usize {
+        self.streams.values().map(|s| s.send.buffered()).sum()
+    }
+
+    /// Bytes buffered as received on all streams (not yet read).
+    pub fn recv_buffered(&self) -> usize {
+        self.streams.values().map(|s| s.recv.buffered()).sum()
+    }
+
+    /// True when every stream is closed (used by graceful shutdown).
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Resets every stream (the connection is going away); no frames are sent.
+    pub fn abandon_all(&mut self) {
+        self.streams.clear();
+        self.send_queue.clear();
+        self.pending_resets.clear();
+        self.pending_max_stream_data.clear();
+    }
+}

@@ -1,0 +1,212 @@
+//! The receive side of one stream: reassembles bytes that arrive out of order, duplicated or
+//! overlapping into the ordered byte stream the application reads.
+//!
+//! Segments are kept by offset; the first copy of any byte wins and later copies are trimmed
+//! away, so duplicates cost nothing. Flow control (how far the peer may send) is enforced by the
+//! caller before inserting, which bounds what this holds.
+
+use std::collections::BTreeMap;
+
+/// The peer broke a final-size rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// A FIN at a different offset than a previous FIN, or below bytes already received.
+    #[error("final size changed")]
+    FinalSizeChanged,
+    /// Bytes beyond a known final size.
+    #[error("data beyond the final size")]
+    DataBeyondFinalSize,
+}
+
+/// Out-of-order bytes of one stream and the read position.
+#[derive(Debug, Default)]
+pub struct RecvAssembler {
+    /// Non-overlapping segments at or above `read`, by offset.
+    segments: BTreeMap<u64, Vec<u8>>,
+    read: u64,
+    highest: u64,
+    final_size: Option<u64>,
+    buffered: usize,
+}
+
+impl RecvAssembler {
+    /// Nothing received yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `data` at `offset`; `fin` ends the stream after it. Returns how much the highest
+    /// received offset grew (for connection-level flow control).
+    pub fn insert(&mut self, offset: u64, data: &[u8], fin: bool) -> Result<u64, RecvError> {
+        let end = offset + data.len() as u64;
+        if let Some(f) = self.final_size {
+            if fin && end != f {
+                return Err(RecvError::FinalSizeChanged);
+            }
+            if end > f {
+                return Err(RecvError::DataBeyondFinalSize);
+            }
+        }
+        if fin {
+            if end < self.highest {
+                return Err(RecvError::FinalSizeChanged);
+            }
+            self.final_size = Some(end);
+        }
+        let grew = end.saturating_sub(self.highest);
+        self.highest = self.highest.max(end);
+        let mut at = offset.max(self.read);
+        while at < end {
+            // Skip what an existing segment already covers.
+            if let Some((&s, seg)) = self.segments.range(..=at).next_back() {
+                let seg_end = s + seg.len() as u64;
+                if seg_end > at {
+                    at = seg_end;
+                    continue;
+                }
+            }
+            let next = self
+                .segments
+                .range(at..)
+                .next()
+                .map_or(end, |(s, _)| (*s).min(end));
+            let piece = data[(at - offset) as usize..(next - offset) as usize].to_vec();
+            self.buffered += piece.len();
+            self.segments.insert(at, piece);
+            at = next;
+        }
+        Ok(grew)
+    }
+
+    /// Copies contiguous bytes from the read position into `buf`; returns the count.
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(mut entry) = self.segments.first_entry() else {
+                break;
+            };
+            if *entry.key() != self.read {
+                break;
+            }
+            let seg = entry.get_mut();
+            let k = seg.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&seg[..k]);
+            n += k;
+            self.read += k as u64;
+            self.buffered -= k;
+            if k == seg.len() {
+                entry.remove();
+            } else {
+                let rest = seg.split_off(k);
+                entry.remove();
+                self.segments.insert(self.read, rest);
+            }
+        }
+        n
+    }
+
+    /// Contiguous bytes ready to read.
+    pub fn readable_len(&self) -> usize {
+        let mut at = self.read;
+        let mut n = 0;
+        for (&s, seg) in &self.segments {
+            if s != at {
+                break;
+            }
+            at += seg.len() as u64;
+            n += seg.len();
+        }
+        n
+    }
+
+    /// Bytes consumed by the application.
+    pub fn read_offset(&self) -> u64 {
+        self.read
+    }
+
+    /// End of the highest byte received.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// The stream's length, once the FIN arrived.
+    pub fn final_size(&self) -> Option<u64> {
+        self.final_size
+    }
+
+    /// True once the FIN arrived and every byte was read.
+    pub fn is_finished(&self) -> bool {
+        self.final_size == Some(self.read)
+    }
+
+    /// Bytes held, in order or not.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(r: &mut RecvAssembler) -> Vec<u8> {
+        let mut out = vec![0; 1000];
+        let n = r.read(&mut out);
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn out_of_order_overlapping_and_duplicate_data_reassemble_once() {
+        let mut r = RecvAssembler::new();
+        assert_eq!(r.insert(5, b"56789", false), Ok(10));
+        assert_eq!(r.readable_len(), 0);
+        assert_eq!(r.insert(3, b"34567", false), Ok(0));
+        assert_eq!(r.insert(0, b"012", false), Ok(0));
+        assert_eq!(r.insert(5, b"XXXXX", false), Ok(0), "first copy wins");
+        assert_eq!(r.buffered(), 10);
+        assert_eq!(read_all(&mut r), b"0123456789");
+        assert_eq!(r.buffered(), 0);
+        assert_eq!(
+            r.insert(2, b"late", false),
+            Ok(0),
+            "below the read offset: dropped"
+        );
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn fin_is_finished_only_after_every_byte_is_read() {
+        let mut r = RecvAssembler::new();
+        r.insert(3, b"def", true).unwrap();
+        assert!(!r.is_finished());
+        r.insert(0, b"abc", false).unwrap();
+        assert_eq!(read_all(&mut r), b"abcdef");
+        assert!(r.is_finished());
+        assert_eq!(r.insert(3, b"def", true), Ok(0), "a duplicate FIN is fine");
+    }
+
+    #[test]
+    fn final_size_cannot_change_and_nothing_may_follow_it() {
+        let mut r = RecvAssembler::new();
+        r.insert(0, b"abcdef", false).unwrap();
+        assert_eq!(r.insert(0, b"abc", true), Err(RecvError::FinalSizeChanged));
+        r.insert(6, b"", true).unwrap();
+        assert_eq!(
+            r.insert(6, b"x", false),
+            Err(RecvError::DataBeyondFinalSize)
+        );
+        assert_eq!(r.insert(0, b"a", true), Err(RecvError::FinalSizeChanged));
+    }
+
+    #[test]
+    fn partial_reads_keep_the_rest() {
+        let mut r = RecvAssembler::new();
+        r.insert(0, b"hello world", false).unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(r.read(&mut buf), 5);
+        assert_eq!(&buf, b"hello");
+        assert_eq!(r.readable_len(), 6);
+        assert_eq!(read_all(&mut r), b" world");
+    }
+}

@@ -1,0 +1,428 @@
+//! The protocol's behaviour through a simulated network, in virtual time, from seeds.
+//!
+//! Every test is deterministic: a failure names its seed, and rerunning that seed replays the very
+//! same packets.
+
+use std::time::Duration;
+
+use ferry_protocol::config::{ServerConfig, TransportConfig};
+use ferry_protocol::connection::{ConnectionError, Event};
+use ferry_protocol::frame::{Frame, FrameIter};
+use ferry_protocol::packet::Packet;
+use ferry_protocol::sim::transfer::{verify, BulkSide};
+use ferry_protocol::sim::{Direction, LinkConfig, Pair};
+use ferry_protocol::streams::ReadOutcome;
+use ferry_protocol::StreamId;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Runs a bulk transfer of `streams` streams with `bytes` each way and checks every byte.
+fn bulk_transfer(
+    pair: &mut Pair,
+    config: TransportConfig,
+    streams: usize,
+    bytes: u64,
+    seed: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let (ch, sh) = pair
+        .establish(config)
+        .ok_or(format!("seed {seed}: handshake failed"))?;
+    let mut client = BulkSide::new(ch, true, seed, streams, bytes);
+    let mut server = BulkSide::new(sh, false, seed, 0, bytes);
+    let done = pair.run_until(limit, |p| {
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        client.is_done() && server.is_done() && server.streams.len() == streams
+    });
+    if !done {
+        return Err(format!(
+            "seed {seed}: transfer incomplete after {:?}: client received {} bytes, server received {} bytes, client closed: {:?}, server closed: {:?}",
+            pair.elapsed(),
+            client.received_bytes(),
+            server.received_bytes(),
+            client.closed,
+            server.closed
+        ));
+    }
+    verify(&client, &server).map_err(|e| format!("seed {seed}: {e}"))
+}
+
+fn impaired_link() -> LinkConfig {
+    LinkConfig::default()
+        .with_delay(20 * MS)
+        .with_jitter(5 * MS)
+        .with_loss(0.10)
+        .with_reorder(0.05)
+        .with_duplicate(0.02)
+}
+
+/// 16 streams x 1 MiB each way through 20 ms +-5 ms, 10% loss, 5% reordering, 2% duplication,
+/// for 200 seeds. Optimised builds move the full 1 MiB per stream on every seed. Debug builds
+/// (whose protocol code runs ~20x slower) move 64 KiB per stream on most seeds and the full
+/// 1 MiB on every 25th seed, so that full-size runs are always part of the suite.
+#[test]
+fn sixteen_streams_arrive_intact_through_loss_jitter_reordering_and_duplication() {
+    let full = 1 << 20;
+    let mut failures = Vec::new();
+    for seed in 0..200u64 {
+        let bytes = if cfg!(debug_assertions) && seed % 25 != 0 {
+            64 << 10
+        } else {
+            full
+        };
+        let mut pair = Pair::symmetric(seed, ServerConfig::default(), impaired_link());
+        let result = bulk_transfer(
+            &mut pair,
+            TransportConfig::default(),
+            16,
+            bytes,
+            seed,
+            Duration::from_secs(300),
+        );
+        if let Err(e) = result {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn thirty_percent_loss_still_completes() {
+    for seed in 0..5 {
+        let link = LinkConfig::default().with_delay(20 * MS).with_loss(0.30);
+        let mut pair = Pair::symmetric(seed, ServerConfig::default(), link);
+        bulk_transfer(
+            &mut pair,
+            TransportConfig::default(),
+            4,
+            256 << 10,
+            seed,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    }
+}
+
+fn blackout_pair(seed: u64, idle: Duration) -> (Pair, TransportConfig) {
+    // 20 Mbit/s, blackout from 1 s to 6 s of the simulation, both ways.
+    let link = LinkConfig::default()
+        .with_delay(20 * MS)
+        .with_rate(20_000_000, 100_000)
+        .with_blackout(Duration::from_secs(1), Duration::from_secs(5));
+    let config = TransportConfig::default()
+        .idle_timeout(idle)
+        .keepalive_interval(Some(Duration::from_millis(500)));
+    let server = ServerConfig::new(config.clone());
+    (Pair::symmetric(seed, server, link), config)
+}
+
+#[test]
+fn five_second_blackout_is_survived_when_the_idle_timeout_is_longer() {
+    let (mut pair, config) = blackout_pair(1, Duration::from_secs(10));
+    // About 3 s of transfer at the start, so the blackout hits it mid-flight.
+    bulk_transfer(&mut pair, config, 2, 4 << 20, 1, Duration::from_secs(120)).unwrap();
+    assert!(
+        pair.elapsed() > Duration::from_secs(6),
+        "the transfer must have crossed the blackout"
+    );
+}
+
+#[test]
+fn five_second_blackout_is_reported_as_idle_timeout_on_both_ends_when_it_is_shorter() {
+    let idle = Duration::from_secs(2);
+    let (mut pair, config) = blackout_pair(2, idle);
+    let (ch, sh) = pair.establish(config).unwrap();
+    let mut client = BulkSide::new(ch, true, 2, 1, 64 << 20);
+    let mut server = BulkSide::new(sh, false, 2, 0, 64 << 20);
+    pair.run_until(Duration::from_secs(30), |p| {
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        client.closed.is_some() && server.closed.is_some()
+    });
+    assert_eq!(client.closed, Some(ConnectionError::IdleTimeout(idle)));
+    assert_eq!(server.closed, Some(ConnectionError::IdleTimeout(idle)));
+    assert!(
+        pair.elapsed() < Duration::from_secs(6),
+        "timed out during the blackout"
+    );
+    assert_eq!(
+        pair.client.connection_count(),
+        0,
+        "closed connections are forgotten"
+    );
+    assert_eq!(pair.server.connection_count(), 0);
+}
+
+fn stream_ids_in(datagram: &[u8]) -> Vec<StreamId> {
+    let Ok(packet) = Packet::decode(datagram) else {
+        return Vec::new();
+    };
+    FrameIter::new(packet.payload)
+        .filter_map(|f| match f {
+            Ok(Frame::Stream(s)) if !s.data.is_empty() => Some(s.id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn lost_packet_stalls_only_its_own_stream() {
+    let link = LinkConfig::default().with_delay(20 * MS);
+    let mut pair = Pair::symmetric(3, ServerConfig::default(), link);
+    // Tail duplication would deliver A's data despite the drop: this test is about the repair.
+    let (ch, sh) = pair
+        .establish(TransportConfig::default().tail_duplication(false))
+        .unwrap();
+    let conn = pair.client.connection(ch).unwrap();
+    let a = conn.open_stream().unwrap();
+    let b = conn.open_stream().unwrap();
+    conn.write(a, b"stream A's first message").unwrap();
+    // Drop the first packet carrying stream A's data; let everything else through.
+    let mut dropped = false;
+    pair.filter = Some(Box::new(move |dir, d| {
+        if dir == Direction::ToServer && !dropped && stream_ids_in(d).contains(&a) {
+            dropped = true;
+            return true;
+        }
+        false
+    }));
+    pair.flush();
+    // B's data leaves after A's lost packet.
+    let conn = pair.client.connection(ch).unwrap();
+    conn.write(b, b"stream B's later message").unwrap();
+    pair.flush();
+
+    let mut buf = [0u8; 64];
+    let mut b_delivered_at = None;
+    let mut a_delivered_at = None;
+    pair.run_until(Duration::from_secs(5), |p| {
+        let server = p.server.connection(sh).unwrap();
+        if b_delivered_at.is_none() {
+            if let Ok(ReadOutcome::Data(n)) = server.read(b, &mut buf) {
+                assert_eq!(&buf[..n], b"stream B's later message");
+                // At this moment A's data has not arrived: its retransmission is still due.
+                assert_eq!(server.read(a, &mut buf), Ok(ReadOutcome::Blocked));
+                b_delivered_at = Some(p.now);
+            }
+        }
+        if let Ok(ReadOutcome::Data(n)) = server.read(a, &mut buf) {
+            assert_eq!(&buf[..n], b"stream A's first message");
+            a_delivered_at = Some(p.now);
+        }
+        a_delivered_at.is_some()
+    });
+    let (b_at, a_at) = (
+        b_delivered_at.expect("B delivered"),
+        a_delivered_at.expect("A delivered"),
+    );
+    assert!(
+        b_at < a_at,
+        "B ({b_at:?}) must be delivered before A's retransmission ({a_at:?})"
+    );
+}
+
+#[test]
+fn receiver_that_never_reads_keeps_sender_buffers_under_the_flow_control_bound() {
+    let window = 256 << 10;
+    let send_buffer = 128 << 10;
+    let config = TransportConfig::default()
+        .receive_windows(window, 4 * window)
+        .stream_send_buffer(send_buffer);
+    let link = LinkConfig::default().with_delay(10 * MS);
+    let mut pair = Pair::symmetric(4, ServerConfig::new(config.clone()), link);
+    let (ch, sh) = pair.establish(config).unwrap();
+    let mut client = BulkSide::new(ch, true, 4, 1, 64 << 20);
+    let mut server = BulkSide::new(sh, false, 4, 0, 0);
+    server.read_enabled = false;
+    let mut max_sender_buffered = 0;
+    let mut max_receiver_buffered = 0;
+    pair.run_until(Duration::from_secs(20), |p| {
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        let (sent_buf, _) = p.client.connection_ref(ch).unwrap().buffered_bytes();
+        let (_, recv_buf) = p.server.connection_ref(sh).unwrap().buffered_bytes();
+        max_sender_buffered = max_sender_buffered.max(sent_buf);
+        max_receiver_buffered = max_receiver_buffered.max(recv_buf);
+        false
+    });
+    let sent: u64 = client.streams.values().map(|s| s.sent).sum();
+    assert!(
+        max_sender_buffered <= send_buffer,
+        "sender buffered {max_sender_buffered}"
+    );
+    assert!(
+        max_receiver_buffered as u64 <= window,
+        "receiver buffered {max_receiver_buffered}"
+    );
+    assert!(
+        sent <= window + send_buffer as u64,
+        "application wrote {sent} bytes into a stalled stream"
+    );
+    assert!(
+        sent >= window,
+        "the window itself must have been used: {sent}"
+    );
+}
+
+#[test]
+fn mismatched_required_settings_fail_the_handshake_with_the_same_line_on_both_ends() {
+    let client_config = TransportConfig::default().require("crypto", "none");
+    let server_config = TransportConfig::default().require("crypto", "tls");
+    let mut pair = Pair::symmetric(
+        5,
+        ServerConfig::new(server_config),
+        LinkConfig::default().with_delay(5 * MS),
+    );
+    let ch = pair.connect(client_config);
+    let mut client_error = None;
+    let mut server_error = None;
+    pair.run_until(Duration::from_secs(5), |p| {
+        while let Some((_, ev)) = p.client.poll_event() {
+            if let Event::Closed(e) = ev {
+                client_error = Some(e);
+            }
+        }
+        while let Some((_, ev)) = p.server.poll_event() {
+            if let Event::Closed(e) = ev {
+                server_error = Some(e);
+            }
+        }
+        client_error.is_some() && server_error.is_some()
+    });
+    let expected =
+        ConnectionError::HandshakeFailed("settings differ: crypto: server tls, client none".into());
+    assert_eq!(client_error.as_ref(), Some(&expected));
+    assert_eq!(server_error.as_ref(), Some(&expected));
+    assert!(!expected.to_string().contains('\n'));
+    assert!(pair.client.connection_ref(ch).is_none_or(|c| c.is_closed()));
+}
+
+#[test]
+fn client_address_change_is_validated_before_the_server_follows_it() {
+    let link = LinkConfig::default()
+        .with_delay(10 * MS)
+        .with_rate(20_000_000, 100_000);
+    let mut pair = Pair::symmetric(6, ServerConfig::default(), link);
+    let (ch, sh) = pair.establish(TransportConfig::default()).unwrap();
+    let mut client = BulkSide::new(ch, true, 6, 2, 2 << 20);
+    let mut server = BulkSide::new(sh, false, 6, 0, 2 << 20);
+    let mut rebound = false;
+    let done = pair.run_until(Duration::from_secs(60), |p| {
+        if !rebound && p.elapsed() > Duration::from_millis(300) {
+            // NAT rebinding: the client's packets now come from another port.
+            p.client_addr = "127.0.0.2:40001".parse().unwrap();
+            rebound = true;
+        }
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        client.is_done() && server.is_done()
+    });
+    assert!(done, "transfer across the rebinding completed");
+    verify(&client, &server).unwrap();
+    assert!(rebound);
+    assert_eq!(
+        pair.server.connection_ref(sh).unwrap().remote(),
+        pair.client_addr
+    );
+    assert_eq!(
+        pair.server.connection_ref(sh).unwrap().stats().migrations,
+        1
+    );
+}
+
+#[test]
+fn graceful_close_and_abort_are_reported_with_their_reasons() {
+    let mut pair = Pair::symmetric(
+        7,
+        ServerConfig::default(),
+        LinkConfig::default().with_delay(5 * MS),
+    );
+    let (ch, sh) = pair.establish(TransportConfig::default()).unwrap();
+    let now = pair.now;
+    pair.client
+        .connection(ch)
+        .unwrap()
+        .close_gracefully(now, "agent shutting down");
+    let mut client_error = None;
+    let mut server_error = None;
+    pair.run_until(Duration::from_secs(5), |p| {
+        while let Some((h, ev)) = p.client.poll_event() {
+            if let (true, Event::Closed(e)) = (h == ch, ev) {
+                client_error = Some(e);
+            }
+        }
+        while let Some((h, ev)) = p.server.poll_event() {
+            if let (true, Event::Closed(e)) = (h == sh, ev) {
+                server_error = Some(e);
+            }
+        }
+        client_error.is_some() && server_error.is_some()
+    });
+    assert_eq!(
+        client_error,
+        Some(ConnectionError::LocallyClosed {
+            code: 0,
+            reason: "agent shutting down".into()
+        })
+    );
+    assert_eq!(
+        server_error,
+        Some(ConnectionError::PeerClosed {
+            code: 0,
+            reason: "agent shutting down".into()
+        })
+    );
+}
+
+/// Goodput of a bulk transfer through a 50 Mbit/s, 40 ms RTT bottleneck at `loss`, as a
+/// fraction of the link rate, measured from 2 s to 8 s (virtual time: deterministic).
+fn bottleneck_goodput(cc: ferry_protocol::congestion::CongestionConfig, loss: f64) -> f64 {
+    let rate = 50_000_000;
+    let link = LinkConfig::default()
+        .with_delay(20 * MS)
+        .with_rate(rate, 250_000)
+        .with_loss(loss);
+    let config = TransportConfig::default()
+        .congestion(cc)
+        .receive_windows(16 << 20, 64 << 20)
+        .stream_send_buffer(16 << 20);
+    let mut pair = Pair::symmetric(9, ServerConfig::new(config.clone()), link);
+    let (ch, sh) = pair.establish(config).unwrap();
+    let mut sender = BulkSide::new(ch, true, 9, 1, 1 << 40);
+    let mut receiver = BulkSide::new(sh, false, 9, 0, 0);
+    let mut mark = None;
+    let start = pair.now;
+    pair.run_until(Duration::from_secs(8), |p| {
+        sender.pump(&mut p.client);
+        receiver.pump(&mut p.server);
+        if mark.is_none() && p.now - start >= Duration::from_secs(2) {
+            mark = Some((p.now, receiver.received_bytes()));
+        }
+        false
+    });
+    let (t0, b0) = mark.unwrap();
+    (receiver.received_bytes() - b0) as f64 * 8.0 / (pair.now - t0).as_secs_f64() / rate as f64
+}
+
+#[test]
+fn default_controller_keeps_half_the_link_under_five_percent_random_loss() {
+    let g = bottleneck_goodput(ferry_protocol::congestion::CongestionConfig::Bbr, 0.05);
+    assert!(g >= 0.5, "bbr goodput {g:.3} of the link at 5% loss");
+}
+
+#[test]
+fn fixed_controller_keeps_most_of_the_link_under_loss() {
+    let fixed = ferry_protocol::congestion::CongestionConfig::Fixed {
+        rate_bps: 50_000_000,
+    };
+    let g1 = bottleneck_goodput(fixed, 0.01);
+    let g5 = bottleneck_goodput(fixed, 0.05);
+    assert!(g1 >= 0.9, "fixed goodput {g1:.3} at 1% loss");
+    assert!(g5 >= 0.8, "fixed goodput {g5:.3} at 5% loss");
+}

@@ -1,0 +1,1 @@
+//! Tokio driver for the Ferry protocol.
