@@ -1,1 +1,21 @@
-//! Tokio driver for the Ferry protocol.
+//! Tokio driver for Ferry's sans-IO protocol.
+//!
+//! [`Endpoint`] owns a UDP socket and runs one task that moves datagrams between the socket and
+//! the protocol state machine of `ferry-protocol`, using batched I/O ([`udp`]: GSO/GRO and
+//! multi-message syscalls where the platform has them). [`Connection`] opens and accepts streams;
+//! [`Stream`] implements `AsyncRead` + `AsyncWrite`, so a stream can be used wherever a TCP
+//! stream can (`tokio::io::copy_bidirectional` in the tunnel binaries).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod connection;
+mod endpoint;
+mod shared;
+mod stream;
+pub mod udp;
+
+pub use connection::Connection;
+pub use endpoint::{ConnectError, Endpoint};
+pub use ferry_protocol::config::{ServerConfig, TransportConfig};
+pub use ferry_protocol::connection::{ConnectionError, ConnectionStats};
+pub use stream::{Stream, RESET_DROPPED};

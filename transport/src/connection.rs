@@ -1,0 +1,189 @@
+//! A connection handle for applications: open and accept streams, close, watch for the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
+use ferry_protocol::endpoint::ConnectionHandle;
+use ferry_protocol::streams::StreamError;
+
+use crate::shared::Shared;
+use crate::stream::Stream;
+
+/// Owns one reference to a protocol connection; the last one closes it.
+pub(crate) struct ConnRef {
+    pub shared: Arc<Shared>,
+    pub handle: ConnectionHandle,
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        let now = Instant::now();
+        if let Some(conn) = state.endpoint.connection(self.handle) {
+            conn.close(now, close_code::NO_ERROR, "connection handle dropped");
+        }
+        state.conns.remove(&self.handle);
+        state.dispatch_events();
+        state.wake_driver();
+    }
+}
+
+/// A Ferry connection. Cheap to clone; closed (with code 0) when the last clone and the last of
+/// its streams are dropped.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnRef>,
+}
+
+impl Connection {
+    pub(crate) fn new(shared: Arc<Shared>, handle: ConnectionHandle) -> Self {
+        Self {
+            inner: Arc::new(ConnRef { shared, handle }),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The protocol's handle of this connection.
+    pub fn handle(&self) -> ConnectionHandle {
+        self.inner.handle
+    }
+
+    pub(crate) async fn wait_connected(&self) -> Result<(), ConnectionError> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let conn = state.conns.entry(self.inner.handle).or_default();
+            match &conn.connected {
+                Some(r) => Poll::Ready(r.clone()),
+                None => {
+                    conn.connect_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The peer's address (it may change: the protocol follows validated migrations).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        let state = self.shared().lock();
+        state
+            .endpoint
+            .connection_ref(self.inner.handle)
+            .map(|c| c.remote())
+    }
+
+    /// Counters and RTT estimates, while the connection exists.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        let state = self.shared().lock();
+        state
+            .endpoint
+            .connection_ref(self.inner.handle)
+            .map(|c| c.stats())
+    }
+
+    /// Why the connection ended, if it did.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        let state = self.shared().lock();
+        state
+            .conns
+            .get(&self.inner.handle)
+            .and_then(|c| c.error.clone())
+    }
+
+    /// Opens a stream, waiting while the peer's stream limit is reached.
+    pub async fn open_stream(&self) -> Result<Stream, ConnectionError> {
+        let id = std::future::poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let handle = self.inner.handle;
+            if let Some(e) = state.conns.get(&handle).and_then(|c| c.error.clone()) {
+                return Poll::Ready(Err(e));
+            }
+            let result = match state.endpoint.connection(handle) {
+                Some(conn) => conn.open_stream(),
+                None => Err(StreamError::ConnectionClosed),
+            };
+            match result {
+                Ok(id) => Poll::Ready(Ok(id)),
+                Err(StreamError::StreamLimit) => {
+                    state
+                        .conns
+                        .entry(handle)
+                        .or_default()
+                        .open_wakers
+                        .push(cx.waker().clone());
+                    Poll::Pending
+                }
+                Err(_) => Poll::Ready(Err(state
+                    .conns
+                    .get(&handle)
+                    .and_then(|c| c.error.clone())
+                    .unwrap_or(ConnectionError::LocallyClosed {
+                        code: close_code::NO_ERROR,
+                        reason: "connection closed".into(),
+                    }))),
+            }
+        })
+        .await?;
+        Ok(Stream::new(self.inner.clone(), id))
+    }
+
+    /// Waits for the next stream the peer opens; `None` once the connection ended.
+    pub async fn accept_stream(&self) -> Option<Stream> {
+        let id = std::future::poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let conn = state.conns.entry(self.inner.handle).or_default();
+            if let Some(id) = conn.incoming_streams.pop_front() {
+                return Poll::Ready(Some(id));
+            }
+            if conn.error.is_some() {
+                return Poll::Ready(None);
+            }
+            conn.accept_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        Some(Stream::new(self.inner.clone(), id))
+    }
+
+    /// Aborts the connection: every stream is reset, the peer is told `code` and `reason`.
+    pub fn close(&self, code: u64, reason: &str) {
+        let mut state = self.shared().lock();
+        if let Some(conn) = state.endpoint.connection(self.inner.handle) {
+            conn.close(Instant::now(), code, reason);
+        }
+        state.dispatch_events();
+        state.wake_driver();
+    }
+
+    /// Closes once every stream has finished; no new streams meanwhile.
+    pub fn close_gracefully(&self, reason: &str) {
+        let mut state = self.shared().lock();
+        if let Some(conn) = state.endpoint.connection(self.inner.handle) {
+            conn.close_gracefully(Instant::now(), reason);
+        }
+        state.dispatch_events();
+        state.wake_driver();
+    }
+
+    /// Waits until the connection ends and says why.
+    pub async fn closed(&self) -> ConnectionError {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let conn = state.conns.entry(self.inner.handle).or_default();
+            match &conn.error {
+                Some(e) => Poll::Ready(e.clone()),
+                None => {
+                    conn.closed_wakers.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}

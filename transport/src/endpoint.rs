@@ -1,0 +1,298 @@
+//! The tokio endpoint: a UDP socket, the sans-IO protocol endpoint, and the task that drives it.
+//!
+//! The driver task is a hand-written future rather than a `select!` loop: on each wake-up it
+//! drains the socket in batches (GRO/recvmmsg), runs due timers, routes events to waiting
+//! handles, and sends everything the protocol has ready in GSO batches, then sleeps until the
+//! socket is readable, a handle wakes it, or the next protocol timer is due.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use ferry_protocol::config::{ServerConfig, TransportConfig};
+use ferry_protocol::connection::ConnectionError;
+use ferry_protocol::endpoint::{AddressFilter, Endpoint as ProtoEndpoint, EndpointStats};
+use tokio::time::Sleep;
+
+use crate::connection::Connection;
+use crate::shared::{Shared, State};
+use crate::udp::{BatchSocket, RecvBatch};
+
+/// Why a connection attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The configuration was refused before anything was sent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The handshake failed or the connection closed before it completed.
+    #[error("{0}")]
+    Connection(#[from] ConnectionError),
+    /// The endpoint's socket failed.
+    #[error("endpoint failed: {0}")]
+    Endpoint(String),
+}
+
+/// A Ferry endpoint on one UDP socket. Clone it freely; the driver task stops when every clone
+/// and every connection is gone.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl Clone for Endpoint {
+    fn clone(&self) -> Self {
+        self.shared.lock().endpoint_refs += 1;
+        Self {
+            shared: self.shared.clone(),
+            local_addr: self.local_addr,
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.endpoint_refs -= 1;
+        state.wake_driver();
+    }
+}
+
+fn os_seed() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| io::Error::other("the operating system's random generator failed"))?;
+    Ok(seed)
+}
+
+impl Endpoint {
+    /// An endpoint that only makes outgoing connections, bound to `addr` (use port 0).
+    /// Must be called within a tokio runtime.
+    pub fn client(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind(addr, None)
+    }
+
+    /// An endpoint that accepts connections on `addr`. Must be called within a tokio runtime.
+    pub fn server(addr: SocketAddr, config: ServerConfig) -> io::Result<Self> {
+        config
+            .transport
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Self::bind(addr, Some(config))
+    }
+
+    fn bind(addr: SocketAddr, server: Option<ServerConfig>) -> io::Result<Self> {
+        let socket = BatchSocket::bind(addr)?;
+        let local_addr = socket.local_addr()?;
+        let endpoint = ProtoEndpoint::new(server, os_seed()?, Instant::now());
+        let shared = Shared::new(State {
+            endpoint,
+            conns: Default::default(),
+            incoming: Default::default(),
+            incoming_waker: None,
+            driver_waker: None,
+            fatal: None,
+            endpoint_refs: 1,
+        });
+        let batch = RecvBatch::new(&socket);
+        let driver = Driver {
+            shared: shared.clone(),
+            socket,
+            batch,
+            send_buf: Vec::with_capacity(1 << 16),
+            pending_send: None,
+            timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            timer_deadline: None,
+        };
+        tokio::spawn(driver);
+        Ok(Self { shared, local_addr })
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Restricts which source addresses may connect (server endpoints).
+    pub fn set_address_filter(&self, filter: Option<AddressFilter>) {
+        self.shared.lock().endpoint.set_address_filter(filter);
+    }
+
+    /// The protocol endpoint's counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.shared.lock().endpoint.stats().clone()
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.lock().endpoint.connection_count()
+    }
+
+    /// Connects to `remote` and waits for the handshake.
+    pub async fn connect(
+        &self,
+        remote: SocketAddr,
+        config: TransportConfig,
+    ) -> Result<Connection, ConnectError> {
+        let handle = {
+            let mut state = self.shared.lock();
+            if let Some(f) = &state.fatal {
+                return Err(ConnectError::Endpoint(f.clone()));
+            }
+            let now = Instant::now();
+            let h = state
+                .endpoint
+                .connect(now, remote, config)
+                .map_err(|e| ConnectError::Config(e.to_string()))?;
+            state.conns.entry(h).or_default();
+            state.wake_driver();
+            h
+        };
+        let conn = Connection::new(self.shared.clone(), handle);
+        conn.wait_connected().await?;
+        Ok(conn)
+    }
+
+    /// Waits for the next accepted connection; `None` once the endpoint failed.
+    pub async fn accept(&self) -> Option<Connection> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if let Some(h) = state.incoming.pop_front() {
+                return Poll::Ready(Some(h));
+            }
+            if state.fatal.is_some() {
+                return Poll::Ready(None);
+            }
+            state.incoming_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+        .map(|h| Connection::new(self.shared.clone(), h))
+    }
+}
+
+/// The task that owns the socket and drives the protocol.
+struct Driver {
+    shared: Arc<Shared>,
+    socket: BatchSocket,
+    batch: RecvBatch,
+    send_buf: Vec<u8>,
+    /// A transmit the socket could not take yet: (destination, length, segment size).
+    pending_send: Option<(SocketAddr, usize, Option<usize>)>,
+    timer: Pin<Box<Sleep>>,
+    timer_deadline: Option<Instant>,
+}
+
+/// Receive batches handled per wake-up before sending, so neither direction starves the other.
+const RECV_BATCHES_PER_TURN: usize = 16;
+/// Transmits per wake-up before yielding to other tasks.
+const SENDS_PER_TURN: usize = 256;
+
+impl Driver {
+    /// Datagrams per GSO batch: what the socket allows, and under 64 KiB of 1350-byte datagrams.
+    fn max_segments(&self) -> usize {
+        self.socket.max_gso_segments().clamp(1, 40)
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let shared = this.shared.clone();
+        let mut state = shared.lock();
+        state.driver_waker = Some(cx.waker().clone());
+        if state.endpoint_refs == 0 && state.endpoint.connection_count() == 0 {
+            return Poll::Ready(());
+        }
+        let mut keep_going = false;
+
+        // Receive.
+        for turn in 0..RECV_BATCHES_PER_TURN {
+            match this.socket.poll_recv(cx, &mut this.batch) {
+                Poll::Ready(Ok(_)) => {
+                    let now = Instant::now();
+                    for (addr, datagram) in this.batch.iter() {
+                        state.endpoint.handle_datagram(now, addr, datagram);
+                    }
+                    if turn + 1 == RECV_BATCHES_PER_TURN {
+                        keep_going = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::error!(error = %e, "UDP socket receive failed; endpoint stopping");
+                    state.fail_all(&format!("UDP receive failed: {e}"));
+                    return Poll::Ready(());
+                }
+                Poll::Pending => break,
+            }
+        }
+
+        // Timers.
+        let now = Instant::now();
+        state.endpoint.handle_timeout(now);
+        state.dispatch_events();
+
+        // Send.
+        let max_segments = this.max_segments();
+        let mut sends = 0;
+        loop {
+            if this.pending_send.is_none() {
+                if sends >= SENDS_PER_TURN {
+                    keep_going = true;
+                    break;
+                }
+                match state
+                    .endpoint
+                    .poll_transmit(Instant::now(), &mut this.send_buf, max_segments)
+                {
+                    Some(t) => this.pending_send = Some((t.destination, t.size, t.segment_size)),
+                    None => break,
+                }
+            }
+            let Some((dest, size, segment)) = this.pending_send else {
+                break;
+            };
+            match this
+                .socket
+                .poll_send(cx, dest, &this.send_buf[..size], segment)
+            {
+                Poll::Ready(Ok(())) => {
+                    this.pending_send = None;
+                    sends += 1;
+                }
+                Poll::Ready(Err(e)) => {
+                    // One destination's failure (unreachable, refused) must not stop the others.
+                    tracing::debug!(error = %e, %dest, "UDP send failed; datagram dropped");
+                    this.pending_send = None;
+                }
+                Poll::Pending => break,
+            }
+        }
+        state.dispatch_events();
+
+        // Sleep until the next protocol timer.
+        let next = state.endpoint.poll_timeout();
+        drop(state);
+        if next != this.timer_deadline {
+            this.timer_deadline = next;
+            if let Some(at) = next {
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(at));
+            }
+        }
+        if this.timer_deadline.is_some() && this.timer.as_mut().poll(cx).is_ready() {
+            this.timer_deadline = None;
+            keep_going = true;
+        }
+        if keep_going {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
