@@ -1,0 +1,288 @@
+//! Real loopback throughput of one stream, and CPU per MiB: Ferry against kcptun, in one run.
+//!
+//! Both carry the same workload: a client writes N MiB into one stream while reading the echo back
+//! (so N MiB flow each way). Ferry: echo server and client endpoints in this process. kcptun
+//! (Debian package `kcptun`, `--mode fast3 --crypt none --nocomp`, as the issue specifies): its
+//! server and client processes between a TCP client and a TCP echo backend in this process. CPU
+//! is the total of this process and (for kcptun) its two processes, so both sides pay for the
+//! same load generator and echo. Figures are medians of three runs; the ratio is Ferry / kcptun.
+//!
+//! Run: `cargo bench -p ferry-transport --bench loopback` (`FERRY_BENCH_MIB` sets N, default 128).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_transport::{Endpoint, ServerConfig, TransportConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// CPU time (user + system) of a process, from /proc.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // Linux reports in USER_HZ, which is 100 on every mainstream architecture.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Writes `total` bytes into `w` while reading them back from `r`; checks the bytes. With
+/// `half_close` the writer shuts down when done (Ferry propagates half-close); without, it waits
+/// for the reader (kcptun closes the whole connection on a half-close, losing the echo's tail).
+async fn echo_through<R, W>(
+    mut r: R,
+    mut w: W,
+    total: usize,
+    half_close: bool,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer = tokio::spawn(async move {
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut sent = 0;
+        while sent < total {
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = ((sent + i) % 251) as u8;
+            }
+            w.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            sent += chunk.len();
+        }
+        if half_close {
+            w.shutdown().await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(w)
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < total {
+        let n = r.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("stream ended after {got} of {total} bytes"));
+        }
+        if buf[..n]
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b != ((got + i) % 251) as u8)
+        {
+            return Err("echoed bytes differ".into());
+        }
+        got += n;
+    }
+    writer.await.map_err(|e| e.to_string())?.map(drop)
+}
+
+struct Measure {
+    mib_per_s: f64,
+    cpu_us_per_mib: f64,
+}
+
+async fn ferry_run(mib: usize) -> Measure {
+    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(conn) = acceptor.accept().await {
+            tokio::spawn(async move {
+                while let Some(stream) = conn.accept_stream().await {
+                    tokio::spawn(async move {
+                        let (mut r, mut w) = tokio::io::split(stream);
+                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                            let _ = w.shutdown().await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = client
+        .connect(server.local_addr(), TransportConfig::default())
+        .await
+        .unwrap();
+    let stream = conn.open_stream().await.unwrap();
+    let (r, w) = tokio::io::split(stream);
+    let cpu0 = cpu_time("self");
+    let t0 = Instant::now();
+    echo_through(r, w, mib << 20, true)
+        .await
+        .expect("ferry echo");
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_time("self") - cpu0;
+    Measure {
+        mib_per_s: mib as f64 / secs,
+        cpu_us_per_mib: cpu.as_micros() as f64 / (2 * mib) as f64,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Kcptun {
+    server: Child,
+    client: Child,
+    local: SocketAddr,
+}
+
+impl Drop for Kcptun {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.client.kill();
+        let _ = self.server.wait();
+        let _ = self.client.wait();
+    }
+}
+
+async fn start_kcptun(backend: SocketAddr) -> Option<Kcptun> {
+    let udp_port = free_port();
+    let local_port = free_port();
+    let flags = ["--mode", "fast3", "--crypt", "none", "--nocomp", "--quiet"];
+    let server = Command::new("kcptun-server")
+        .args([
+            "-t",
+            &backend.to_string(),
+            "-l",
+            &format!("127.0.0.1:{udp_port}"),
+        ])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let client = Command::new("kcptun-client")
+        .args([
+            "-r",
+            &format!("127.0.0.1:{udp_port}"),
+            "-l",
+            &format!("127.0.0.1:{local_port}"),
+        ])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let k = Kcptun {
+        server,
+        client,
+        local: format!("127.0.0.1:{local_port}").parse().unwrap(),
+    };
+    for _ in 0..100 {
+        if TcpStream::connect(k.local).await.is_ok() {
+            return Some(k);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+async fn kcptun_run(mib: usize, backend: SocketAddr) -> Option<Measure> {
+    let k = start_kcptun(backend).await?;
+    // The readiness probe above opened (and closed) one connection; start fresh.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = TcpStream::connect(k.local).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (r, w) = stream.into_split();
+    let pids = [k.server.id().to_string(), k.client.id().to_string()];
+    let cpu =
+        |pids: &[String]| cpu_time("self") + pids.iter().map(|p| cpu_time(p)).sum::<Duration>();
+    let cpu0 = cpu(&pids);
+    let t0 = Instant::now();
+    echo_through(r, w, mib << 20, false)
+        .await
+        .expect("kcptun echo");
+    let secs = t0.elapsed().as_secs_f64();
+    let used = cpu(&pids) - cpu0;
+    Some(Measure {
+        mib_per_s: mib as f64 / secs,
+        cpu_us_per_mib: used.as_micros() as f64 / (2 * mib) as f64,
+    })
+}
+
+async fn tcp_echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mib: usize = std::env::var("FERRY_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    println!(
+        "Loopback echo of {mib} MiB through one stream ({mib} MiB each way), median of 3 runs"
+    );
+    println!();
+    let mut ferry = Vec::new();
+    for _ in 0..3 {
+        ferry.push(ferry_run(mib).await);
+    }
+    let f_rate = median(ferry.iter().map(|m| m.mib_per_s).collect());
+    let f_cpu = median(ferry.iter().map(|m| m.cpu_us_per_mib).collect());
+    println!(
+        "{:<28} {:>10} {:>16}",
+        "", "MiB/s each way", "CPU us per MiB"
+    );
+    println!(
+        "{:<28} {:>10.1} {:>16.0}",
+        "ferry (no crypto)", f_rate, f_cpu
+    );
+
+    let backend = tcp_echo_backend().await;
+    let mut kcp = Vec::new();
+    for _ in 0..3 {
+        match kcptun_run(mib, backend).await {
+            Some(m) => kcp.push(m),
+            None => break,
+        }
+    }
+    if kcp.is_empty() {
+        println!(
+            "{:<28} skipped: kcptun-server/kcptun-client not installed (apt-get install kcptun)",
+            "kcptun fast3"
+        );
+        return;
+    }
+    let k_rate = median(kcp.iter().map(|m| m.mib_per_s).collect());
+    let k_cpu = median(kcp.iter().map(|m| m.cpu_us_per_mib).collect());
+    println!(
+        "{:<28} {:>10.1} {:>16.0}",
+        "kcptun fast3 (crypt none)", k_rate, k_cpu
+    );
+    println!();
+    println!(
+        "ratio ferry/kcptun: throughput {:.2}x, CPU per MiB {:.2}x (target: throughput >= 3x): {}",
+        f_rate / k_rate,
+        f_cpu / k_cpu,
+        if f_rate >= 3.0 * k_rate {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
