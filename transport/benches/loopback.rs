@@ -83,8 +83,27 @@ struct Measure {
     cpu_us_per_mib: f64,
 }
 
+/// Transport settings for the Ferry runs; `FERRY_BENCH_FIXED_MBPS` selects the fixed controller.
+fn ferry_config() -> TransportConfig {
+    match std::env::var("FERRY_BENCH_FIXED_MBPS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(mbps) => TransportConfig::default().congestion(
+            ferry_protocol::congestion::CongestionConfig::Fixed {
+                rate_bps: mbps * 1_000_000,
+            },
+        ),
+        None => TransportConfig::default(),
+    }
+}
+
 async fn ferry_run(mib: usize) -> Measure {
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
+    let server = Endpoint::server(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::new(ferry_config()),
+    )
+    .unwrap();
     let acceptor = server.clone();
     tokio::spawn(async move {
         while let Some(conn) = acceptor.accept().await {

@@ -58,9 +58,9 @@ pub struct BatchSocket {
     state: UdpSocketState,
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
-    /// Test hook: behave as if GSO were unavailable.
+    /// Test hook: if non-zero, what `max_gso_segments` reports instead of quinn-udp's value.
     #[cfg(test)]
-    gso_off: std::sync::atomic::AtomicBool,
+    gso_override: std::sync::atomic::AtomicUsize,
 }
 
 impl BatchSocket {
@@ -93,7 +93,7 @@ impl BatchSocket {
             send_errors: AtomicU64::new(0),
             recv_errors: AtomicU64::new(0),
             #[cfg(test)]
-            gso_off: std::sync::atomic::AtomicBool::new(false),
+            gso_override: std::sync::atomic::AtomicUsize::new(0),
         };
         tracing::debug!(
             local = ?sock.io.local_addr().ok(),
@@ -141,8 +141,9 @@ impl BatchSocket {
     /// building each batch rather than once.
     pub fn max_gso_segments(&self) -> usize {
         #[cfg(test)]
-        if self.gso_off.load(Ordering::Relaxed) {
-            return 1;
+        match self.gso_override.load(Ordering::Relaxed) {
+            0 => {}
+            n => return n,
         }
         self.state.max_gso_segments()
     }
@@ -153,15 +154,16 @@ impl BatchSocket {
     }
 
     /// Send failures so far: datagrams dropped because their destination failed (unreachable,
-    /// refused, too big), datagrams cut from a split batch by a full socket buffer, and errors
-    /// the kernel reported late for datagrams already sent (ICMP unreachable surfacing on a
-    /// later send).
+    /// refused, too big), datagrams cut from a split batch by a full socket buffer, and
+    /// datagrams already sent whose failure the kernel reported later (an ICMP unreachable
+    /// surfacing as `ECONNREFUSED` on a later send or receive, which is skipped, not returned).
     pub fn send_errors(&self) -> u64 {
         self.send_errors.load(Ordering::Relaxed)
     }
 
-    /// Per-destination errors skipped while receiving (ICMP errors for earlier sends that the
-    /// kernel reports on `recvmmsg`, e.g. `ECONNREFUSED`, or Windows' `WSAECONNRESET`).
+    /// Other per-datagram errors skipped while receiving (e.g. a datagram too large for the
+    /// buffer on platforms that report it as an error). ICMP errors for earlier sends count in
+    /// [`send_errors`](Self::send_errors) instead.
     pub fn recv_errors(&self) -> u64 {
         self.recv_errors.load(Ordering::Relaxed)
     }
@@ -255,7 +257,7 @@ impl BatchSocket {
                     tracing::debug!(error = %e, %destination, datagrams, "GSO send rejected; splitting");
                     split = true;
                 }
-                Err(e) if is_destination_error(&e) || quinn_udp::is_msg_size_err(&e) => {
+                Err(e) if is_destination_error(&e) => {
                     self.count_send_drop(&e, destination, datagrams);
                     offset = end;
                 }
@@ -289,11 +291,41 @@ impl BatchSocket {
         };
         match send() {
             Err(e) if is_async_icmp_error(&e) => {
-                self.send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "UDP error reported for an earlier datagram; retrying send");
-                send()
+                let drained = self.drain_error_queue();
+                let retry = send();
+                // The same error again means this destination fails by itself (no route): the
+                // caller counts that drop. Otherwise the first error was about earlier datagrams.
+                let repeated = matches!(&retry, Err(r) if r.kind() == e.kind());
+                self.count_earlier_failures(&e, if repeated { drained } else { drained.max(1) });
+                retry
             }
             result => result,
+        }
+    }
+
+    /// Reads and logs the socket's error queue, returning how many entries it held. The queue
+    /// only fills when `IP_RECVERR`/`IPV6_RECVERR` is on (not by default); its entries are
+    /// charged to the receive buffer until read, so they are drained whenever an ICMP error
+    /// shows up. Reading the last entry also clears the socket's pending error.
+    fn drain_error_queue(&self) -> u64 {
+        const MAX_DRAIN: u64 = 1024;
+        let mut drained = 0;
+        while drained < MAX_DRAIN {
+            match self.state.recv_transport_error(self.sock_ref()) {
+                Ok(Some(err)) => {
+                    drained += 1;
+                    tracing::debug!(addr = ?err.addr, payload = ?err.payload, "UDP error queued for an earlier datagram");
+                }
+                _ => break,
+            }
+        }
+        drained
+    }
+
+    fn count_earlier_failures(&self, e: &io::Error, datagrams: u64) {
+        if datagrams > 0 {
+            self.send_errors.fetch_add(datagrams, Ordering::Relaxed);
+            tracing::debug!(error = %e, datagrams, "UDP error reported for earlier datagrams; skipped");
         }
     }
 
@@ -308,9 +340,10 @@ impl BatchSocket {
     /// replacing its previous contents. Returns the number of datagrams, each GRO segment
     /// counted as one; read them with [`RecvBatch::iter`].
     ///
-    /// Per-destination errors reported on receive (`ECONNREFUSED` from an ICMP port
-    /// unreachable, and the like) are counted in [`recv_errors`](Self::recv_errors) and skipped.
-    /// `Err` means the socket itself failed.
+    /// Errors about earlier sends reported on receive (`ECONNREFUSED` from an ICMP port
+    /// unreachable, Windows' `WSAECONNRESET`) count in [`send_errors`](Self::send_errors), other
+    /// per-datagram errors in [`recv_errors`](Self::recv_errors); both are skipped. `Err` means
+    /// the socket itself failed.
     pub fn poll_recv(
         &self,
         cx: &mut Context<'_>,
@@ -334,9 +367,16 @@ impl BatchSocket {
                 }
                 // Readiness was cleared; the next poll_recv_ready registers the waker.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if is_destination_error(&e) => {
-                    self.recv_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "UDP receive reported a per-destination error; skipped");
+                // Only errors that consume themselves are skipped (each is reported once), so
+                // this cannot spin on a persistent failure.
+                Err(e) if is_async_icmp_error(&e) || quinn_udp::is_msg_size_err(&e) => {
+                    if is_async_icmp_error(&e) {
+                        let drained = self.drain_error_queue();
+                        self.count_earlier_failures(&e, drained.max(1));
+                    } else {
+                        self.recv_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "UDP receive error; datagram skipped");
+                    }
                     skipped += 1;
                     if skipped >= MAX_SKIPPED_RECV_ERRORS {
                         // Let other tasks run; come back right away.
@@ -350,17 +390,16 @@ impl BatchSocket {
     }
 }
 
-/// Errors that concern one destination (or one datagram), not the socket: the datagram is
-/// dropped and the socket keeps working.
+/// Errors that concern one destination (or one datagram), not the socket: on send, the
+/// datagram is dropped and the socket keeps working.
 fn is_destination_error(e: &io::Error) -> bool {
     use io::ErrorKind::*;
+    if is_async_icmp_error(e) || quinn_udp::is_msg_size_err(e) {
+        return true;
+    }
     if matches!(
         e.kind(),
-        ConnectionRefused
-            | ConnectionReset
-            | ConnectionAborted
-            | HostUnreachable
-            | NetworkUnreachable
+        ConnectionAborted
             | NetworkDown
             | AddrNotAvailable
             | PermissionDenied
@@ -370,35 +409,29 @@ fn is_destination_error(e: &io::Error) -> bool {
     ) {
         return true;
     }
-    if quinn_udp::is_msg_size_err(e) {
-        return true;
-    }
     #[cfg(unix)]
     if let Some(code) = e.raw_os_error() {
-        return matches!(
-            code,
-            libc::ENOBUFS | libc::EHOSTDOWN | libc::EAFNOSUPPORT | libc::EPROTO
-        ) || {
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            {
-                code == libc::ENONET
-            }
-            #[cfg(not(any(target_os = "linux", target_os = "android")))]
-            {
-                false
-            }
-        };
+        return matches!(code, libc::ENOBUFS | libc::EAFNOSUPPORT);
     }
     false
 }
 
-/// Errors that an ICMP message about an earlier datagram leaves pending on the socket.
+/// Errors that an ICMP message about an earlier datagram leaves pending on the socket, to be
+/// reported by its next send or receive (Linux: connected sockets or `IP_RECVERR`; Windows:
+/// `WSAECONNRESET` on receive).
 fn is_async_icmp_error(e: &io::Error) -> bool {
     use io::ErrorKind::*;
-    matches!(
+    if matches!(
         e.kind(),
         ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable
-    )
+    ) {
+        return true;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(code) = e.raw_os_error() {
+        return matches!(code, libc::EHOSTDOWN | libc::EPROTO | libc::ENONET);
+    }
+    false
 }
 
 /// Errors with which a kernel or driver refuses a GSO batch that it might take as single
@@ -425,7 +458,8 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     /// Buffers sized for `socket`. Every buffer holds [`RECV_BUFFER_BYTES`], enough for the
-    /// largest datagram and for a full GRO buffer, so nothing is ever truncated.
+    /// largest datagram and for a full GRO buffer under the kernel's default `gro_max_size`
+    /// (64 KiB), so nothing is truncated.
     pub fn new(socket: &BatchSocket) -> Self {
         // 64 KiB bounds both a single datagram and a GRO-coalesced buffer, so the size does not
         // depend on whether GRO is on; the parameter keeps the door open for sizing by socket.
@@ -486,5 +520,386 @@ impl fmt::Debug for RecvBatch {
             .field("buffers", &BATCH_SIZE)
             .field("filled", &self.filled)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    const V4: &str = "127.0.0.1:0";
+    const V6: &str = "[::1]:0";
+
+    fn bind(addr: &str) -> BatchSocket {
+        BatchSocket::bind(addr.parse().unwrap()).unwrap()
+    }
+
+    /// Binds to IPv6 loopback, or `None` where the machine has no `::1`.
+    fn bind_v6() -> Option<BatchSocket> {
+        match BatchSocket::bind(V6.parse().unwrap()) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                eprintln!("skipped: no IPv6 loopback on this machine");
+                None
+            }
+            Err(e) => panic!("binding [::1]: {e}"),
+        }
+    }
+
+    async fn send(s: &BatchSocket, to: SocketAddr, data: &[u8], segment: Option<usize>) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| s.poll_send(cx, to, data, segment)),
+        )
+        .await
+        .expect("send timed out")
+        .expect("send failed");
+    }
+
+    /// One receive; `None` if nothing arrived within `wait`.
+    async fn recv(s: &BatchSocket, batch: &mut RecvBatch, wait: Duration) -> Option<usize> {
+        tokio::time::timeout(wait, poll_fn(|cx| s.poll_recv(cx, batch)))
+            .await
+            .ok()
+            .map(|r| r.expect("receive failed"))
+    }
+
+    /// Small deterministic generator (xorshift64*), so every run sends the same batches.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        }
+        fn range(&mut self, lo: usize, hi: usize) -> usize {
+            lo + self.below(hi - lo + 1)
+        }
+    }
+
+    /// Datagram `index` of length `len`: the index, then a pattern derived from it.
+    fn fill(out: &mut Vec<u8>, index: u32, len: usize) {
+        out.extend_from_slice(&index.to_be_bytes());
+        out.extend((4..len).map(|j| (index as usize * 31 + j * 7) as u8));
+    }
+
+    fn check(datagram: &[u8], lens: &[usize], seen: &mut [bool]) {
+        assert!(
+            datagram.len() >= 4,
+            "runt datagram of {} bytes",
+            datagram.len()
+        );
+        let index = u32::from_be_bytes(datagram[..4].try_into().unwrap());
+        let i = index as usize;
+        assert!(i < lens.len(), "datagram {index} was never sent");
+        assert!(!seen[i], "datagram {index} arrived twice");
+        seen[i] = true;
+        assert_eq!(
+            datagram.len(),
+            lens[i],
+            "datagram {index} has the wrong length"
+        );
+        let mut expected = Vec::with_capacity(lens[i]);
+        fill(&mut expected, index, lens[i]);
+        assert!(
+            datagram == expected.as_slice(),
+            "datagram {index} corrupted"
+        );
+    }
+
+    /// What one [`transfer`] saw.
+    #[derive(Debug, Default)]
+    struct Seen {
+        send_calls: usize,
+        recv_calls: usize,
+        /// Most datagrams the kernel coalesced into one receive buffer (GRO).
+        max_gro_segments: usize,
+    }
+
+    /// Sends `count` datagrams from `tx` to `rx` in batches of random segment size (4..=1400
+    /// bytes, last segment shorter) and count (1..=100, so some exceed one GSO call), and checks
+    /// that each arrives exactly once, separately and intact. Sending is paced by receipt:
+    /// each burst (at most ~100 KB, far below the socket buffers) is fully received before the
+    /// next, so loopback loses nothing and the test does not depend on timing.
+    async fn transfer(tx: &BatchSocket, rx: &BatchSocket, count: usize, seed: u64) -> Seen {
+        const BURST_BYTES: usize = 100_000;
+        let from = tx.local_addr().unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut rng = Rng(seed);
+        let mut lens = Vec::with_capacity(count);
+        let mut seen = vec![false; count];
+        let mut batch = RecvBatch::new(rx);
+        let mut contents = Vec::new();
+        let mut stats = Seen::default();
+        while lens.len() < count {
+            // Send one burst.
+            let mut burst_bytes = 0;
+            while lens.len() < count && burst_bytes < BURST_BYTES {
+                let segment = if rng.below(4) == 0 {
+                    rng.range(4, 64)
+                } else {
+                    rng.range(64, 1400)
+                };
+                let max = (BURST_BYTES / segment)
+                    .clamp(1, 100)
+                    .min(count - lens.len());
+                let k = rng.range(1, max);
+                contents.clear();
+                for n in 0..k {
+                    let len = if n + 1 == k {
+                        rng.range(4, segment)
+                    } else {
+                        segment
+                    };
+                    fill(&mut contents, lens.len() as u32, len);
+                    lens.push(len);
+                }
+                let seg = if k == 1 && rng.below(2) == 0 {
+                    None
+                } else {
+                    Some(segment)
+                };
+                send(tx, to, &contents, seg).await;
+                stats.send_calls += 1;
+                burst_bytes += contents.len();
+            }
+            // Receive all of it before sending more.
+            let mut received = seen.iter().filter(|s| **s).count();
+            while received < lens.len() {
+                let n = recv(rx, &mut batch, Duration::from_secs(5))
+                    .await
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{} of {} datagrams never arrived",
+                            lens.len() - received,
+                            lens.len()
+                        )
+                    });
+                stats.recv_calls += 1;
+                for meta in &batch.meta[..batch.filled] {
+                    let segs = meta.len.div_ceil(meta.stride.max(1)).max(1);
+                    stats.max_gro_segments = stats.max_gro_segments.max(segs);
+                }
+                let mut got = 0;
+                for (addr, datagram) in batch.iter() {
+                    assert_eq!(addr, from);
+                    check(datagram, &lens, &mut seen);
+                    got += 1;
+                }
+                assert_eq!(got, n, "poll_recv's count disagrees with iter()");
+                received += n;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(tx.send_errors(), 0);
+        assert_eq!(rx.recv_errors(), 0);
+        stats
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_gso_datagrams_each_way_arrive_separately_and_intact() {
+        let a = bind(V4);
+        let b = bind(V4);
+        let ab = transfer(&a, &b, 10_000, 1).await;
+        let ba = transfer(&b, &a, 10_000, 2).await;
+        eprintln!(
+            "gso segments {}, gro segments {}; a->b {ab:?}; b->a {ba:?}",
+            a.max_gso_segments(),
+            a.max_recv_segments()
+        );
+        if a.max_gso_segments() > 1 {
+            // Batching really happened: far fewer send calls than datagrams.
+            assert!(ab.send_calls < 2_000, "{ab:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback_exchanges_gso_batches() {
+        let (Some(a), Some(b)) = (bind_v6(), bind_v6()) else {
+            return;
+        };
+        assert!(a.local_addr().unwrap().is_ipv6());
+        transfer(&a, &b, 3_000, 3).await;
+        transfer(&b, &a, 3_000, 4).await;
+    }
+
+    #[tokio::test]
+    async fn batches_are_split_into_single_sends_without_gso() {
+        let a = bind(V4);
+        let b = bind(V4);
+        a.gso_override.store(1, Ordering::Relaxed);
+        assert_eq!(a.max_gso_segments(), 1);
+        let seen = transfer(&a, &b, 2_000, 5).await;
+        assert_eq!(
+            seen.max_gro_segments, 1,
+            "without GSO every datagram travels alone"
+        );
+    }
+
+    /// A GSO call the kernel rejects at runtime (here: more segments than `UDP_MAX_SEGMENTS`,
+    /// which fails with `EINVAL` like a driver without GSO support) is resent one datagram at a
+    /// time, and quinn-udp turns GSO off for the calls after it.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn a_gso_call_rejected_at_runtime_is_resent_as_single_datagrams() {
+        let a = bind(V4);
+        let b = bind(V4);
+        if a.max_gso_segments() == 1 {
+            eprintln!("skipped: no GSO on this machine");
+            return;
+        }
+        const SEGMENTS: usize = 300;
+        a.gso_override.store(SEGMENTS, Ordering::Relaxed);
+        let mut contents = Vec::new();
+        for i in 0..SEGMENTS {
+            fill(&mut contents, i as u32, 10);
+        }
+        send(&a, b.local_addr().unwrap(), &contents, Some(10)).await;
+        a.gso_override.store(0, Ordering::Relaxed);
+        assert_eq!(
+            a.max_gso_segments(),
+            1,
+            "quinn-udp should have turned GSO off"
+        );
+        assert_eq!(a.send_errors(), 0);
+        let lens = vec![10; SEGMENTS];
+        let mut seen = vec![false; SEGMENTS];
+        let mut batch = RecvBatch::new(&b);
+        let mut received = 0;
+        while received < SEGMENTS {
+            received += recv(&b, &mut batch, Duration::from_secs(5))
+                .await
+                .expect("datagrams lost");
+            for (_, d) in batch.iter() {
+                check(d, &lens, &mut seen);
+            }
+        }
+        // Later batches are split from the start.
+        transfer(&a, &b, 1_000, 6).await;
+    }
+
+    #[tokio::test]
+    async fn empty_and_single_datagrams() {
+        let a = bind(V4);
+        let b = bind(V4);
+        let to = b.local_addr().unwrap();
+        send(&a, to, b"", None).await;
+        // A segment size not below the length means one datagram.
+        send(&a, to, b"0123456789", Some(10)).await;
+        send(&a, to, b"abc", Some(1000)).await;
+        assert!(a.try_send(to, b"xy", Some(0)).is_err());
+        let mut batch = RecvBatch::new(&b);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while got.len() < 3 {
+            recv(&b, &mut batch, Duration::from_secs(5))
+                .await
+                .expect("datagram lost");
+            got.extend(batch.iter().map(|(_, d)| d.to_vec()));
+        }
+        assert_eq!(got, [&b""[..], b"0123456789", b"abc"]);
+    }
+
+    /// A port nobody listens on (bound, then closed): sending there makes the kernel answer
+    /// with ICMP port unreachable.
+    fn closed_port(addr: &str) -> SocketAddr {
+        let s = std::net::UdpSocket::bind(addr).unwrap();
+        s.local_addr().unwrap()
+    }
+
+    /// Like [`BatchSocket::bind`], with `IP_RECVERR`/`IPV6_RECVERR` on: then Linux reports ICMP
+    /// errors even on an unconnected socket, as `ECONNREFUSED` on the next send or receive.
+    fn bind_with_recverr(addr: &str) -> BatchSocket {
+        let std = std::net::UdpSocket::bind(addr).unwrap();
+        let state = UdpSocketState::new((&std).into()).unwrap();
+        state.enable_transport_errors((&std).into()).unwrap();
+        BatchSocket::from_std(std).unwrap()
+    }
+
+    async fn refused_destination_does_not_break_the_socket(
+        a: &BatchSocket,
+        b: &BatchSocket,
+        addr: &str,
+    ) {
+        let closed = closed_port(addr);
+        let a_addr = a.local_addr().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let mut batch = RecvBatch::new(a);
+        let mut b_batch = RecvBatch::new(b);
+
+        // 1. Refused, then a receive from a working peer.
+        send(a, closed, b"nobody home", None).await;
+        send(a, closed, b"nobody home, batched", Some(6)).await;
+        send(b, a_addr, b"hello a", None).await;
+        let n = recv(a, &mut batch, Duration::from_secs(5))
+            .await
+            .expect("receive broken");
+        assert_eq!(n, 1);
+        assert_eq!(batch.iter().next().unwrap(), (b_addr, &b"hello a"[..]));
+
+        // 2. Refused, then a send to a working peer.
+        send(a, closed, b"still nobody", None).await;
+        send(a, b_addr, b"hello b", None).await;
+        recv(b, &mut b_batch, Duration::from_secs(5))
+            .await
+            .expect("send broken");
+        assert_eq!(b_batch.iter().next().unwrap(), (a_addr, &b"hello b"[..]));
+
+        // 3. Nothing else is waiting: a receive now just waits (any pending error is skipped).
+        assert_eq!(recv(a, &mut batch, Duration::from_millis(100)).await, None);
+        send(b, a_addr, b"again", None).await;
+        recv(a, &mut batch, Duration::from_secs(5))
+            .await
+            .expect("receive broken");
+        assert_eq!(batch.iter().next().unwrap().1, b"again");
+    }
+
+    #[tokio::test]
+    async fn refused_destination_does_not_break_the_socket_v4() {
+        let (a, b) = (bind(V4), bind(V4));
+        refused_destination_does_not_break_the_socket(&a, &b, V4).await;
+        // Unconnected and without IP_RECVERR, Linux does not report ICMP errors at all.
+        assert_eq!(a.recv_errors(), 0);
+    }
+
+    #[tokio::test]
+    async fn refused_destination_does_not_break_the_socket_v6() {
+        let (Some(a), Some(b)) = (bind_v6(), bind_v6()) else {
+            return;
+        };
+        refused_destination_does_not_break_the_socket(&a, &b, V6).await;
+    }
+
+    /// With `IP_RECVERR` the ICMP errors really do surface as `ECONNREFUSED` on this socket's
+    /// later calls (tokio does not wake a reader for an error alone, so they show up on the next
+    /// send or on the receive of the next datagram); they must be skipped and counted, never
+    /// returned.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn reported_icmp_errors_are_skipped_and_counted() {
+        for addr in [V4, V6] {
+            if addr == V6 && bind_v6().is_none() {
+                continue;
+            }
+            let a = bind_with_recverr(addr);
+            let b = bind(addr);
+            refused_destination_does_not_break_the_socket(&a, &b, addr).await;
+            assert!(a.send_errors() >= 1, "no ICMP error was reported on {addr}");
+            assert_eq!(a.recv_errors(), 0);
+
+            // One refused datagram, then a receive: the error is skipped and counted once (the
+            // error queue entry and the pending error are the same failure).
+            let a = bind_with_recverr(addr);
+            send(&a, closed_port(addr), b"nobody home", None).await;
+            send(&b, a.local_addr().unwrap(), b"data", None).await;
+            let mut batch = RecvBatch::new(&a);
+            recv(&a, &mut batch, Duration::from_secs(5))
+                .await
+                .expect("receive broken");
+            assert_eq!(batch.iter().next().unwrap().1, b"data");
+            assert_eq!(a.send_errors(), 1, "on {addr}");
+        }
     }
 }
