@@ -137,21 +137,7 @@ async fn ferry_run(mib: usize) -> Measure {
         ServerConfig::new(ferry_config()),
     )
     .unwrap();
-    let acceptor = server.clone();
-    tokio::spawn(async move {
-        while let Some(conn) = acceptor.accept().await {
-            tokio::spawn(async move {
-                while let Some(stream) = conn.accept_stream().await {
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = tokio::io::split(stream);
-                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                            let _ = w.shutdown().await;
-                        }
-                    });
-                }
-            });
-        }
-    });
+    tokio::spawn(ferry_transport::echo::serve(server.clone()));
     let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = client
         .connect(server.local_addr(), TransportConfig::default())

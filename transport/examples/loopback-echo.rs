@@ -20,21 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ferry echo server listening on udp://{}",
         server.local_addr()
     );
-    let acceptor = server.clone();
-    tokio::spawn(async move {
-        while let Some(conn) = acceptor.accept().await {
-            tokio::spawn(async move {
-                while let Some(stream) = conn.accept_stream().await {
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = tokio::io::split(stream);
-                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                            let _ = w.shutdown().await;
-                        }
-                    });
-                }
-            });
-        }
-    });
+    tokio::spawn(ferry_transport::echo::serve(server.clone()));
 
     let client = Endpoint::client("127.0.0.1:0".parse()?)?;
     let started = Instant::now();

@@ -153,9 +153,14 @@ impl Connection {
 
     /// Aborts the connection: every stream is reset, the peer is told `code` and `reason`.
     pub fn close(&self, code: u64, reason: &str) {
+        self.with_protocol(|conn, now| conn.close(now, code, reason));
+    }
+
+    /// Runs `f` on the protocol connection (if it still exists), then lets the driver act on it.
+    fn with_protocol(&self, f: impl FnOnce(&mut ferry_protocol::connection::Connection, Instant)) {
         let mut state = self.shared().lock();
         if let Some(conn) = state.endpoint.connection(self.inner.handle) {
-            conn.close(Instant::now(), code, reason);
+            f(conn, Instant::now());
         }
         state.dispatch_events();
         state.wake_driver();
@@ -163,12 +168,7 @@ impl Connection {
 
     /// Closes once every stream has finished; no new streams meanwhile.
     pub fn close_gracefully(&self, reason: &str) {
-        let mut state = self.shared().lock();
-        if let Some(conn) = state.endpoint.connection(self.inner.handle) {
-            conn.close_gracefully(Instant::now(), reason);
-        }
-        state.dispatch_events();
-        state.wake_driver();
+        self.with_protocol(|conn, now| conn.close_gracefully(now, reason));
     }
 
     /// Waits until the connection ends and says why.

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod connection;
+pub mod echo;
 mod endpoint;
 mod shared;
 mod stream;

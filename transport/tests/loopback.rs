@@ -16,20 +16,7 @@ fn loopback() -> SocketAddr {
 /// Starts a server that echoes every stream back to its sender.
 fn echo_server() -> Endpoint {
     let server = Endpoint::server(loopback(), ServerConfig::default()).unwrap();
-    let accepting = server.clone();
-    tokio::spawn(async move {
-        while let Some(conn) = accepting.accept().await {
-            tokio::spawn(async move {
-                while let Some(stream) = conn.accept_stream().await {
-                    tokio::spawn(async move {
-                        let (mut r, mut w) = tokio::io::split(stream);
-                        tokio::io::copy(&mut r, &mut w).await.unwrap();
-                        w.shutdown().await.unwrap();
-                    });
-                }
-            });
-        }
-    });
+    tokio::spawn(ferry_transport::echo::serve(server.clone()));
     server
 }
 
