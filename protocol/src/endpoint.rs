@@ -441,18 +441,27 @@ impl Endpoint {
             self.stats.connections_accepted += 1;
             self.incoming.push_back(handle);
         }
+        Self::reschedule(&mut self.timers, handle, slot);
+        if slot.conn.is_drained() {
+            self.remove(handle);
+        }
+    }
+
+    /// Moves the connection's entry in the timer set to its current next timeout.
+    fn reschedule(
+        timers: &mut BTreeSet<(Instant, ConnectionHandle)>,
+        handle: ConnectionHandle,
+        slot: &mut Slot,
+    ) {
         let next = slot.conn.poll_timeout();
         if next != slot.scheduled {
             if let Some(old) = slot.scheduled {
-                self.timers.remove(&(old, handle));
+                timers.remove(&(old, handle));
             }
             if let Some(new) = next {
-                self.timers.insert((new, handle));
+                timers.insert((new, handle));
             }
             slot.scheduled = next;
-        }
-        if slot.conn.is_drained() {
-            self.remove(handle);
         }
     }
 
@@ -492,27 +501,15 @@ impl Endpoint {
             };
             match slot.conn.poll_transmit(now, buf, max_datagrams) {
                 Some(t) => {
-                    // Back of the queue: the next call serves another connection first.
+                    // Back of the queue (still marked queued): the next call serves another
+                    // connection first.
                     self.transmit_queue.push_back(handle);
                     self.touched.insert(handle);
-                    // Do not re-queue it twice through refresh.
-                    if let Some(s) = self.slots.get_mut(&handle) {
-                        s.queued = true;
-                    }
                     return Some(t);
                 }
                 None => {
                     slot.queued = false;
-                    let next = slot.conn.poll_timeout();
-                    if next != slot.scheduled {
-                        if let Some(old) = slot.scheduled {
-                            self.timers.remove(&(old, handle));
-                        }
-                        if let Some(new) = next {
-                            self.timers.insert((new, handle));
-                        }
-                        slot.scheduled = next;
-                    }
+                    Self::reschedule(&mut self.timers, handle, slot);
                 }
             }
         }

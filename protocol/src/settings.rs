@@ -151,14 +151,13 @@ impl Settings {
             let ours_value = self.required.get(name);
             let theirs_value = peer.required.get(name);
             if ours_value != theirs_value {
-                let ours = ours_value;
                 if !diffs.is_empty() {
                     diffs.push_str("; ");
                 }
                 let _ = write!(
                     diffs,
                     "{name}: {ours_label} {}, {theirs_label} {}",
-                    ours.map_or("unset", String::as_str),
+                    ours_value.map_or("unset", String::as_str),
                     theirs_value.map_or("unset", String::as_str),
                     ours_label = ours_role,
                     theirs_label = theirs_role,

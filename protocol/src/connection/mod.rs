@@ -176,7 +176,7 @@ pub struct ConnectionStats {
     pub packets_lost: u64,
     /// Of which by retransmission timeout.
     pub rto_expiries: u64,
-    /// Stream bytes sent again after a loss.
+    /// Stream bytes sent again: after a loss, or as a tail duplicate.
     pub stream_bytes_retransmitted: u64,
     /// Stream bytes sent, including retransmissions.
     pub stream_bytes_sent: u64,
@@ -619,7 +619,7 @@ impl Connection {
                 return;
             }
             Header::VersionNegotiation { versions, .. } => {
-                self.on_version_negotiation(now, versions);
+                self.on_version_negotiation(versions);
                 return;
             }
             Header::Initial { pn, .. } => {
@@ -678,12 +678,12 @@ impl Connection {
             .largest_received
             .is_none_or(|(largest, _)| pn > largest);
         if remote != self.remote {
-            if !newest || self.state != State::Established {
-                // A reordered packet from an old path, or a handshake packet: not a migration.
-                if self.state != State::Established {
-                    return;
-                }
-            } else {
+            // Handshake packets come only from the address that proved itself; later, a newer
+            // packet from elsewhere starts path validation (reordered old ones do not).
+            if self.state != State::Established {
+                return;
+            }
+            if newest {
                 self.on_new_path(now, remote);
             }
         }
@@ -729,7 +729,7 @@ impl Connection {
         self.pacer = Pacer::new(now, self.max_datagram as u64);
     }
 
-    fn on_version_negotiation(&mut self, now: Instant, versions: &[u8]) {
+    fn on_version_negotiation(&mut self, versions: &[u8]) {
         if self.side != Side::Client || self.state != State::Handshake {
             return;
         }
@@ -750,7 +750,6 @@ impl Connection {
         );
         self.state = State::Closed;
         self.timers.clear();
-        let _ = now;
         self.finish_with(ConnectionError::HandshakeFailed(reason));
     }
 

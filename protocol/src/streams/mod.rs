@@ -572,7 +572,7 @@ impl StreamSet {
         self.local_limit = self.local_limit.max(max);
     }
 
-    /// True if we may open more streams than before `previous_limit`.
+    /// How many streams the peer lets us open in total (its MAX_STREAMS).
     pub fn local_limit(&self) -> u64 {
         self.local_limit
     }
