@@ -112,3 +112,141 @@ async fn many_streams_each_way_on_one_connection() {
         t.await.unwrap();
     }
 }
+
+/// The load the tunnel pair will put on one session: 200 concurrent streams, each echoing 1 MiB
+/// of its own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_each_echo_one_mib_intact() {
+    let server = echo_server();
+    let client = Endpoint::client(loopback()).unwrap();
+    let conn = client
+        .connect(server.local_addr(), TransportConfig::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let stream = conn.open_stream().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(stream);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i);
+            let mut data = vec![0u8; 1 << 20];
+            rng.fill_bytes(&mut data);
+            let expected = data.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut back = Vec::with_capacity(1 << 20);
+            r.read_to_end(&mut back).await.unwrap();
+            writer.await.unwrap();
+            assert!(
+                back == expected,
+                "stream {i}: echo differs ({} bytes back)",
+                back.len()
+            );
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "200 streams did not finish in 120 s");
+}
+
+/// A UDP relay on loopback between one client and a server: drops `loss` of the datagrams
+/// (seeded) and delays the rest by `delay`, both ways. Returns the address clients should use.
+async fn lossy_relay(server: SocketAddr, loss: f64, delay: Duration, seed: u64) -> SocketAddr {
+    use std::sync::{Arc, Mutex};
+    let front = Arc::new(tokio::net::UdpSocket::bind(loopback()).await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind(loopback()).await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let rng = Arc::new(Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+    let drop_it = move || (rng.lock().unwrap().next_u64() % 10_000) as f64 / 10_000.0 < loss;
+    // Client -> server.
+    {
+        let (front, back, client, drop_it) =
+            (front.clone(), back.clone(), client.clone(), drop_it.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                if drop_it() {
+                    continue;
+                }
+                let (back, d) = (back.clone(), buf[..n].to_vec());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = back.send_to(&d, server).await;
+                });
+            }
+        });
+    }
+    // Server -> client.
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+            let Some(to) = *client.lock().unwrap() else {
+                continue;
+            };
+            if drop_it() {
+                continue;
+            }
+            let (front, d) = (front.clone(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = front.send_to(&d, to).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Real time, real sockets, 10% loss each way: the driver's timers (RTO, pacing, keepalive)
+/// must repair what the simulator only tests in virtual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_survive_ten_percent_loss_over_real_udp() {
+    let server = echo_server();
+    let relay = lossy_relay(server.local_addr(), 0.10, Duration::from_millis(10), 7).await;
+    let client = Endpoint::client(loopback()).unwrap();
+    let conn = client
+        .connect(relay, TransportConfig::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let stream = conn.open_stream().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(stream);
+            let mut data = vec![0u8; 512 << 10];
+            rand_chacha::ChaCha8Rng::seed_from_u64(100 + i).fill_bytes(&mut data);
+            let expected = data.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            });
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).await.unwrap();
+            writer.await.unwrap();
+            assert!(
+                back == expected,
+                "stream {i}: echo differs ({} bytes back)",
+                back.len()
+            );
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "lossy transfer did not finish in 120 s");
+    let stats = conn.stats().unwrap();
+    assert!(
+        stats.packets_lost > 0,
+        "the relay must have dropped packets: {stats:?}"
+    );
+}
