@@ -1,0 +1,14 @@
+//! What `ferry-agent` and `ferry-gateway` share, written once.
+//!
+//! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
+//! - [`allow`]: CIDR allow-lists that treat IPv4-mapped IPv6 sources as the IPv4 address they are.
+//! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
+//! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
+//!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod allow;
+pub mod preamble;
+pub mod splice;

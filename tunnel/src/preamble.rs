@@ -1,0 +1,161 @@
+//! The preamble that opens every tunnelled stream: which service it is for, and which client it
+//! carries (so the gateway can name the real client to the backend, e.g. with PROXY protocol).
+//!
+//! ```text
+//! version u8 (1) | service length u8 | service (ASCII) | family u8 (0 none, 4, 6) | ip | port u16
+//! ```
+//!
+//! An empty service means the gateway's default service. The decoder reads exactly the bytes of
+//! the preamble (never a byte of the payload behind it) and bounds everything it reads.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Preamble format version.
+pub const VERSION: u8 = 1;
+/// Longest service name.
+pub const MAX_SERVICE_LEN: usize = 64;
+
+/// What a stream is for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Preamble {
+    /// Named service; empty for the default one.
+    pub service: String,
+    /// The client's address as the agent saw it (none for Unix-socket clients).
+    pub client: Option<SocketAddr>,
+}
+
+/// True for names made of letters, digits, '.', '_' and '-', at most [`MAX_SERVICE_LEN`] long.
+pub fn is_valid_service_name(name: &str) -> bool {
+    name.len() <= MAX_SERVICE_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Preamble {
+    /// Encodes the preamble. The service name must be valid (checked when configured).
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(is_valid_service_name(&self.service));
+        let service = &self.service.as_bytes()[..self.service.len().min(MAX_SERVICE_LEN)];
+        let mut out = Vec::with_capacity(4 + service.len() + 19);
+        out.push(VERSION);
+        out.push(service.len() as u8);
+        out.extend_from_slice(service);
+        match self.client {
+            None => out.push(0),
+            Some(SocketAddr::V4(a)) => {
+                out.push(4);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+            Some(SocketAddr::V6(a)) => {
+                out.push(6);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads one preamble from the start of a stream.
+    pub async fn read_from<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Self> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad stream preamble: {what}"),
+            )
+        };
+        let mut head = [0u8; 2];
+        r.read_exact(&mut head).await?;
+        if head[0] != VERSION {
+            return Err(bad(&format!(
+                "version {} (this build speaks {VERSION})",
+                head[0]
+            )));
+        }
+        let len = usize::from(head[1]);
+        if len > MAX_SERVICE_LEN {
+            return Err(bad("service name too long"));
+        }
+        let mut name = vec![0u8; len];
+        r.read_exact(&mut name).await?;
+        let service = String::from_utf8(name).map_err(|_| bad("service name is not text"))?;
+        if !is_valid_service_name(&service) {
+            return Err(bad(
+                "service name has characters other than letters, digits, '.', '_', '-'",
+            ));
+        }
+        let client = match r.read_u8().await? {
+            0 => None,
+            4 => {
+                let mut ip = [0u8; 4];
+                r.read_exact(&mut ip).await?;
+                let port = r.read_u16().await?;
+                Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+            }
+            6 => {
+                let mut ip = [0u8; 16];
+                r.read_exact(&mut ip).await?;
+                let port = r.read_u16().await?;
+                Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+            }
+            f => return Err(bad(&format!("address family {f}"))),
+        };
+        Ok(Preamble { service, client })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn decode(bytes: &[u8]) -> io::Result<(Preamble, Vec<u8>)> {
+        let mut r = bytes;
+        let p = Preamble::read_from(&mut r).await?;
+        Ok((p, r.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_leaves_the_payload_untouched() {
+        for p in [
+            Preamble::default(),
+            Preamble {
+                service: "web".into(),
+                client: Some("192.0.2.7:40000".parse().unwrap()),
+            },
+            Preamble {
+                service: "db-main_2.x".into(),
+                client: Some("[2001:db8::1]:443".parse().unwrap()),
+            },
+        ] {
+            let mut bytes = p.encode();
+            bytes.extend_from_slice(b"GET / HTTP/1.1");
+            let (decoded, rest) = decode(&bytes).await.unwrap();
+            assert_eq!(decoded, p);
+            assert_eq!(rest, b"GET / HTTP/1.1");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_preambles_are_errors_not_panics() {
+        for bytes in [
+            &[2u8, 0, 0][..],
+            &[1, 65],
+            &[1, 3, b'a', b' ', b'b', 0],
+            &[1, 0, 9],
+            &[1, 0, 4, 1, 2],
+            &[1],
+        ] {
+            assert!(decode(bytes).await.is_err(), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn service_names_are_restricted() {
+        assert!(is_valid_service_name("web") && is_valid_service_name(""));
+        assert!(!is_valid_service_name("a b") && !is_valid_service_name(&"x".repeat(65)));
+    }
+}
