@@ -1,1 +1,318 @@
-fn main() {}
+//! `ferry-agent`: accepts a legacy client's TCP or Unix-socket connections and carries each one
+//! as a stream over Ferry's reliable UDP to a gateway.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_transport::TransportConfig;
+use ferry_tunnel::address::Address;
+use ferry_tunnel::allow::AllowList;
+use ferry_tunnel::preamble::{is_valid_service_name, Preamble};
+use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
+use ferry_tunnel::splice::{splice, Abort};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+mod sessions;
+use sessions::Sessions;
+
+/// Ferry's client side: carries local connections to a gateway over reliable UDP.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-agent", version, about)]
+struct Args {
+    /// Where clients connect: tcp://IP:PORT or unix:/PATH, optionally =SERVICE to name the
+    /// gateway service they reach (e.g. tcp://127.0.0.1:6789=web). Repeatable, comma-separated.
+    #[arg(
+        long = "listen",
+        env = "FERRY_AGENT_LISTEN",
+        value_delimiter = ',',
+        required = true
+    )]
+    listen: Vec<Listen>,
+
+    /// Gateway UDP address (repeatable, comma-separated); new streams go to the least-loaded
+    /// live session.
+    #[arg(
+        long = "gateway",
+        env = "FERRY_AGENT_GATEWAY",
+        value_delimiter = ',',
+        required = true
+    )]
+    gateways: Vec<SocketAddr>,
+
+    /// Sessions per gateway, each on its own UDP socket (more use more cores).
+    #[arg(long, env = "FERRY_AGENT_LINKS", default_value_t = 1)]
+    links: usize,
+
+    /// Only accept TCP clients from these networks (CIDR list, IPv4 and IPv6; repeatable).
+    #[arg(long = "allow-ip", env = "FERRY_AGENT_ALLOW_IP")]
+    allow_ip: Vec<String>,
+
+    /// Most client connections at once; over it a client is refused at once (TCP reset).
+    #[arg(long, env = "FERRY_AGENT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// How long a new client waits for a gateway session (during a reconnect) before it is reset.
+    #[arg(long, env = "FERRY_AGENT_SESSION_WAIT", default_value = "5s", value_parser = ferry_tunnel::duration::parse)]
+    session_wait: Duration,
+
+    /// Close a session after this long without a packet from the gateway.
+    #[arg(long, env = "FERRY_AGENT_IDLE_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
+    idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, wait this long for open connections to finish before exiting.
+    #[arg(long, env = "FERRY_AGENT_DRAIN_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
+    drain_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// A listener address and the service its connections reach.
+#[derive(Debug, Clone)]
+struct Listen {
+    address: Address,
+    service: String,
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (address, service) = match s.rsplit_once('=') {
+            Some((a, svc)) => (a, svc),
+            None => (s, ""),
+        };
+        if !is_valid_service_name(service) {
+            return Err(format!("invalid service name {service:?} in --listen {s:?}: use letters, digits, '.', '_', '-'"));
+        }
+        Ok(Listen {
+            address: address
+                .parse()
+                .map_err(|e: ferry_tunnel::address::AddressError| e.to_string())?,
+            service: service.to_owned(),
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Shared by every accepted client.
+struct Context {
+    sessions: Arc<Sessions>,
+    allow: Option<AllowList>,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+    session_wait: Duration,
+    drain: Drain,
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mut allow = None;
+    for list in &args.allow_ip {
+        allow
+            .get_or_insert_with(AllowList::default)
+            .extend(list)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = TransportConfig {
+        idle_timeout: args.idle_timeout,
+        ..TransportConfig::default()
+    };
+    let sessions = Sessions::start(&args.gateways, args.links, config)
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let ctx = Arc::new(Context {
+        sessions,
+        allow,
+        limit: Arc::new(Semaphore::new(args.max_connections)),
+        max_connections: args.max_connections,
+        session_wait: args.session_wait,
+        drain: Drain::default(),
+    });
+    let mut listeners = Vec::new();
+    let mut unix_paths = Vec::new();
+    for l in &args.listen {
+        let task = match &l.address {
+            Address::Tcp { .. } => {
+                let target = l.address.tcp_target().unwrap_or_default();
+                let listener = tokio::net::TcpListener::bind(&target)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+                info!(listen = %l.address, service = %l.service, "accepting clients");
+                tokio::spawn(accept_tcp(listener, l.service.clone(), ctx.clone()))
+            }
+            #[cfg(unix)]
+            Address::Unix(path) => {
+                remove_stale_socket(path)?;
+                let listener = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
+                unix_paths.push(path.clone());
+                info!(listen = %l.address, service = %l.service, "accepting clients");
+                tokio::spawn(accept_unix(listener, l.service.clone(), ctx.clone()))
+            }
+            #[cfg(not(unix))]
+            Address::Unix(_) => {
+                return Err("unix sockets are not supported on this platform".into())
+            }
+        };
+        listeners.push(task);
+    }
+    shutdown_signal().await;
+    for l in &listeners {
+        l.abort();
+    }
+    for p in &unix_paths {
+        let _ = std::fs::remove_file(p);
+    }
+    info!(connections = ctx.drain.active(), timeout = ?args.drain_timeout, "shutting down: draining open connections");
+    let left = ctx.drain.wait(args.drain_timeout).await;
+    if left > 0 {
+        warn!(
+            connections = left,
+            "drain timeout passed; remaining connections are reset"
+        );
+    }
+    Ok(())
+}
+
+/// A Unix socket path left by a previous run is removed; one that something still listens on
+/// is an error.
+#[cfg(unix)]
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "cannot listen on unix:{}: the path exists and is not a socket",
+            path.display()
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "cannot listen on unix:{}: address already in use",
+            path.display()
+        ));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+}
+
+fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePermit> {
+    match ctx.limit.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            warn!(client = %what, limit = ctx.max_connections, "client refused: over --max-connections");
+            None
+        }
+    }
+}
+
+async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc<Context>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if ctx.allow.as_ref().is_some_and(|a| !a.allows(peer.ip())) {
+            warn!(client = %peer, "client refused: not in --allow-ip");
+            socket.abort();
+            continue;
+        }
+        let Some(permit) = admit(&ctx, &peer) else {
+            socket.abort();
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        tokio::spawn(serve(
+            socket,
+            Some(peer),
+            service.clone(),
+            ctx.clone(),
+            permit,
+        ));
+    }
+}
+
+#[cfg(unix)]
+async fn accept_unix(listener: tokio::net::UnixListener, service: String, ctx: Arc<Context>) {
+    loop {
+        let socket = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = admit(&ctx, &"unix client") else {
+            socket.abort();
+            continue;
+        };
+        tokio::spawn(serve(socket, None, service.clone(), ctx.clone(), permit));
+    }
+}
+
+/// Carries one client connection: session, stream, preamble, splice.
+async fn serve<S: Abort + 'static>(
+    socket: S,
+    peer: Option<SocketAddr>,
+    service: String,
+    ctx: Arc<Context>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let _guard = ctx.drain.enter();
+    let Some(lease) = ctx.sessions.pick(ctx.session_wait).await else {
+        warn!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session available");
+        socket.abort();
+        return;
+    };
+    let mut stream = match lease.conn.open_stream().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(client = ?peer, gateway = %lease.gateway, error = %e, "client reset: cannot open a stream");
+            socket.abort();
+            return;
+        }
+    };
+    let preamble = Preamble {
+        service,
+        client: peer,
+    };
+    if let Err(e) = stream.write_all(&preamble.encode()).await {
+        warn!(client = ?peer, error = %e, "client reset: stream failed at once");
+        socket.abort();
+        return;
+    }
+    match splice(socket, stream).await {
+        Ok(stats) => {
+            debug!(client = ?peer, up = stats.to_tunnel, down = stats.from_tunnel, "client done")
+        }
+        Err(e) => debug!(client = ?peer, error = %e, "client reset"),
+    }
+    drop(lease);
+}

@@ -1,1 +1,283 @@
-fn main() {}
+//! `ferry-gateway`: accepts Ferry sessions from agents over UDP and forwards each stream to the
+//! least-loaded healthy backend of the service it names, over TCP or a Unix socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ferry_transport::{Endpoint, ServerConfig, Stream, TransportConfig};
+use ferry_tunnel::address::Address;
+use ferry_tunnel::allow::AllowList;
+use ferry_tunnel::preamble::{is_valid_service_name, Preamble};
+use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
+use ferry_tunnel::splice::{codes, refuse, splice};
+use tracing::{debug, info, warn};
+
+mod pool;
+use pool::Pool;
+
+/// Ferry's datacenter side: unpacks tunnelled streams and forwards them to backends.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-gateway", version, about)]
+struct Args {
+    /// UDP address to accept agent sessions on.
+    #[arg(long, env = "FERRY_GATEWAY_LISTEN", default_value = "0.0.0.0:9000")]
+    listen: SocketAddr,
+
+    /// Backend of the default service: tcp://HOST:PORT or unix:/PATH. Repeat the flag or
+    /// separate with commas for a pool.
+    #[arg(long = "backend", env = "FERRY_GATEWAY_BACKEND", value_delimiter = ',')]
+    backends: Vec<Address>,
+
+    /// A named service and its pool: NAME=ADDR[,ADDR...]. Repeat for more services
+    /// (in the environment variable, separate services with ';').
+    #[arg(long = "service", env = "FERRY_GATEWAY_SERVICE", value_delimiter = ';')]
+    services: Vec<String>,
+
+    /// Only accept agents from these networks (CIDR list, IPv4 and IPv6; repeatable).
+    #[arg(long = "allow-ip", env = "FERRY_GATEWAY_ALLOW_IP")]
+    allow_ip: Vec<String>,
+
+    /// Most agent sessions at once; further agents are refused with a reason.
+    #[arg(long, env = "FERRY_GATEWAY_MAX_CONNECTIONS", default_value_t = 3000)]
+    max_connections: usize,
+
+    /// Most streams one session may have open at once.
+    #[arg(long, env = "FERRY_GATEWAY_MAX_STREAMS", default_value_t = 1024)]
+    max_streams: u64,
+
+    /// Most streams forwarded to one backend at once (0: no limit).
+    #[arg(long, env = "FERRY_GATEWAY_BACKEND_MAX_STREAMS", default_value_t = 0)]
+    backend_max_streams: usize,
+
+    /// Give up connecting to a backend after this long (then try it again after a backoff).
+    #[arg(long, env = "FERRY_GATEWAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = ferry_tunnel::duration::parse)]
+    connect_timeout: Duration,
+
+    /// Close a session after this long without a packet from its agent.
+    #[arg(long, env = "FERRY_GATEWAY_IDLE_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
+    idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, wait this long for open streams to finish before exiting.
+    #[arg(long, env = "FERRY_GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
+    drain_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// Pools by service name; "" is the default service.
+type Services = Arc<HashMap<String, Pool>>;
+
+fn build_services(args: &Args) -> Result<Services, String> {
+    let mut services = HashMap::new();
+    if !args.backends.is_empty() {
+        services.insert(
+            String::new(),
+            Pool::new(args.backends.clone(), args.backend_max_streams),
+        );
+    }
+    for spec in &args.services {
+        let (name, list) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --service {spec:?}: expected NAME=ADDR[,ADDR...]"))?;
+        if name.is_empty() || !is_valid_service_name(name) {
+            return Err(format!(
+                "invalid --service name {name:?}: use letters, digits, '.', '_', '-'"
+            ));
+        }
+        let addresses = list
+            .split(',')
+            .map(|a| a.trim().parse::<Address>().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if services
+            .insert(
+                name.to_owned(),
+                Pool::new(addresses, args.backend_max_streams),
+            )
+            .is_some()
+        {
+            return Err(format!("service {name:?} is defined twice"));
+        }
+    }
+    if services.is_empty() {
+        return Err(
+            "no backend: give --backend ADDR (default service) or --service NAME=ADDR".into(),
+        );
+    }
+    Ok(Arc::new(services))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let services = build_services(&args)?;
+    let mut allow = None;
+    for list in &args.allow_ip {
+        allow
+            .get_or_insert_with(AllowList::default)
+            .extend(list)
+            .map_err(|e| e.to_string())?;
+    }
+    let transport = TransportConfig {
+        max_concurrent_streams: args.max_streams,
+        idle_timeout: args.idle_timeout,
+        ..TransportConfig::default()
+    };
+    let server = ServerConfig {
+        max_connections: args.max_connections,
+        ..ServerConfig::new(transport)
+    };
+    let endpoint = Endpoint::server(args.listen, server).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on udp {}: address already in use",
+            args.listen
+        ),
+        _ => format!("cannot listen on udp {}: {e}", args.listen),
+    })?;
+    if let Some(list) = allow {
+        info!(allow = %list, "agents restricted by allow-list");
+        endpoint.set_address_filter(Some(Arc::new(move |a: &SocketAddr| list.allows(a.ip()))));
+    }
+    for (name, pool) in services.iter() {
+        let backends: Vec<String> = pool
+            .backends()
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect();
+        let name = if name.is_empty() {
+            "(default)"
+        } else {
+            name.as_str()
+        };
+        info!(service = name, backends = %backends.join(","), "service configured");
+    }
+    info!(listen = %endpoint.local_addr(), "ferry-gateway ready");
+    let drain = Drain::default();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = endpoint.accept() => {
+                let Some(conn) = conn else { return Err("UDP socket failed".into()) };
+                let (services, drain) = (services.clone(), drain.clone());
+                let connect_timeout = args.connect_timeout;
+                tokio::spawn(async move {
+                    let peer = conn.remote_addr();
+                    debug!(?peer, "agent session accepted");
+                    while let Some(stream) = conn.accept_stream().await {
+                        let guard = drain.enter();
+                        let services = services.clone();
+                        tokio::spawn(async move {
+                            forward(stream, &services, connect_timeout).await;
+                            drop(guard);
+                        });
+                    }
+                    debug!(?peer, reason = ?conn.close_reason(), "agent session ended");
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    info!(streams = drain.active(), timeout = ?args.drain_timeout, "shutting down: draining open streams");
+    let left = drain.wait(args.drain_timeout).await;
+    if left > 0 {
+        warn!(
+            streams = left,
+            "drain timeout passed; remaining streams are reset"
+        );
+    }
+    Ok(())
+}
+
+/// Reads the stream's preamble, picks a backend of its service, connects and splices.
+async fn forward(mut stream: Stream, services: &Services, connect_timeout: Duration) {
+    let preamble =
+        match tokio::time::timeout(Duration::from_secs(10), Preamble::read_from(&mut stream)).await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                warn!(error = %e, "stream refused: bad preamble");
+                return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
+            }
+            Err(_) => {
+                warn!("stream refused: no preamble within 10 s");
+                return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
+            }
+        };
+    let Some(pool) = services.get(&preamble.service) else {
+        warn!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
+        return refuse::<tokio::net::TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
+    };
+    let Some(lease) = pool.pick(Instant::now()) else {
+        warn!(service = %preamble.service, "stream refused: every backend is at its stream limit");
+        return refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
+    };
+    let backend = lease.backend().clone();
+    let started = Instant::now();
+    let result = match &backend.address {
+        Address::Tcp { .. } => {
+            let target = backend.address.tcp_target().unwrap_or_default();
+            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
+                .await
+            {
+                Ok(Ok(socket)) => {
+                    let _ = socket.set_nodelay(true);
+                    backend.connected(started.elapsed());
+                    splice(socket, stream)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
+                Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
+            }
+        }
+        #[cfg(unix)]
+        Address::Unix(path) => {
+            match tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path)).await
+            {
+                Ok(Ok(socket)) => {
+                    backend.connected(started.elapsed());
+                    splice(socket, stream)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
+                Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
+            }
+        }
+        #[cfg(not(unix))]
+        Address::Unix(_) => Err(connect_failed(
+            &backend,
+            stream,
+            "unix sockets are not supported here",
+        )),
+    };
+    if let Err(e) = result {
+        debug!(backend = %backend.address, error = %e, "stream ended with an error");
+    }
+    drop(lease);
+}
+
+fn connect_failed(backend: &pool::Backend, stream: Stream, error: &str) -> String {
+    backend.failed(Instant::now(), error);
+    refuse::<tokio::net::TcpStream>(stream, codes::BACKEND_UNREACHABLE, None);
+    format!("backend unreachable: {error}")
+}

@@ -2,7 +2,9 @@
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
 //! - [`allow`]: CIDR allow-lists that treat IPv4-mapped IPv6 sources as the IPv4 address they are.
+//! - [`duration`]: durations on the command line (`250ms`, `3s`).
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
+//! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
 //!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
 #![forbid(unsafe_code)]
@@ -10,5 +12,7 @@
 
 pub mod address;
 pub mod allow;
+pub mod duration;
 pub mod preamble;
+pub mod process;
 pub mod splice;

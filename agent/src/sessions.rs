@@ -1,0 +1,144 @@
+//! The agent's sessions to its gateways: `--links` per gateway, each on its own UDP endpoint
+//! (so several cores can drive them), each reconnecting with backoff when it is lost, and the
+//! choice of the least-loaded live session for every new client connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_transport::{Connection, Endpoint, TransportConfig};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// First pause before reconnecting.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One link to one gateway.
+struct Slot {
+    gateway: SocketAddr,
+    conn: Mutex<Option<Connection>>,
+    active: Arc<AtomicUsize>,
+}
+
+/// Every session of the agent.
+pub struct Sessions {
+    slots: Vec<Arc<Slot>>,
+    changed: Notify,
+}
+
+/// A session chosen for one client connection; counts as load until dropped.
+pub struct Lease {
+    /// The session.
+    pub conn: Connection,
+    /// The gateway it reaches.
+    pub gateway: SocketAddr,
+    active: Arc<AtomicUsize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Sessions {
+    /// Starts `links` sessions to each gateway; they connect (and reconnect) in the background.
+    pub fn start(
+        gateways: &[SocketAddr],
+        links: usize,
+        config: TransportConfig,
+    ) -> std::io::Result<Arc<Self>> {
+        let mut slots = Vec::new();
+        let mut endpoints = Vec::new();
+        for gateway in gateways {
+            for _ in 0..links.max(1) {
+                let bind: SocketAddr = if gateway.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .expect("literal");
+                endpoints.push(Endpoint::client(bind)?);
+                slots.push(Arc::new(Slot {
+                    gateway: *gateway,
+                    conn: Mutex::new(None),
+                    active: Arc::default(),
+                }));
+            }
+        }
+        let sessions = Arc::new(Self {
+            slots,
+            changed: Notify::new(),
+        });
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
+            let sessions = sessions.clone();
+            let config = config.clone();
+            tokio::spawn(async move { sessions.keep_connected(i, endpoint, config).await });
+        }
+        Ok(sessions)
+    }
+
+    async fn keep_connected(
+        self: Arc<Self>,
+        index: usize,
+        endpoint: Endpoint,
+        config: TransportConfig,
+    ) {
+        let slot = self.slots[index].clone();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match endpoint.connect(slot.gateway, config.clone()).await {
+                Ok(conn) => {
+                    info!(gateway = %slot.gateway, link = index, "session up");
+                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    self.changed.notify_waiters();
+                    backoff = FIRST_BACKOFF;
+                    let reason = conn.closed().await;
+                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    warn!(gateway = %slot.gateway, link = index, %reason, "session lost; its streams are reset; reconnecting");
+                }
+                Err(e) => {
+                    warn!(gateway = %slot.gateway, link = index, error = %e, retry_in = ?backoff, "cannot reach gateway");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn try_pick(&self) -> Option<Lease> {
+        let chosen = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let conn = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+                conn.close_reason().is_none().then_some((s, conn))
+            })
+            .min_by_key(|(s, _)| s.active.load(Ordering::Relaxed))?;
+        let (slot, conn) = chosen;
+        slot.active.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            conn,
+            gateway: slot.gateway,
+            active: slot.active.clone(),
+        })
+    }
+
+    /// The least-loaded live session, waiting up to `timeout` for one to come up.
+    pub async fn pick(&self, timeout: Duration) -> Option<Lease> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(lease) = self.try_pick() {
+                return Some(lease);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.try_pick();
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A service's backends and the choice among them: the least-loaded healthy one.
+//!
+//! Each backend counts its active streams and remembers its recent connect latency. A new stream
+//! goes to the UP backend with the fewest active streams (ties: lowest latency, then the order
+//! given). A backend whose connect fails goes DOWN for a backoff that doubles with each failure
+//! (from 250 ms up to 30 s, RProxy's IDLE/ACTIVE/DOWN idea); when the backoff expires, the next
+//! stream probes it, and a success brings it back UP by itself. When every backend is down the
+//! least recently failed one is tried anyway, so a recovered pool is found at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_tunnel::address::Address;
+
+/// First DOWN period after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest DOWN period.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Consecutive connect failures.
+    failures: u32,
+    /// DOWN until then.
+    down_until: Option<Instant>,
+    /// Smoothed connect latency.
+    latency: Option<Duration>,
+}
+
+/// One backend of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where it listens.
+    pub address: Address,
+    active: AtomicUsize,
+    /// Per-backend stream limit (0: none).
+    limit: usize,
+    health: Mutex<Health>,
+}
+
+impl Backend {
+    /// Streams currently forwarded to it.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// True if not DOWN at `now`.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .down_until
+            .is_none_or(|t| now >= t)
+    }
+
+    /// Records a successful connect that took `latency`.
+    pub fn connected(&self, latency: Duration) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if h.failures > 0 {
+            tracing::info!(backend = %self.address, "backend is UP again");
+        }
+        h.failures = 0;
+        h.down_until = None;
+        h.latency = Some(h.latency.map_or(latency, |l| (l * 7 + latency) / 8));
+    }
+
+    /// Records a failed connect at `now`: the backend goes DOWN for a growing backoff.
+    pub fn failed(&self, now: Instant, error: &str) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.failures = h.failures.saturating_add(1);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1u32 << (h.failures - 1).min(16))
+            .min(MAX_BACKOFF);
+        h.down_until = Some(now + backoff);
+        tracing::warn!(backend = %self.address, %error, ?backoff, failures = h.failures, "backend is DOWN");
+    }
+
+    fn latency(&self) -> Duration {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latency
+            .unwrap_or(Duration::ZERO)
+    }
+
+    fn down_until(&self) -> Option<Instant> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .down_until
+    }
+}
+
+/// A backend chosen for one stream; its active count drops when this is dropped.
+#[derive(Debug)]
+pub struct Lease {
+    backend: Arc<Backend>,
+}
+
+impl Lease {
+    /// The backend.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The backends of one service.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    backends: Arc<Vec<Arc<Backend>>>,
+}
+
+impl Pool {
+    /// A pool of `addresses`, each limited to `per_backend_limit` streams (0: unlimited).
+    pub fn new(addresses: Vec<Address>, per_backend_limit: usize) -> Self {
+        let backends = addresses
+            .into_iter()
+            .map(|address| {
+                Arc::new(Backend {
+                    address,
+                    active: AtomicUsize::new(0),
+                    limit: per_backend_limit,
+                    health: Mutex::new(Health::default()),
+                })
+            })
+            .collect();
+        Self {
+            backends: Arc::new(backends),
+        }
+    }
+
+    /// The backends, in configuration order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Picks the least-loaded UP backend with room, or (all DOWN) the one whose backoff ends
+    /// first; `None` when every backend is at its limit.
+    pub fn pick(&self, now: Instant) -> Option<Lease> {
+        let with_room = || {
+            self.backends
+                .iter()
+                .filter(|b| b.limit == 0 || b.active() < b.limit)
+        };
+        let chosen = with_room()
+            .filter(|b| b.is_up(now))
+            .min_by_key(|b| (b.active(), b.latency()))
+            .or_else(|| with_room().min_by_key(|b| b.down_until()))?;
+        chosen.active.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            backend: chosen.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize, limit: usize) -> Pool {
+        Pool::new(
+            (0..n)
+                .map(|i| format!("tcp://127.0.0.1:{}", 8000 + i).parse().unwrap())
+                .collect(),
+            limit,
+        )
+    }
+
+    #[test]
+    fn streams_spread_evenly_over_equal_backends() {
+        let p = pool(3, 0);
+        let now = Instant::now();
+        let leases: Vec<Lease> = (0..300).map(|_| p.pick(now).unwrap()).collect();
+        for b in p.backends() {
+            assert_eq!(b.active(), 100);
+        }
+        drop(leases);
+        assert!(p.backends().iter().all(|b| b.active() == 0));
+    }
+
+    #[test]
+    fn a_down_backend_is_skipped_until_its_backoff_ends_then_probed() {
+        let p = pool(2, 0);
+        let now = Instant::now();
+        p.backends()[0].failed(now, "refused");
+        let picks: Vec<_> = (0..4).map(|_| p.pick(now).unwrap()).collect();
+        assert!(picks
+            .iter()
+            .all(|l| Arc::ptr_eq(l.backend(), &p.backends()[1])));
+        let later = now + FIRST_BACKOFF;
+        let probe = p.pick(later).unwrap();
+        assert!(
+            Arc::ptr_eq(probe.backend(), &p.backends()[0]),
+            "least loaded once UP again"
+        );
+        p.backends()[0].connected(Duration::from_millis(1));
+        assert!(p.backends()[0].is_up(later));
+    }
+
+    #[test]
+    fn backoff_doubles_and_all_down_still_tries_the_first_to_recover() {
+        let p = pool(2, 0);
+        let now = Instant::now();
+        p.backends()[0].failed(now, "x");
+        p.backends()[0].failed(now, "x");
+        p.backends()[1].failed(now, "x");
+        assert!(!p.backends()[0].is_up(now + FIRST_BACKOFF));
+        assert!(p.backends()[0].is_up(now + 2 * FIRST_BACKOFF));
+        let l = p.pick(now).unwrap();
+        assert!(
+            Arc::ptr_eq(l.backend(), &p.backends()[1]),
+            "the one that recovers first"
+        );
+    }
+
+    #[test]
+    fn per_backend_limit_is_enforced() {
+        let p = pool(2, 1);
+        let now = Instant::now();
+        let a = p.pick(now).unwrap();
+        let b = p.pick(now).unwrap();
+        assert!(p.pick(now).is_none());
+        drop(a);
+        assert!(p.pick(now).is_some());
+        drop(b);
+    }
+
+    #[test]
+    fn ties_go_to_the_faster_backend() {
+        let p = pool(2, 0);
+        p.backends()[0].connected(Duration::from_millis(20));
+        p.backends()[1].connected(Duration::from_millis(2));
+        let l = p.pick(Instant::now()).unwrap();
+        assert!(Arc::ptr_eq(l.backend(), &p.backends()[1]));
+    }
+}

@@ -1,0 +1,334 @@
+//! End to end: the real `ferry-agent` and `ferry-gateway` binaries on loopback, between a TCP
+//! (or Unix-socket) client and in-test backends.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(bin: &str, args: &[String]) -> Proc {
+    let child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    Proc(child)
+}
+
+fn gateway(extra: &[&str]) -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let mut args = vec!["--listen".to_owned(), addr.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &args), addr)
+}
+
+/// Starts an agent listening on a fresh loopback TCP port for `gateway`; waits until it accepts.
+async fn agent(gateway: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("tcp://{listen}"),
+        "--gateway".to_owned(),
+        gateway.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    wait_listening(listen).await;
+    (proc, listen)
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never started listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP echo backend; counts the connections it accepted.
+async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(echo(s));
+        }
+    });
+    (addr, accepted)
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
+    let (mut r, mut w) = tokio::io::split(s);
+    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// Sends `data` through `s`, half-closes, and returns everything read back.
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    s: S,
+    data: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    writer.await.expect("writer task")?;
+    Ok(back)
+}
+
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_each_echo_one_mib_through_the_pair() {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        tasks.push(tokio::spawn(async move {
+            let data = payload(i, 1 << 20);
+            let s = TcpStream::connect(listen).await.unwrap();
+            let back = round_trip(s, data.clone()).await.unwrap();
+            assert!(
+                back == data,
+                "connection {i}: {} bytes back, content differs",
+                back.len()
+            );
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("200 connections finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_resets_the_client_within_a_second_and_recovery_needs_no_restart() {
+    let port = free_tcp_port();
+    let backend: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+
+    // Nothing listens on the backend port: the client must see a reset, quickly.
+    let started = Instant::now();
+    let s = TcpStream::connect(listen).await.unwrap();
+    let err = round_trip(s, b"ping".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "reset took {:?}",
+        started.elapsed()
+    );
+
+    // The backend comes back on the same port: traffic resumes without restarting anything.
+    let listener = TcpListener::bind(backend).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(echo(s));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = TcpStream::connect(listen).await.unwrap();
+        match round_trip(s, b"ping".to_vec()).await {
+            Ok(back) => {
+                assert_eq!(back, b"ping");
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "backend never came back into use"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_equal_backends_share_the_streams_evenly() {
+    let (b1, c1) = echo_backend().await;
+    let (b2, c2) = echo_backend().await;
+    let (b3, c3) = echo_backend().await;
+    let list = format!("tcp://{b1},tcp://{b2},tcp://{b3}");
+    let (_gw, gw_addr) = gateway(&["--backend", &list]);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    // The agent's readiness probe may have reached a backend: count from a settled baseline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counters = [c1, c2, c3];
+    let base: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    // Concurrent, long enough that every stream is open while the others are chosen.
+    let mut tasks = Vec::new();
+    for i in 0..150u64 {
+        tasks.push(tokio::spawn(async move {
+            let s = TcpStream::connect(listen).await.unwrap();
+            let (mut r, mut w) = tokio::io::split(s);
+            w.write_all(&payload(i, 1000)).await.unwrap();
+            let mut buf = vec![0u8; 1000];
+            r.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            w.shutdown().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let shares: Vec<usize> = counters
+        .iter()
+        .zip(&base)
+        .map(|(c, b)| c.load(Ordering::SeqCst) - b)
+        .collect();
+    assert_eq!(shares.iter().sum::<usize>(), 150);
+    for s in &shares {
+        assert!(
+            (40..=60).contains(s),
+            "shares {shares:?} not within +-20% of 50"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_named_services_reach_their_own_pools_and_an_unknown_one_is_reset() {
+    let web = tagged_echo_backend(b"web:").await;
+    let db = tagged_echo_backend(b"db:").await;
+    let (_gw, gw_addr) = gateway(&[
+        "--service",
+        &format!("web=tcp://{web}"),
+        "--service",
+        &format!("db=tcp://{db}"),
+    ]);
+    let web_port = free_tcp_port();
+    let db_port = free_tcp_port();
+    let other_port = free_tcp_port();
+    let args = [
+        "--listen".to_owned(),
+        format!("tcp://127.0.0.1:{web_port}=web,tcp://127.0.0.1:{db_port}=db"),
+        "--listen".to_owned(),
+        format!("tcp://127.0.0.1:{other_port}=cache"),
+        "--gateway".to_owned(),
+        gw_addr.to_string(),
+    ];
+    let _agent = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    for port in [web_port, db_port, other_port] {
+        wait_listening(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    }
+    for _ in 0..3 {
+        let s = TcpStream::connect(("127.0.0.1", web_port)).await.unwrap();
+        assert_eq!(
+            round_trip(s, b"hello".to_vec()).await.unwrap(),
+            b"web:hello"
+        );
+    }
+    let s = TcpStream::connect(("127.0.0.1", db_port)).await.unwrap();
+    assert_eq!(round_trip(s, b"hello".to_vec()).await.unwrap(), b"db:hello");
+    let s = TcpStream::connect(("127.0.0.1", other_port)).await.unwrap();
+    let err = round_trip(s, b"x".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
+
+/// A TCP backend that answers every connection with `tag` followed by the echo.
+async fn tagged_echo_backend(tag: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(tag).await.is_ok() {
+                    echo(s).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_work_on_both_ends() {
+    let dir = std::env::temp_dir().join(format!("ferry-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let backend_path: PathBuf = dir.join("backend.sock");
+    let client_path: PathBuf = dir.join("client.sock");
+    let _ = std::fs::remove_file(&backend_path);
+    let listener = tokio::net::UnixListener::bind(&backend_path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(echo(s));
+        }
+    });
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("unix:{}", backend_path.display())]);
+    let args = [
+        "--listen".to_owned(),
+        format!("unix:{}", client_path.display()),
+        "--gateway".to_owned(),
+        gw_addr.to_string(),
+    ];
+    let _agent = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match tokio::net::UnixStream::connect(&client_path).await {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("agent's unix listener never came up: {e}"),
+        }
+    };
+    let data = payload(9, 256 << 10);
+    assert!(round_trip(s, data.clone()).await.unwrap() == data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
