@@ -21,20 +21,49 @@ impl Drop for Proc {
     }
 }
 
+/// A port for a process under test to bind, free for both TCP and UDP. Ports come from below
+/// Linux's ephemeral range (32768-60999), so no `bind(0)` elsewhere in the suite can be handed
+/// the same number between this check and the child's bind; a process-wide counter keeps tests
+/// running in parallel from picking the same one.
+fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() as usize * 97) % 10_000;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
+}
+
+/// Waits until a full round trip through the agent at `listen` (to an echo backend) works:
+/// the agent listens, its session is up, and the probe's connection has finished.
+async fn ready(listen: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = TcpStream::connect(listen).await {
+            if let Ok(back) = round_trip(s, b"ready".to_vec()).await {
+                if back == b"ready" {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel at {listen} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn spawn(bin: &str, args: &[String]) -> Proc {
@@ -116,6 +145,20 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     Ok(back)
 }
 
+/// Asserts that a client connecting to `addr` is refused with a reset: either at connect (the
+/// RST can arrive before `connect` returns) or on its first exchange.
+async fn expect_reset(addr: SocketAddr, what: &str) {
+    let err = match TcpStream::connect(addr).await {
+        Err(e) => e,
+        Ok(s) => round_trip(s, b"refuse me".to_vec()).await.expect_err(what),
+    };
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{what}: {err}"
+    );
+}
+
 fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
@@ -164,9 +207,7 @@ async fn backend_down_resets_the_client_within_a_second_and_recovery_needs_no_re
 
     // Nothing listens on the backend port: the client must see a reset, quickly.
     let started = Instant::now();
-    let s = TcpStream::connect(listen).await.unwrap();
-    let err = round_trip(s, b"ping".to_vec()).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    expect_reset(listen, "backend down").await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "reset took {:?}",
@@ -207,8 +248,7 @@ async fn three_equal_backends_share_the_streams_evenly() {
     let list = format!("tcp://{b1},tcp://{b2},tcp://{b3}");
     let (_gw, gw_addr) = gateway(&["--backend", &list]);
     let (_agent, listen) = agent(gw_addr, &[]).await;
-    // The agent's readiness probe may have reached a backend: count from a settled baseline.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    ready(listen).await;
     let counters = [c1, c2, c3];
     let base: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     // Concurrent, long enough that every stream is open while the others are chosen.
@@ -275,9 +315,11 @@ async fn two_named_services_reach_their_own_pools_and_an_unknown_one_is_reset() 
     }
     let s = TcpStream::connect(("127.0.0.1", db_port)).await.unwrap();
     assert_eq!(round_trip(s, b"hello".to_vec()).await.unwrap(), b"db:hello");
-    let s = TcpStream::connect(("127.0.0.1", other_port)).await.unwrap();
-    let err = round_trip(s, b"x".to_vec()).await.unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    expect_reset(
+        format!("127.0.0.1:{other_port}").parse().unwrap(),
+        "unknown service",
+    )
+    .await;
 }
 
 /// A TCP backend that answers every connection with `tag` followed by the echo.
@@ -331,4 +373,176 @@ async fn unix_sockets_work_on_both_ends() {
     let data = payload(9, 256 << 10);
     assert!(round_trip(s, data.clone()).await.unwrap() == data);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_is_found_again_without_restarting_the_agent() {
+    let (backend, _) = echo_backend().await;
+    let port = free_udp_port();
+    let gw_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let gw_args = [
+        "--listen".to_owned(),
+        gw_addr.to_string(),
+        "--backend".to_owned(),
+        format!("tcp://{backend}"),
+    ];
+    let gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (_agent, listen) = agent(gw_addr, &["--idle-timeout", "2s", "--session-wait", "10s"]).await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    assert_eq!(round_trip(s, b"before".to_vec()).await.unwrap(), b"before");
+
+    drop(gw); // killed
+    let _gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    // The agent notices (idle timeout), reconnects with backoff; new clients wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = TcpStream::connect(listen).await.unwrap();
+        match round_trip(s, b"after".to_vec()).await {
+            Ok(back) => {
+                assert_eq!(back, b"after");
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "agent never reconnected to the restarted gateway"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_transfer_to_completion() {
+    let (backend, _) = echo_backend().await;
+    // A short drain timeout: whichever process stops first, the other must not wait 30 s for
+    // acknowledgements that will never come.
+    let (gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--drain-timeout",
+        "5s",
+    ]);
+    let (agent_proc, listen) = agent(gw_addr, &["--drain-timeout", "5s"]).await;
+    ready(listen).await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(s);
+    let data = payload(5, 8 << 20);
+    let expected = data.clone();
+    w.write_all(&data[..1 << 20]).await.unwrap();
+    // The transfer is in flight end to end once echoed bytes come back.
+    let mut back = vec![0u8; 64 << 10];
+    r.read_exact(&mut back).await.unwrap();
+    // Both ends are asked to stop while most of the 8 MiB are still to come.
+    for pid in [agent_proc.0.id(), gw.0.id()] {
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        w.write_all(&data[1 << 20..]).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert!(
+        back == expected,
+        "drained transfer intact ({} of {} bytes)",
+        back.len(),
+        expected.len()
+    );
+    // Both processes exit by themselves, successfully, once drained.
+    for mut p in [agent_proc, gw] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = p.0.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit after draining"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_the_extra_client_with_a_reset() {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    let (_agent, listen) = agent(gw_addr, &["--max-connections", "2"]).await;
+    ready(listen).await;
+    // Hold two fully established connections (retrying while a probe's permit is released).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let Ok(mut s) = TcpStream::connect(listen).await else {
+                break;
+            };
+            let mut one = [0u8; 1];
+            if s.write_all(b"x").await.is_ok() && s.read_exact(&mut one).await.is_ok() {
+                held.push(s);
+            }
+        }
+        if held.len() == 2 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "could not establish two connections under the limit"
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    expect_reset(listen, "third client over --max-connections 2").await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_ip_refuses_ipv4_and_ipv6_clients_outside_the_list() {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    // IPv4 loopback allowed only as 127.0.0.2; the client connects from 127.0.0.1.
+    let port = free_tcp_port();
+    let args = [
+        "--listen".to_owned(),
+        format!("tcp://127.0.0.1:{port}"),
+        "--gateway".to_owned(),
+        gw_addr.to_string(),
+        "--allow-ip".to_owned(),
+        "127.0.0.2/32,10.0.0.0/8".to_owned(),
+    ];
+    let _agent = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    expect_reset(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        "IPv4 client outside the list",
+    )
+    .await;
+
+    // An IPv6 listener with an IPv4-only list: ::1 must not slip past.
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped the IPv6 half: no IPv6 loopback");
+        return;
+    };
+    let v6_port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let args = [
+        "--listen".to_owned(),
+        format!("tcp://[::1]:{v6_port}"),
+        "--gateway".to_owned(),
+        gw_addr.to_string(),
+        "--allow-ip".to_owned(),
+        "127.0.0.0/8".to_owned(),
+    ];
+    let _agent6 = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    let addr6: SocketAddr = format!("[::1]:{v6_port}").parse().unwrap();
+    wait_listening(addr6).await;
+    expect_reset(addr6, "IPv6 client against an IPv4 list").await;
 }

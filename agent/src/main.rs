@@ -182,10 +182,12 @@ async fn run(args: Args) -> Result<(), String> {
         let _ = std::fs::remove_file(p);
     }
     info!(connections = ctx.drain.active(), timeout = ?args.drain_timeout, "shutting down: draining open connections");
+    let deadline = tokio::time::Instant::now() + args.drain_timeout;
     let left = ctx.drain.wait(args.drain_timeout).await;
-    if left > 0 {
+    // Connections done on our side; each session closes once the gateway acknowledged everything.
+    if left > 0 || !ctx.sessions.close_all(deadline).await {
         warn!(
-            connections = left,
+            connections = ctx.drain.active(),
             "drain timeout passed; remaining connections are reset"
         );
     }

@@ -27,6 +27,8 @@ struct Slot {
 pub struct Sessions {
     slots: Vec<Arc<Slot>>,
     changed: Notify,
+    /// Set at shutdown: sessions are not re-established any more.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A session chosen for one client connection; counts as load until dropped.
@@ -73,6 +75,7 @@ impl Sessions {
         let sessions = Arc::new(Self {
             slots,
             changed: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         for (i, endpoint) in endpoints.into_iter().enumerate() {
             let sessions = sessions.clone();
@@ -90,7 +93,7 @@ impl Sessions {
     ) {
         let slot = self.slots[index].clone();
         let mut backoff = FIRST_BACKOFF;
-        loop {
+        while !self.stopping.load(Ordering::SeqCst) {
             match endpoint.connect(slot.gateway, config.clone()).await {
                 Ok(conn) => {
                     info!(gateway = %slot.gateway, link = index, "session up");
@@ -99,6 +102,9 @@ impl Sessions {
                     backoff = FIRST_BACKOFF;
                     let reason = conn.closed().await;
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    if self.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
                     warn!(gateway = %slot.gateway, link = index, %reason, "session lost; its streams are reset; reconnecting");
                 }
                 Err(e) => {
@@ -140,5 +146,26 @@ impl Sessions {
                 return self.try_pick();
             }
         }
+    }
+
+    /// Shutdown: no more reconnections; every session closes once its streams are finished
+    /// and everything sent was acknowledged. Returns false if `deadline` came first.
+    pub async fn close_all(&self, deadline: tokio::time::Instant) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        let live: Vec<Connection> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        for conn in &live {
+            conn.close_gracefully("agent shutting down");
+        }
+        tokio::time::timeout_at(deadline, async {
+            for conn in &live {
+                conn.closed().await;
+            }
+        })
+        .await
+        .is_ok()
     }
 }

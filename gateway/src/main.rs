@@ -169,13 +169,19 @@ async fn run(args: Args) -> Result<(), String> {
     }
     info!(listen = %endpoint.local_addr(), "ferry-gateway ready");
     let drain = Drain::default();
+    // Live sessions, so a shutdown can close each one gracefully (after its streams finished
+    // and everything sent was acknowledged) before the process exits.
+    type Registry =
+        std::sync::Mutex<HashMap<ferry_transport::ConnectionHandle, ferry_transport::Connection>>;
+    let sessions: Arc<Registry> = Arc::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             conn = endpoint.accept() => {
                 let Some(conn) = conn else { return Err("UDP socket failed".into()) };
-                let (services, drain) = (services.clone(), drain.clone());
+                sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(conn.handle(), conn.clone());
+                let (services, drain, registry) = (services.clone(), drain.clone(), sessions.clone());
                 let connect_timeout = args.connect_timeout;
                 tokio::spawn(async move {
                     let peer = conn.remote_addr();
@@ -189,20 +195,40 @@ async fn run(args: Args) -> Result<(), String> {
                         });
                     }
                     debug!(?peer, reason = ?conn.close_reason(), "agent session ended");
+                    registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn.handle());
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     info!(streams = drain.active(), timeout = ?args.drain_timeout, "shutting down: draining open streams");
+    let deadline = tokio::time::Instant::now() + args.drain_timeout;
     let left = drain.wait(args.drain_timeout).await;
-    if left > 0 {
+    // Streams done on our side; each session closes once the agent acknowledged everything.
+    let live: Vec<_> = sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for conn in &live {
+        conn.close_gracefully("gateway shutting down");
+    }
+    let all_closed = futures_join_all(live.iter().map(|c| c.closed()));
+    if left > 0 || tokio::time::timeout_at(deadline, all_closed).await.is_err() {
         warn!(
-            streams = left,
+            streams = drain.active(),
             "drain timeout passed; remaining streams are reset"
         );
     }
     Ok(())
+}
+
+/// Waits for every future (a minimal join_all, to avoid a dependency for one call).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
+    for f in futures {
+        f.await;
+    }
 }
 
 /// Reads the stream's preamble, picks a backend of its service, connects and splices.
@@ -239,10 +265,7 @@ async fn forward(mut stream: Stream, services: &Services, connect_timeout: Durat
                 Ok(Ok(socket)) => {
                     let _ = socket.set_nodelay(true);
                     backend.connected(started.elapsed());
-                    splice(socket, stream)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    splice(socket, stream).await.map_err(|e| e.to_string())
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
@@ -254,10 +277,7 @@ async fn forward(mut stream: Stream, services: &Services, connect_timeout: Durat
             {
                 Ok(Ok(socket)) => {
                     backend.connected(started.elapsed());
-                    splice(socket, stream)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    splice(socket, stream).await.map_err(|e| e.to_string())
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
@@ -270,8 +290,11 @@ async fn forward(mut stream: Stream, services: &Services, connect_timeout: Durat
             "unix sockets are not supported here",
         )),
     };
-    if let Err(e) = result {
-        debug!(backend = %backend.address, error = %e, "stream ended with an error");
+    match result {
+        Ok(stats) => {
+            debug!(backend = %backend.address, up = stats.to_tunnel, down = stats.from_tunnel, "stream done")
+        }
+        Err(e) => debug!(backend = %backend.address, error = %e, "stream ended with an error"),
     }
     drop(lease);
 }

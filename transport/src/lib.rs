@@ -19,4 +19,5 @@ pub use connection::Connection;
 pub use endpoint::{ConnectError, Endpoint};
 pub use ferry_protocol::config::{ServerConfig, TransportConfig};
 pub use ferry_protocol::connection::{ConnectionError, ConnectionStats};
+pub use ferry_protocol::endpoint::ConnectionHandle;
 pub use stream::{Stream, RESET_DROPPED};
