@@ -546,3 +546,22 @@ async fn allow_ip_refuses_ipv4_and_ipv6_clients_outside_the_list() {
     wait_listening(addr6).await;
     expect_reset(addr6, "IPv6 client against an IPv4 list").await;
 }
+
+/// The README's quick start: the demo brings up a real pair and proves it with a 16 MiB echo.
+#[test]
+fn the_quick_start_demo_brings_up_a_working_pair() {
+    let client = format!("127.0.0.1:{}", free_tcp_port());
+    let gateway = format!("127.0.0.1:{}", free_udp_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-demo"))
+        .args(["--check-only", "--client", &client, "--gateway", &gateway])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("16 MiB echoed intact"), "{stdout}");
+}

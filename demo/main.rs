@@ -1,0 +1,181 @@
+//! `ferry-demo`: a working local tunnel pair in one command, for a first look at Ferry.
+//!
+//! It starts an echo backend in this process, then the real `ferry-gateway` and `ferry-agent`
+//! binaries (found next to this one), checks the whole path with a 16 MiB echo, prints what to
+//! try, and keeps the pair running until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Runs a local Ferry pair (agent and gateway) in front of an echo backend.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-demo", version, about)]
+struct Args {
+    /// Where clients connect (the agent's listener).
+    #[arg(long, default_value = "127.0.0.1:6789")]
+    client: SocketAddr,
+    /// The gateway's UDP address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    gateway: SocketAddr,
+    /// Check the path, print the result and exit instead of running until Ctrl-C.
+    #[arg(long)]
+    check_only: bool,
+}
+
+/// Child processes, stopped with SIGTERM (then killed) when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            #[cfg(unix)]
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
+    let path = me.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build everything first with `cargo build --release`",
+            path.display()
+        ))
+    }
+}
+
+async fn echo_backend() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends `len` bytes through the agent and checks the echo; returns MiB/s each way.
+async fn check(client: SocketAddr, len: usize) -> Result<f64, String> {
+    let s = TcpStream::connect(client)
+        .await
+        .map_err(|e| format!("connect {client}: {e}"))?;
+    let (mut r, mut w) = s.into_split();
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let expected = data.clone();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::with_capacity(len);
+    r.read_to_end(&mut back)
+        .await
+        .map_err(|e| format!("echo failed: {e}"))?;
+    writer
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("send failed: {e}"))?;
+    if back != expected {
+        return Err(format!(
+            "echo differs: {} of {len} bytes came back",
+            back.len()
+        ));
+    }
+    Ok(len as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let backend = echo_backend()
+        .await
+        .map_err(|e| format!("cannot start the echo backend: {e}"))?;
+    let gateway = Command::new(sibling("ferry-gateway")?)
+        .args([
+            "--listen",
+            &args.gateway.to_string(),
+            "--backend",
+            &format!("tcp://{backend}"),
+        ])
+        .spawn()
+        .map_err(|e| format!("cannot start ferry-gateway: {e}"))?;
+    let agent = Command::new(sibling("ferry-agent")?)
+        .args([
+            "--listen",
+            &format!("tcp://{}", args.client),
+            "--gateway",
+            &args.gateway.to_string(),
+        ])
+        .spawn()
+        .map_err(|e| format!("cannot start ferry-agent: {e}"))?;
+    let mut children = Children(vec![gateway, agent]);
+
+    // Wait for the whole path, noticing a child that failed to start (port in use...).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let rate = loop {
+        for c in &mut children.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!(
+                    "a Ferry process exited at start ({status}); see its message above"
+                ));
+            }
+        }
+        match check(args.client, 16 << 20).await {
+            Ok(rate) => break rate,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("the pair did not come up: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    println!();
+    println!("Ferry pair running:");
+    println!("  client -> ferry-agent tcp://{} -> UDP {} -> ferry-gateway -> echo backend tcp://{backend}", args.client, args.gateway);
+    println!("  self-check: 16 MiB echoed intact at {rate:.0} MiB/s each way");
+    if args.check_only {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "Try it:  printf 'hello through ferry\\n' | nc -q1 {} {}",
+        args.client.ip(),
+        args.client.port()
+    );
+    println!("Ctrl-C stops both processes (they drain open connections first).");
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    drop(children);
+    Ok(())
+}
