@@ -565,3 +565,48 @@ fn the_quick_start_demo_brings_up_a_working_pair() {
     );
     assert!(stdout.contains("16 MiB echoed intact"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_tells_the_backend_the_real_client_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Read the header line, report it, then echo the rest.
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while !line.ends_with(b"\r\n") && line.len() < 108 {
+                    if s.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    line.push(byte[0]);
+                }
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+                echo(s).await;
+            });
+        }
+    });
+    let (_gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--proxy-protocol",
+        "v1",
+    ]);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    ready(listen).await;
+    while rx.try_recv().is_ok() {} // headers of the readiness probes
+    let s = TcpStream::connect(listen).await.unwrap();
+    let client = s.local_addr().unwrap();
+    assert_eq!(
+        round_trip(s, b"payload".to_vec()).await.unwrap(),
+        b"payload"
+    );
+    let header = rx.recv().await.unwrap();
+    let expected = format!("PROXY TCP4 {} ", client.ip());
+    assert!(header.starts_with(&expected), "{header:?}");
+    let source_port = header.split(' ').nth(4).unwrap_or_default();
+    assert_eq!(source_port, client.port().to_string(), "{header:?}");
+}

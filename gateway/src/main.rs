@@ -65,6 +65,11 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_DRAIN_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
     drain_timeout: Duration,
 
+    /// Send a PROXY protocol header (v1 text or v2 binary) to TCP backends first, so they see
+    /// the real client's address.
+    #[arg(long, env = "FERRY_GATEWAY_PROXY_PROTOCOL", value_enum)]
+    proxy_protocol: Option<ferry_tunnel::proxy_protocol::Version>,
+
     /// Log format.
     #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -183,6 +188,7 @@ async fn run(args: Args) -> Result<(), String> {
                 sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(conn.handle(), conn.clone());
                 let (services, drain, registry) = (services.clone(), drain.clone(), sessions.clone());
                 let connect_timeout = args.connect_timeout;
+                let proxy = args.proxy_protocol;
                 tokio::spawn(async move {
                     let peer = conn.remote_addr();
                     debug!(?peer, "agent session accepted");
@@ -190,7 +196,7 @@ async fn run(args: Args) -> Result<(), String> {
                         let guard = drain.enter();
                         let services = services.clone();
                         tokio::spawn(async move {
-                            forward(stream, &services, connect_timeout).await;
+                            forward(stream, &services, connect_timeout, proxy).await;
                             drop(guard);
                         });
                     }
@@ -232,7 +238,12 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
 }
 
 /// Reads the stream's preamble, picks a backend of its service, connects and splices.
-async fn forward(mut stream: Stream, services: &Services, connect_timeout: Duration) {
+async fn forward(
+    mut stream: Stream,
+    services: &Services,
+    connect_timeout: Duration,
+    proxy: Option<ferry_tunnel::proxy_protocol::Version>,
+) {
     let preamble =
         match tokio::time::timeout(Duration::from_secs(10), Preamble::read_from(&mut stream)).await
         {
@@ -265,6 +276,28 @@ async fn forward(mut stream: Stream, services: &Services, connect_timeout: Durat
                 Ok(Ok(socket)) => {
                     let _ = socket.set_nodelay(true);
                     backend.connected(started.elapsed());
+                    let mut socket = socket;
+                    if let Some(version) = proxy {
+                        let destination = socket
+                            .local_addr()
+                            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                        let header = ferry_tunnel::proxy_protocol::header(
+                            version,
+                            preamble.client,
+                            destination,
+                        );
+                        if let Err(e) =
+                            tokio::io::AsyncWriteExt::write_all(&mut socket, &header).await
+                        {
+                            refuse::<tokio::net::TcpStream>(
+                                stream,
+                                codes::BACKEND_UNREACHABLE,
+                                Some(socket),
+                            );
+                            debug!(backend = %backend.address, error = %e, "PROXY header not sent");
+                            return;
+                        }
+                    }
                     splice(socket, stream).await.map_err(|e| e.to_string())
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),

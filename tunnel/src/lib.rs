@@ -5,6 +5,7 @@
 //! - [`duration`]: durations on the command line (`250ms`, `3s`).
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
 //! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers so backends see the real client address.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
 //!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
 #![forbid(unsafe_code)]
@@ -15,4 +16,5 @@ pub mod allow;
 pub mod duration;
 pub mod preamble;
 pub mod process;
+pub mod proxy_protocol;
 pub mod splice;
