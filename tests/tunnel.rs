@@ -610,3 +610,59 @@ async fn proxy_protocol_tells_the_backend_the_real_client_address() {
     let source_port = header.split(' ').nth(4).unwrap_or_default();
     assert_eq!(source_port, client.port().to_string(), "{header:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_read_their_settings_from_a_toml_config_file() {
+    let (backend, _) = echo_backend().await;
+    let dir = std::env::temp_dir().join(format!("ferry-e2e-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let gw_file = dir.join("gateway.toml");
+    let agent_file = dir.join("agent.toml");
+    std::fs::write(
+        &gw_file,
+        format!("listen = \"{gw_addr}\"\nbackend = [\"tcp://{backend}\"]\nmax-streams = 64\nconnect-timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    // `links = 2` in the file, `--links 1` on the command line: flags override the file.
+    std::fs::write(
+        &agent_file,
+        format!("listen = [\"tcp://{listen}\"]\ngateway = [\"{gw_addr}\"]\nlinks = 2\n"),
+    )
+    .unwrap();
+    let _gw = spawn(
+        env!("CARGO_BIN_EXE_ferry-gateway"),
+        &["--config".to_owned(), gw_file.display().to_string()],
+    );
+    let _agent = spawn(
+        env!("CARGO_BIN_EXE_ferry-agent"),
+        &[
+            "--config".to_owned(),
+            agent_file.display().to_string(),
+            "--links".to_owned(),
+            "1".to_owned(),
+        ],
+    );
+    wait_listening(listen).await;
+    ready(listen).await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    assert_eq!(
+        round_trip(s, b"configured".to_vec()).await.unwrap(),
+        b"configured"
+    );
+    // A bad key fails at start with a clear error.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "no-such-flag = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-gateway"))
+        .args(["--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,7 +23,7 @@ use sessions::Sessions;
 
 /// Ferry's client side: carries local connections to a gateway over reliable UDP.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-agent", version, about)]
+#[command(name = "ferry-agent", version, about, args_override_self = true)]
 struct Args {
     /// Where clients connect: tcp://IP:PORT or unix:/PATH, optionally =SERVICE to name the
     /// gateway service they reach (e.g. tcp://127.0.0.1:6789=web). Repeatable, comma-separated.
@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_DRAIN_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
     drain_timeout: Duration,
 
+    /// Read settings from a TOML file whose keys are these flags' long names
+    /// (e.g. `max-connections = 3000`, lists as arrays); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -103,7 +108,13 @@ impl FromStr for Listen {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match ferry_tunnel::config::expand(std::env::args_os().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => {
+            eprintln!("ferry-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(args.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +136,9 @@ struct Context {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(file) = &args.config {
+        info!(config = %file.display(), "settings read from file (command-line flags override it)");
+    }
     let mut allow = None;
     for list in &args.allow_ip {
         allow

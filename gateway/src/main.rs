@@ -21,7 +21,7 @@ use pool::Pool;
 
 /// Ferry's datacenter side: unpacks tunnelled streams and forwards them to backends.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-gateway", version, about)]
+#[command(name = "ferry-gateway", version, about, args_override_self = true)]
 struct Args {
     /// UDP address to accept agent sessions on.
     #[arg(long, env = "FERRY_GATEWAY_LISTEN", default_value = "0.0.0.0:9000")]
@@ -69,6 +69,11 @@ struct Args {
     /// the real client's address.
     #[arg(long, env = "FERRY_GATEWAY_PROXY_PROTOCOL", value_enum)]
     proxy_protocol: Option<ferry_tunnel::proxy_protocol::Version>,
+
+    /// Read settings from a TOML file whose keys are these flags' long names
+    /// (e.g. `max-connections = 3000`, lists as arrays); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 
     /// Log format.
     #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -119,7 +124,13 @@ fn build_services(args: &Args) -> Result<Services, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match ferry_tunnel::config::expand(std::env::args_os().collect()) {
+        Ok(argv) => Args::parse_from(argv),
+        Err(e) => {
+            eprintln!("ferry-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(args.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +142,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(file) = &args.config {
+        info!(config = %file.display(), "settings read from file (command-line flags override it)");
+    }
     let services = build_services(&args)?;
     let mut allow = None;
     for list in &args.allow_ip {

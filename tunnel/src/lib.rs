@@ -2,6 +2,7 @@
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
 //! - [`allow`]: CIDR allow-lists that treat IPv4-mapped IPv6 sources as the IPv4 address they are.
+//! - [`config`]: `--config FILE` (TOML whose keys are the flags).
 //! - [`duration`]: durations on the command line (`250ms`, `3s`).
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
 //! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
@@ -13,6 +14,7 @@
 
 pub mod address;
 pub mod allow;
+pub mod config;
 pub mod duration;
 pub mod preamble;
 pub mod process;
