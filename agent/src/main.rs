@@ -7,7 +7,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use ferry_transport::TransportConfig;
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
@@ -22,7 +21,7 @@ mod sessions;
 use sessions::Sessions;
 
 /// Ferry's client side: carries local connections to a gateway over reliable UDP.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "ferry-agent", version, about, args_override_self = true)]
 struct Args {
     /// Where clients connect: tcp://IP:PORT or unix:/PATH, optionally =SERVICE to name the
@@ -108,21 +107,11 @@ impl FromStr for Listen {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match ferry_tunnel::config::expand(std::env::args_os().collect()) {
-        Ok(argv) => Args::parse_from(argv),
-        Err(e) => {
-            eprintln!("ferry-agent: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(args) = ferry_tunnel::process::parse_args::<Args>("ferry-agent") else {
+        return ExitCode::FAILURE;
     };
     init_logging(args.log_format);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry-agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ferry_tunnel::process::exit_code("ferry-agent", run(args).await)
 }
 
 /// Shared by every accepted client.

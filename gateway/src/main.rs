@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use ferry_transport::{Endpoint, ServerConfig, Stream, TransportConfig};
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
@@ -20,7 +19,7 @@ mod pool;
 use pool::Pool;
 
 /// Ferry's datacenter side: unpacks tunnelled streams and forwards them to backends.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "ferry-gateway", version, about, args_override_self = true)]
 struct Args {
     /// UDP address to accept agent sessions on.
@@ -124,21 +123,11 @@ fn build_services(args: &Args) -> Result<Services, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match ferry_tunnel::config::expand(std::env::args_os().collect()) {
-        Ok(argv) => Args::parse_from(argv),
-        Err(e) => {
-            eprintln!("ferry-gateway: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(args) = ferry_tunnel::process::parse_args::<Args>("ferry-gateway") else {
+        return ExitCode::FAILURE;
     };
     init_logging(args.log_format);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ferry-gateway: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ferry_tunnel::process::exit_code("ferry-gateway", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), String> {

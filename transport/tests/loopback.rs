@@ -123,20 +123,31 @@ async fn two_hundred_concurrent_streams_each_echo_one_mib_intact() {
         .connect(server.local_addr(), TransportConfig::default())
         .await
         .unwrap();
+    echo_concurrently(&conn, 200, 1 << 20, 0, Duration::from_secs(120)).await;
+}
+
+/// Opens `streams` streams on `conn`, echoes `bytes` seeded random bytes through each at once,
+/// and checks every byte that comes back, within `limit`.
+async fn echo_concurrently(
+    conn: &ferry_transport::Connection,
+    streams: u64,
+    bytes: usize,
+    seed: u64,
+    limit: Duration,
+) {
     let mut tasks = Vec::new();
-    for i in 0..200u64 {
+    for i in 0..streams {
         let stream = conn.open_stream().await.unwrap();
         tasks.push(tokio::spawn(async move {
             let (mut r, mut w) = tokio::io::split(stream);
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i);
-            let mut data = vec![0u8; 1 << 20];
-            rng.fill_bytes(&mut data);
+            let mut data = vec![0u8; bytes];
+            rand_chacha::ChaCha8Rng::seed_from_u64(seed + i).fill_bytes(&mut data);
             let expected = data.clone();
             let writer = tokio::spawn(async move {
                 w.write_all(&data).await.unwrap();
                 w.shutdown().await.unwrap();
             });
-            let mut back = Vec::with_capacity(1 << 20);
+            let mut back = Vec::with_capacity(bytes);
             r.read_to_end(&mut back).await.unwrap();
             writer.await.unwrap();
             assert!(
@@ -146,13 +157,13 @@ async fn two_hundred_concurrent_streams_each_echo_one_mib_intact() {
             );
         }));
     }
-    let all = tokio::time::timeout(Duration::from_secs(120), async {
+    let all = tokio::time::timeout(limit, async {
         for t in tasks {
             t.await.unwrap();
         }
     })
     .await;
-    assert!(all.is_ok(), "200 streams did not finish in 120 s");
+    assert!(all.is_ok(), "{streams} streams did not finish in {limit:?}");
 }
 
 /// A UDP relay on loopback between one client and a server: drops `loss` of the datagrams
@@ -215,35 +226,7 @@ async fn streams_survive_ten_percent_loss_over_real_udp() {
         .connect(relay, TransportConfig::default())
         .await
         .unwrap();
-    let mut tasks = Vec::new();
-    for i in 0..8u64 {
-        let stream = conn.open_stream().await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(stream);
-            let mut data = vec![0u8; 512 << 10];
-            rand_chacha::ChaCha8Rng::seed_from_u64(100 + i).fill_bytes(&mut data);
-            let expected = data.clone();
-            let writer = tokio::spawn(async move {
-                w.write_all(&data).await.unwrap();
-                w.shutdown().await.unwrap();
-            });
-            let mut back = Vec::new();
-            r.read_to_end(&mut back).await.unwrap();
-            writer.await.unwrap();
-            assert!(
-                back == expected,
-                "stream {i}: echo differs ({} bytes back)",
-                back.len()
-            );
-        }));
-    }
-    let all = tokio::time::timeout(Duration::from_secs(120), async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await;
-    assert!(all.is_ok(), "lossy transfer did not finish in 120 s");
+    echo_concurrently(&conn, 8, 512 << 10, 100, Duration::from_secs(120)).await;
     let stats = conn.stats().unwrap();
     assert!(
         stats.packets_lost > 0,

@@ -105,3 +105,27 @@ impl Drop for DrainGuard {
         }
     }
 }
+
+/// Parses a binary's flags, with `--config FILE` expanded first; prints a one-line error (named
+/// after `program`) and returns `None` when the configuration file cannot be used. Flag errors
+/// are reported by clap itself, which exits.
+pub fn parse_args<A: clap::Parser>(program: &str) -> Option<A> {
+    match crate::config::expand(std::env::args_os().collect()) {
+        Ok(argv) => Some(A::parse_from(argv)),
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            None
+        }
+    }
+}
+
+/// The process exit code for `result`, printing a failure as one line named after `program`.
+pub fn exit_code(program: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
