@@ -666,3 +666,51 @@ async fn both_binaries_read_their_settings_from_a_toml_config_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_gets_fewer_streams() {
+    let (fast, fast_count) = echo_backend().await;
+    // The slow backend answers each connection 300 ms late, so its streams stay open longer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = listener.local_addr().unwrap();
+    let slow_count = Arc::new(AtomicUsize::new(0));
+    let counter = slow_count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                echo(s).await;
+            });
+        }
+    });
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{slow},tcp://{fast}")]);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    ready(listen).await;
+    let (slow0, fast0) = (
+        slow_count.load(Ordering::SeqCst),
+        fast_count.load(Ordering::SeqCst),
+    );
+    // Clients arrive every 10 ms, each making one request.
+    let mut tasks = Vec::new();
+    for i in 0..60u64 {
+        tasks.push(tokio::spawn(async move {
+            let s = TcpStream::connect(listen).await.unwrap();
+            assert_eq!(
+                round_trip(s, payload(i, 100)).await.unwrap(),
+                payload(i, 100)
+            );
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let slow_share = slow_count.load(Ordering::SeqCst) - slow0;
+    let fast_share = fast_count.load(Ordering::SeqCst) - fast0;
+    assert_eq!(slow_share + fast_share, 60);
+    assert!(
+        slow_share * 3 < fast_share,
+        "slow {slow_share} vs fast {fast_share}"
+    );
+}
