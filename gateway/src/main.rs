@@ -135,13 +135,7 @@ async fn run(args: Args) -> Result<(), String> {
         info!(config = %file.display(), "settings read from file (command-line flags override it)");
     }
     let services = build_services(&args)?;
-    let mut allow = None;
-    for list in &args.allow_ip {
-        allow
-            .get_or_insert_with(AllowList::default)
-            .extend(list)
-            .map_err(|e| e.to_string())?;
-    }
+    let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,

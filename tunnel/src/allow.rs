@@ -130,6 +130,15 @@ impl AllowList {
         Ok(Self { entries })
     }
 
+    /// The list given by repeated `--allow-ip` flags: `None` (no restriction) when there are none.
+    pub fn from_flags(flags: &[String]) -> Result<Option<Self>, CidrError> {
+        let mut list: Option<Self> = None;
+        for flag in flags {
+            list.get_or_insert_with(Self::default).extend(flag)?;
+        }
+        Ok(list)
+    }
+
     /// Adds entries from another comma-separated list.
     pub fn extend(&mut self, list: &str) -> Result<(), CidrError> {
         self.entries.extend(Self::parse(list)?.entries);
