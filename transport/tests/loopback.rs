@@ -13,6 +13,17 @@ fn loopback() -> SocketAddr {
     LOOPBACK.parse().unwrap()
 }
 
+/// An echo server, a client endpoint, and a connection between them (keep all three alive).
+async fn connected_to_echo_server() -> (Endpoint, Endpoint, ferry_transport::Connection) {
+    let server = echo_server();
+    let client = Endpoint::client(loopback()).unwrap();
+    let conn = client
+        .connect(server.local_addr(), TransportConfig::default())
+        .await
+        .unwrap();
+    (server, client, conn)
+}
+
 /// Starts a server that echoes every stream back to its sender.
 fn echo_server() -> Endpoint {
     let server = Endpoint::server(loopback(), ServerConfig::default()).unwrap();
@@ -22,12 +33,7 @@ fn echo_server() -> Endpoint {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_are_echoed_back_intact_over_real_udp() {
-    let server = echo_server();
-    let client = Endpoint::client(loopback()).unwrap();
-    let conn = client
-        .connect(server.local_addr(), TransportConfig::default())
-        .await
-        .unwrap();
+    let (_server, _client, conn) = connected_to_echo_server().await;
     let stream = conn.open_stream().await.unwrap();
     let (mut reader, mut writer) = tokio::io::split(stream);
 
@@ -89,12 +95,7 @@ async fn handshake_to_a_silent_port_times_out_with_a_reason() {
 
 #[tokio::test]
 async fn many_streams_each_way_on_one_connection() {
-    let server = echo_server();
-    let client = Endpoint::client(loopback()).unwrap();
-    let conn = client
-        .connect(server.local_addr(), TransportConfig::default())
-        .await
-        .unwrap();
+    let (_server, _client, conn) = connected_to_echo_server().await;
     let mut tasks = Vec::new();
     for i in 0..50u8 {
         let stream = conn.open_stream().await.unwrap();
@@ -117,12 +118,7 @@ async fn many_streams_each_way_on_one_connection() {
 /// of its own bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_streams_each_echo_one_mib_intact() {
-    let server = echo_server();
-    let client = Endpoint::client(loopback()).unwrap();
-    let conn = client
-        .connect(server.local_addr(), TransportConfig::default())
-        .await
-        .unwrap();
+    let (_server, _client, conn) = connected_to_echo_server().await;
     echo_concurrently(&conn, 200, 1 << 20, 0, Duration::from_secs(120)).await;
 }
 
