@@ -714,3 +714,164 @@ async fn a_slow_backend_gets_fewer_streams() {
         "slow {slow_share} vs fast {fast_share}"
     );
 }
+
+/// An in-test UDP impairment relay between the agent and the gateway: every datagram, in both
+/// directions, is dropped with probability `loss`, or else delivered after `delay` plus a
+/// uniform jitter of up to `jitter`. Jitter wider than the gap between datagrams reorders them.
+/// Decisions come from a seeded generator, so the pattern of drops repeats from run to run
+/// (timings still depend on the machine). Each agent source address gets its own upstream
+/// socket, so the gateway sees one peer per agent link, as through a NAT.
+struct Impairment {
+    loss: f64,
+    delay: Duration,
+    jitter: Duration,
+    seed: u64,
+}
+
+/// Counts of what the relay did, both directions together.
+#[derive(Default)]
+struct RelayCounts {
+    forwarded: AtomicUsize,
+    dropped: AtomicUsize,
+    reordered: AtomicUsize,
+}
+
+/// Starts the relay in front of `gateway`; returns the address agents should use.
+async fn impairment_relay(gateway: SocketAddr, imp: Impairment) -> (SocketAddr, Arc<RelayCounts>) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tokio::net::UdpSocket;
+
+    /// One seeded decision per datagram: `None` drops it, `Some(d)` delivers it after `d`.
+    struct Dice {
+        state: u64,
+        imp: Impairment,
+    }
+    impl Dice {
+        fn next(&mut self) -> f64 {
+            // xorshift64*: plenty for a test's coin flips.
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn roll(&mut self) -> Option<Duration> {
+            if self.next() < self.imp.loss {
+                return None;
+            }
+            Some(self.imp.delay + self.imp.jitter.mul_f64(self.next()))
+        }
+    }
+
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let counts = Arc::new(RelayCounts::default());
+    let dice = Arc::new(Mutex::new(Dice {
+        state: imp.seed | 1,
+        imp,
+    }));
+    // Sends `data` to `to` through `via` after the dice's delay, unless the dice drop it.
+    // `last` is the latest delivery time scheduled in this direction, to count reorderings.
+    let schedule = {
+        let counts = counts.clone();
+        move |via: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, last: &Mutex<Instant>| {
+            let Some(delay) = dice.lock().unwrap().roll() else {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let at = Instant::now() + delay;
+            {
+                let mut last = last.lock().unwrap();
+                if at < *last {
+                    counts.reordered.fetch_add(1, Ordering::Relaxed);
+                }
+                *last = (*last).max(at);
+            }
+            counts.forwarded.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                let _ = via.send_to(&data, to).await;
+            });
+        }
+    };
+    let schedule = Arc::new(schedule);
+    let upstreams: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let to_gateway = Arc::new(Mutex::new(Instant::now()));
+    let to_agent = Arc::new(Mutex::new(Instant::now()));
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((n, agent)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let known = upstreams.lock().unwrap().get(&agent).cloned();
+            let upstream = match known {
+                Some(u) => u,
+                None => {
+                    let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    upstreams.lock().unwrap().insert(agent, u.clone());
+                    // The return path: gateway -> this upstream socket -> the agent.
+                    let (u2, front2, schedule2, to_agent2) =
+                        (u.clone(), front.clone(), schedule.clone(), to_agent.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok((n, _)) = u2.recv_from(&mut buf).await {
+                            schedule2(front2.clone(), agent, buf[..n].to_vec(), &to_agent2);
+                        }
+                    });
+                    u
+                }
+            };
+            schedule(upstream, gateway, buf[..n].to_vec(), &to_gateway);
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_connections_arrive_intact_through_loss_delay_and_reordering() {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    let (relay, counts) = impairment_relay(
+        gw_addr,
+        Impairment {
+            loss: 0.10,
+            delay: Duration::from_millis(30),
+            jitter: Duration::from_millis(10),
+            seed: 0xfe11_0001,
+        },
+    )
+    .await;
+    let (_agent, listen) = agent(relay, &[]).await;
+    ready(listen).await;
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        tasks.push(tokio::spawn(async move {
+            let data = payload(1000 + i, 256 << 10);
+            let s = TcpStream::connect(listen).await.unwrap();
+            let back = round_trip(s, data.clone()).await.unwrap();
+            assert!(
+                back == data,
+                "connection {i}: {} of {} bytes back, or content differs",
+                back.len(),
+                data.len()
+            );
+        }));
+    }
+    tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("20 connections finished in time");
+    // The link really was impaired: about a tenth dropped, and some datagrams overtaken.
+    let forwarded = counts.forwarded.load(Ordering::Relaxed) as f64;
+    let dropped = counts.dropped.load(Ordering::Relaxed) as f64;
+    let loss = dropped / (forwarded + dropped);
+    assert!((0.07..0.13).contains(&loss), "relay loss rate {loss:.3}");
+    assert!(
+        counts.reordered.load(Ordering::Relaxed) > 100,
+        "too little reordering to test anything"
+    );
+}
