@@ -246,9 +246,11 @@ async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc
             continue;
         };
         let _ = socket.set_nodelay(true);
+        let destination = socket.local_addr().ok();
         tokio::spawn(serve(
             socket,
             Some(peer),
+            destination,
             service.clone(),
             ctx.clone(),
             permit,
@@ -271,7 +273,14 @@ async fn accept_unix(listener: tokio::net::UnixListener, service: String, ctx: A
             socket.abort();
             continue;
         };
-        tokio::spawn(serve(socket, None, service.clone(), ctx.clone(), permit));
+        tokio::spawn(serve(
+            socket,
+            None,
+            None,
+            service.clone(),
+            ctx.clone(),
+            permit,
+        ));
     }
 }
 
@@ -279,6 +288,7 @@ async fn accept_unix(listener: tokio::net::UnixListener, service: String, ctx: A
 async fn serve<S: Abort + 'static>(
     socket: S,
     peer: Option<SocketAddr>,
+    destination: Option<SocketAddr>,
     service: String,
     ctx: Arc<Context>,
     permit: OwnedSemaphorePermit,
@@ -301,6 +311,7 @@ async fn serve<S: Abort + 'static>(
     let preamble = Preamble {
         service,
         client: peer,
+        destination,
     };
     if let Err(e) = stream.write_all(&preamble.encode()).await {
         warn!(client = ?peer, error = %e, "client reset: stream failed at once");

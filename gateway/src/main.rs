@@ -275,9 +275,12 @@ async fn forward(
                     backend.connected(started.elapsed());
                     let mut socket = socket;
                     if let Some(version) = proxy {
-                        let destination = socket
-                            .local_addr()
-                            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                        // The address the client connected to, on the agent; without one (a
+                        // Unix-socket client), this end of the backend connection.
+                        let destination = preamble
+                            .destination
+                            .or_else(|| socket.local_addr().ok())
+                            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
                         let header = ferry_tunnel::proxy_protocol::header(
                             version,
                             preamble.client,

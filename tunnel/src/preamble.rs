@@ -1,8 +1,10 @@
-//! The preamble that opens every tunnelled stream: which service it is for, and which client it
-//! carries (so the gateway can name the real client to the backend, e.g. with PROXY protocol).
+//! The preamble that opens every tunnelled stream: which service it is for, which client it
+//! carries and which agent address that client connected to (so the gateway can name both to
+//! the backend, e.g. with PROXY protocol).
 //!
 //! ```text
-//! version u8 (1) | service length u8 | service (ASCII) | family u8 (0 none, 4, 6) | ip | port u16
+//! version u8 (2) | service length u8 | service (ASCII) | client address | destination address
+//! address: family u8 (0 none, 4, 6) | ip (4 or 16 bytes) | port u16   (family 0: nothing more)
 //! ```
 //!
 //! An empty service means the gateway's default service. The decoder reads exactly the bytes of
@@ -14,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Preamble format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Longest service name.
 pub const MAX_SERVICE_LEN: usize = 64;
 
@@ -25,6 +27,48 @@ pub struct Preamble {
     pub service: String,
     /// The client's address as the agent saw it (none for Unix-socket clients).
     pub client: Option<SocketAddr>,
+    /// The agent's address the client connected to (none for Unix-socket clients).
+    pub destination: Option<SocketAddr>,
+}
+
+fn encode_address(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
+    match addr {
+        None => out.push(0),
+        Some(SocketAddr::V4(a)) => {
+            out.push(4);
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_be_bytes());
+        }
+        Some(SocketAddr::V6(a)) => {
+            out.push(6);
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_be_bytes());
+        }
+    }
+}
+
+async fn read_address<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<SocketAddr>> {
+    Ok(match r.read_u8().await? {
+        0 => None,
+        4 => {
+            let mut ip = [0u8; 4];
+            r.read_exact(&mut ip).await?;
+            let port = r.read_u16().await?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+        }
+        6 => {
+            let mut ip = [0u8; 16];
+            r.read_exact(&mut ip).await?;
+            let port = r.read_u16().await?;
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+        }
+        f => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad stream preamble: address family {f}"),
+            ))
+        }
+    })
 }
 
 /// True for names made of letters, digits, '.', '_' and '-', at most [`MAX_SERVICE_LEN`] long.
@@ -40,23 +84,12 @@ impl Preamble {
     pub fn encode(&self) -> Vec<u8> {
         debug_assert!(is_valid_service_name(&self.service));
         let service = &self.service.as_bytes()[..self.service.len().min(MAX_SERVICE_LEN)];
-        let mut out = Vec::with_capacity(4 + service.len() + 19);
+        let mut out = Vec::with_capacity(2 + service.len() + 2 * 19);
         out.push(VERSION);
         out.push(service.len() as u8);
         out.extend_from_slice(service);
-        match self.client {
-            None => out.push(0),
-            Some(SocketAddr::V4(a)) => {
-                out.push(4);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
-            Some(SocketAddr::V6(a)) => {
-                out.push(6);
-                out.extend_from_slice(&a.ip().octets());
-                out.extend_from_slice(&a.port().to_be_bytes());
-            }
-        }
+        encode_address(&mut out, self.client);
+        encode_address(&mut out, self.destination);
         out
     }
 
@@ -88,23 +121,13 @@ impl Preamble {
                 "service name has characters other than letters, digits, '.', '_', '-'",
             ));
         }
-        let client = match r.read_u8().await? {
-            0 => None,
-            4 => {
-                let mut ip = [0u8; 4];
-                r.read_exact(&mut ip).await?;
-                let port = r.read_u16().await?;
-                Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
-            }
-            6 => {
-                let mut ip = [0u8; 16];
-                r.read_exact(&mut ip).await?;
-                let port = r.read_u16().await?;
-                Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
-            }
-            f => return Err(bad(&format!("address family {f}"))),
-        };
-        Ok(Preamble { service, client })
+        let client = read_address(r).await?;
+        let destination = read_address(r).await?;
+        Ok(Preamble {
+            service,
+            client,
+            destination,
+        })
     }
 }
 
@@ -125,10 +148,12 @@ mod tests {
             Preamble {
                 service: "web".into(),
                 client: Some("192.0.2.7:40000".parse().unwrap()),
+                destination: Some("127.0.0.1:6789".parse().unwrap()),
             },
             Preamble {
                 service: "db-main_2.x".into(),
                 client: Some("[2001:db8::1]:443".parse().unwrap()),
+                destination: None,
             },
         ] {
             let mut bytes = p.encode();
@@ -142,12 +167,14 @@ mod tests {
     #[tokio::test]
     async fn malformed_preambles_are_errors_not_panics() {
         for bytes in [
-            &[2u8, 0, 0][..],
-            &[1, 65],
-            &[1, 3, b'a', b' ', b'b', 0],
-            &[1, 0, 9],
-            &[1, 0, 4, 1, 2],
-            &[1],
+            &[1u8, 0, 0, 0][..],
+            &[2, 65],
+            &[2, 3, b'a', b' ', b'b', 0, 0],
+            &[2, 0, 9],
+            &[2, 0, 4, 1, 2],
+            &[2, 0, 0, 5],
+            &[2, 0, 0],
+            &[2],
         ] {
             assert!(decode(bytes).await.is_err(), "{bytes:?}");
         }
