@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::congestion::CongestionConfig;
+use crate::crypto::CryptoConfig;
+use crate::ids::Side;
 use crate::settings::Settings;
 
 /// Per-connection transport settings. Build with [`TransportConfig::default`] and the setters.
@@ -58,8 +60,11 @@ pub struct TransportConfig {
     /// are unaffected (their packets are never the tail of a small burst).
     pub tail_duplication: bool,
     /// Named settings that must be identical on both ends, or the handshake fails with a reason
-    /// naming each difference.
+    /// naming each difference. The `crypto` setting is always the mode of [`Self::crypto`].
     pub required_settings: BTreeMap<String, String>,
+    /// Packet protection. Default none; the binaries default to TLS. Both ends must agree:
+    /// the mode is a required setting, so a mismatch fails the handshake with a clear reason.
+    pub crypto: CryptoConfig,
 }
 
 impl Default for TransportConfig {
@@ -82,6 +87,7 @@ impl Default for TransportConfig {
             congestion: CongestionConfig::Bbr,
             tail_duplication: true,
             required_settings: BTreeMap::new(),
+            crypto: CryptoConfig::None,
         }
     }
 }
@@ -136,6 +142,18 @@ impl TransportConfig {
         self
     }
 
+    /// Sets the packet protection.
+    pub fn crypto(mut self, crypto: CryptoConfig) -> Self {
+        self.crypto = crypto;
+        self
+    }
+
+    /// Checks the configuration for one side, crypto included.
+    pub fn validate_for(&self, side: Side) -> Result<(), String> {
+        self.validate()?;
+        self.crypto.validate(side)
+    }
+
     /// Checks values that would make the protocol misbehave. The error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(1200..=65527).contains(&self.max_datagram_size) {
@@ -180,7 +198,11 @@ impl TransportConfig {
             initial_max_data: self.connection_receive_window,
             initial_max_stream_data: self.stream_receive_window,
             initial_max_streams: self.max_concurrent_streams,
-            required: self.required_settings.clone(),
+            required: {
+                let mut required = self.required_settings.clone();
+                required.insert("crypto".into(), self.crypto.mode().into());
+                required
+            },
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::config::{ServerConfig, TransportConfig};
 use crate::connection::{close_code, Connection, Event, Transmit};
 use crate::cookie::TokenKey;
 use crate::frame;
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, Side};
 use crate::packet::{self, encode_header, Header, Packet};
 
 /// Identifies a connection within its endpoint. Never reused.
@@ -200,7 +200,9 @@ impl Endpoint {
         remote: SocketAddr,
         config: TransportConfig,
     ) -> Result<ConnectionHandle, ConnectError> {
-        config.validate().map_err(ConnectError::InvalidConfig)?;
+        config
+            .validate_for(Side::Client)
+            .map_err(ConnectError::InvalidConfig)?;
         let local = self.new_cid();
         let initial = self.new_cid();
         let seed = self.rng.next_u64();

@@ -21,6 +21,7 @@
 //! | 0x1b        | PATH_RESPONSE    | the 8 bytes of the challenge                            |
 //! | 0x1c        | CLOSE            | error code, reason (length-prefixed UTF-8)              |
 //! | 0x30        | HELLO            | handshake settings (length-prefixed, see `settings`)    |
+//! | 0x31        | CRYPTO           | offset, TLS handshake bytes (length-prefixed)           |
 
 use std::ops::Range;
 
@@ -47,6 +48,7 @@ pub mod types {
     pub const PATH_RESPONSE: u64 = 0x1b;
     pub const CLOSE: u64 = 0x1c;
     pub const HELLO: u64 = 0x30;
+    pub const CRYPTO: u64 = 0x31;
 }
 
 /// At most this many ACK ranges are decoded from one frame; more is treated as malformed.
@@ -94,6 +96,13 @@ pub enum Frame<'a> {
     Close(CloseFrame<'a>),
     /// Handshake: the sender's version and settings, still encoded.
     Hello(&'a [u8]),
+    /// Handshake: TLS bytes at an offset of the handshake byte stream.
+    Crypto {
+        /// Offset of `data` in the handshake stream.
+        offset: u64,
+        /// The bytes.
+        data: &'a [u8],
+    },
 }
 
 /// Stream data at an offset.
@@ -290,6 +299,17 @@ impl<'a> Frame<'a> {
                 reason: r.length_prefixed()?,
             }),
             types::HELLO => Frame::Hello(r.length_prefixed()?),
+            types::CRYPTO => {
+                let offset = r.varint()?;
+                let data = r.length_prefixed()?;
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|end| end > crate::coding::VARINT_MAX)
+                {
+                    return Err(DecodeError::Invalid("crypto offset overflow"));
+                }
+                Frame::Crypto { offset, data }
+            }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
     }
@@ -339,8 +359,21 @@ impl<'a> Frame<'a> {
                 out.put_varint(types::HELLO);
                 out.put_length_prefixed(body);
             }
+            Frame::Crypto { offset, data } => encode_crypto(*offset, data, out),
         }
     }
+}
+
+/// Appends a CRYPTO frame.
+pub fn encode_crypto(offset: u64, data: &[u8], out: &mut impl BufMut) {
+    out.put_varint(types::CRYPTO);
+    out.put_varint(offset);
+    out.put_length_prefixed(data);
+}
+
+/// Bytes of header a CRYPTO frame needs for these values.
+pub fn crypto_header_len(offset: u64, len: usize) -> usize {
+    varint_len(types::CRYPTO) + varint_len(offset) + varint_len(len as u64)
 }
 
 /// Appends a CLOSE frame, cutting the reason to [`MAX_REASON_LEN`] bytes.
@@ -432,6 +465,10 @@ mod tests {
             reason: b"settings mismatch",
         }));
         round_trip(Frame::Hello(b"\x01\x02"));
+        round_trip(Frame::Crypto {
+            offset: 1200,
+            data: b"\x16\x03\x01",
+        });
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! Map of the crate (wire code never imports logic code):
 //! - wire: [`coding`] (varints, bounds-checked reader), [`packet`] (headers), [`frame`] (frames),
-//!   [`settings`] (handshake settings), [`cookie`] (stateless address-validation tokens);
+//!   [`settings`] (handshake settings), [`cookie`] (stateless address-validation tokens),
+//!   [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
 //!   [`congestion`] (controllers and pacing);
 //! - streams: [`streams`] (send buffers, reassembly, flow control);
@@ -22,6 +23,7 @@ pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod cookie;
+pub mod crypto;
 pub mod endpoint;
 pub mod frame;
 pub mod ids;

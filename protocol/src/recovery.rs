@@ -54,6 +54,13 @@ pub enum SentFrame {
     Ping,
     /// The handshake HELLO.
     Hello,
+    /// TLS handshake bytes `[offset, offset + len)`.
+    Crypto {
+        /// First byte.
+        offset: u64,
+        /// Byte count.
+        len: u32,
+    },
 }
 
 /// An ack-eliciting packet in flight.
@@ -208,8 +215,8 @@ impl SentPackets {
 
     /// Removes everything (connection closing, or Retry restarting the handshake).
     pub fn drain_all(&mut self) -> Vec<SentPacket> {
+        self.base += self.slots.len() as u64;
         let packets: Vec<SentPacket> = self.slots.drain(..).flatten().collect();
-        self.base += packets.len() as u64;
         self.bytes_in_flight = 0;
         self.count = 0;
         packets

@@ -79,7 +79,7 @@ impl Endpoint {
     pub fn server(addr: SocketAddr, config: ServerConfig) -> io::Result<Self> {
         config
             .transport
-            .validate()
+            .validate_for(ferry_protocol::Side::Server)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Self::bind(addr, Some(config))
     }

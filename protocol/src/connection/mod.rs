@@ -7,7 +7,7 @@
 //! ([`Connection::poll_event`]). The application's stream calls (`open_stream`, `write`, `read`,
 //! `finish`, `reset`, `close`) only change state; bytes leave on the next `poll_transmit`.
 //!
-//! Handshake (one packet-number space, no encryption at this layer):
+//! Handshake without encryption (`crypto none`; one packet-number space throughout):
 //!
 //! ```text
 //! client                                         server
@@ -17,6 +17,21 @@
 //!                 <----  Handshake[HELLO, ...data]
 //! Short[ACK, ...data]             ---->          handshake confirmed: Short from now on
 //! ```
+//!
+//! With TLS (`crypto tls`, see [`crate::crypto`]) the handshake packets also carry the TLS
+//! handshake in CRYPTO frames, and no stream frame moves until both ends hold the packet keys:
+//!
+//! ```text
+//! Initial[HELLO, CRYPTO(ClientHello)], token  ---->  Handshake[HELLO, CRYPTO(ServerHello..Finished)]
+//!                                             <----
+//! Initial[CRYPTO(Finished)]  (client has keys) ---->  server has keys: established
+//!                                             <----  Short sealed[ACK]
+//! client: first sealed packet opened, established; sealed Short packets only from now on
+//! ```
+//!
+//! Once an end holds the keys it drops every cleartext packet (the client keeps reading a
+//! cleartext CLOSE until the server's first sealed packet, so a refusal still reaches it with
+//! its reason), and a sealed packet that fails authentication is dropped and counted.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -30,6 +45,7 @@ use crate::coding::BufMutExt;
 use crate::config::TransportConfig;
 use crate::congestion::pacing::Pacer;
 use crate::congestion::{AckedPacket, Controller};
+use crate::crypto::{PacketKeys, TlsFailure, TlsHandshake, TAG_LEN};
 use crate::frame::{self, AckFrame, Frame, FrameIter};
 use crate::ids::{ConnectionId, Side, StreamId};
 use crate::packet::{self, decode_packet_number, encode_header, Header, Packet};
@@ -65,6 +81,8 @@ pub mod close_code {
     pub const REFUSED: u64 = 0x9;
     /// The address-validation token was invalid or expired.
     pub const INVALID_TOKEN: u64 = 0xa;
+    /// The TLS handshake failed (certificate, name, protocol).
+    pub const CRYPTO_ERROR: u64 = 0xb;
     /// First code available to applications.
     pub const APPLICATION: u64 = 0x100;
 }
@@ -184,6 +202,9 @@ pub struct ConnectionStats {
     pub duplicate_packets: u64,
     /// Packets dropped because their frames could not be decoded.
     pub malformed_packets: u64,
+    /// Packets dropped because they failed authentication (forged, corrupted, or sealed with
+    /// keys this end does not hold yet) or were cleartext after the handshake.
+    pub unauthenticated_packets: u64,
     /// Path migrations completed.
     pub migrations: u64,
     /// Smoothed RTT.
@@ -225,6 +246,17 @@ struct PathChallenge {
     data: [u8; 8],
     pending: bool,
     sent_at: Option<Instant>,
+}
+
+/// Where the parts of a packet being built start in the output buffer.
+#[derive(Debug, Clone, Copy)]
+struct PacketLayout {
+    start: usize,
+    payload: usize,
+    /// A client Initial: padded to the minimum Initial size.
+    initial: bool,
+    /// Sealed with the packet keys when complete.
+    sealed: bool,
 }
 
 /// A Ferry connection.
@@ -273,6 +305,20 @@ pub struct Connection {
     graceful_close: Option<String>,
     /// The previous packet was a tail duplicate (do not duplicate the duplicate).
     duplicating: bool,
+
+    // Encryption (TLS mode only).
+    /// The TLS handshake, until both ends hold the keys.
+    tls: Option<Box<TlsHandshake>>,
+    /// Packet keys, once the handshake completed.
+    keys: Option<Box<PacketKeys>>,
+    /// The peer holds the keys too (the server knows on completing; the client when the first
+    /// sealed packet from the server opens). Only then is everything sealed.
+    keys_confirmed: bool,
+    /// Our HELLO body as sent, and the peer's as received: the exporter context.
+    local_hello: Vec<u8>,
+    peer_hello: Vec<u8>,
+    /// Scratch buffer that sealed packets are opened in.
+    open_buf: Vec<u8>,
     /// Ack-eliciting packets that may be sent beyond the congestion window: after a
     /// retransmission timeout, probes must leave whatever the window says.
     probe_credit: u8,
@@ -306,10 +352,17 @@ impl Connection {
         };
         let mut timers = TimerTable::default();
         timers.set(Timer::Idle, now + config.handshake_timeout);
-        Self {
+        let local_settings = config.settings();
+        let mut local_hello = Vec::with_capacity(64);
+        local_settings.encode(&mut local_hello);
+        let (tls, tls_error) = match TlsHandshake::new(&config.crypto, side) {
+            Ok(tls) => (tls.map(Box::new), None),
+            Err(f) => (None, Some(f)),
+        };
+        let mut conn = Self {
             side,
             state: State::Handshake,
-            local_settings: config.settings(),
+            local_settings,
             peer_settings: None,
             local_cid,
             remote_cid,
@@ -341,13 +394,26 @@ impl Connection {
             close_pending: false,
             graceful_close: None,
             duplicating: false,
+            tls,
+            keys: None,
+            keys_confirmed: false,
+            local_hello,
+            peer_hello: Vec::new(),
+            open_buf: Vec::new(),
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
             config,
+        };
+        if let Some(f) = tls_error {
+            // A configuration rustls refused: the connection ends before its first packet.
+            conn.state = State::Closed;
+            conn.timers.clear();
+            conn.finish_with(ConnectionError::HandshakeFailed(f.local));
         }
+        conn
     }
 
     /// A client connection; its first datagram leaves on the next `poll_transmit`.
@@ -613,6 +679,7 @@ impl Connection {
             }
             _ => {}
         }
+        let tls = self.config.crypto.is_tls();
         let pn_trunc = match &packet.header {
             Header::Retry { scid, token, .. } => {
                 self.on_retry(now, *scid, token);
@@ -638,7 +705,13 @@ impl Connection {
                 *pn
             }
             Header::Short { pn, .. } => {
-                if self.state == State::Handshake {
+                if tls {
+                    if self.keys.is_none() {
+                        // Sealed with keys we do not hold (yet): cannot be authenticated.
+                        self.stats.unauthenticated_packets += 1;
+                        return;
+                    }
+                } else if self.state == State::Handshake {
                     // The client cannot use short packets before our HELLO; the server cannot
                     // send them before the client's handshake completed. Drop.
                     return;
@@ -649,6 +722,22 @@ impl Connection {
                 *pn
             }
         };
+        let sealed = matches!(packet.header, Header::Short { .. }) && tls;
+        // With TLS, a cleartext packet after the handshake is never believed. The client may
+        // still be waiting for proof that we hold the keys: a sealed PING gives it.
+        let mut close_only = false;
+        if tls && !sealed && self.keys.is_some() {
+            if self.keys_confirmed {
+                self.stats.unauthenticated_packets += 1;
+                if self.side == Side::Server && self.state == State::Established {
+                    self.ping_pending = true;
+                }
+                return;
+            }
+            // The client between its Finished and the server's first sealed packet: a
+            // refusal (a cleartext CLOSE with the server's reason) must still reach it.
+            close_only = true;
+        }
         let expected = self.largest_received.map_or(0, |(pn, _)| pn + 1);
         let pn = decode_packet_number(pn_trunc, expected);
         if self.received.contains(pn)
@@ -657,12 +746,49 @@ impl Connection {
                 .min()
                 .is_some_and(|min| pn < min && self.received.range_count() >= MAX_RECEIVED_RANGES)
         {
+            // A duplicate or a replay: never processed twice.
             self.stats.duplicate_packets += 1;
             self.ack_pending = true;
             return;
         }
+        if !sealed {
+            self.process_packet(now, remote, pn, packet.payload, datagram_len, close_only);
+            return;
+        }
+        let mut plain = std::mem::take(&mut self.open_buf);
+        plain.clear();
+        plain.extend_from_slice(packet.payload);
+        let opened = self
+            .keys
+            .as_mut()
+            .and_then(|k| k.open.open(pn, packet.header_bytes, &mut plain));
+        match opened {
+            None => self.stats.unauthenticated_packets += 1,
+            Some(len) => {
+                if !self.keys_confirmed {
+                    // The server's first sealed packet: it holds the keys; we are established.
+                    self.keys_confirmed = true;
+                    self.try_establish(now);
+                }
+                self.process_packet(now, remote, pn, &plain[..len], datagram_len, false);
+            }
+        }
+        self.open_buf = plain;
+    }
+
+    /// Applies the frames of an authentic (or, without TLS, accepted) packet number `pn`.
+    /// With `close_only`, only a CLOSE frame takes effect.
+    fn process_packet(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        pn: u64,
+        payload: &[u8],
+        datagram_len: usize,
+        close_only: bool,
+    ) {
         // Decode every frame before acting on any: a malformed packet changes nothing.
-        let frames: Result<Vec<Frame<'_>>, _> = FrameIter::new(packet.payload).collect();
+        let frames: Result<Vec<Frame<'_>>, _> = FrameIter::new(payload).collect();
         let frames = match frames {
             Ok(f) => f,
             Err(e) => {
@@ -671,6 +797,12 @@ impl Connection {
                 return;
             }
         };
+        if close_only {
+            if let Some(close) = frames.iter().find(|f| matches!(f, Frame::Close(_))) {
+                self.apply_frame(now, remote, close);
+            }
+            return;
+        }
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
 
@@ -723,8 +855,15 @@ impl Connection {
         }
         debug!("retry received: echoing the address-validation token");
         self.retry_token = Some(token.to_vec());
-        // Everything sent so far is void: send the HELLO again at once, uncounted as loss.
-        self.sent.drain_all();
+        // Everything sent so far is void: send the HELLO (and the TLS ClientHello) again at
+        // once, uncounted as loss.
+        for packet in self.sent.drain_all() {
+            for frame in &packet.frames {
+                if let (SentFrame::Crypto { offset, len }, Some(tls)) = (frame, &mut self.tls) {
+                    tls.on_lost(*offset, *len);
+                }
+            }
+        }
         self.hello_pending = true;
         self.pacer = Pacer::new(now, self.max_datagram as u64);
     }
@@ -838,6 +977,16 @@ impl Connection {
                 }
                 Ok(())
             }
+            Frame::Crypto { offset, data } => {
+                if let Some(tls) = &mut self.tls {
+                    if let Err(f) = tls.on_crypto(*offset, data) {
+                        self.tls_failed(now, f);
+                        return;
+                    }
+                    self.try_establish(now);
+                }
+                Ok(())
+            }
             _ if !established => Ok(()), // stream frames before the handshake: ignore
             Frame::Stream(s) => {
                 let r = self.streams.on_stream_frame(s);
@@ -905,16 +1054,78 @@ impl Connection {
             peer.initial_max_streams,
         );
         self.peer_settings = Some(peer);
+        self.peer_hello = body.to_vec();
+        if self.side == Side::Server {
+            self.hello_pending = true;
+        }
+        self.try_establish(now);
+    }
+
+    /// Moves to `Established` once everything the handshake needs is there: the peer's
+    /// settings, and with TLS the packet keys held by both ends.
+    fn try_establish(&mut self, now: Instant) {
+        if self.state != State::Handshake || self.peer_settings.is_none() {
+            return;
+        }
+        if self.config.crypto.is_tls() {
+            if self.keys.is_none() {
+                let Some(tls) = &self.tls else {
+                    return;
+                };
+                if !tls.is_complete() {
+                    return;
+                }
+                match tls.packet_keys(&self.exporter_context()) {
+                    Ok(keys) => self.keys = Some(Box::new(keys)),
+                    Err(f) => {
+                        self.tls_failed(now, f);
+                        return;
+                    }
+                }
+                // The server completes only on the client's Finished: the client has the keys.
+                if self.side == Side::Server {
+                    self.keys_confirmed = true;
+                    self.handshake_confirmed = true;
+                }
+                debug!(side = %self.side, remote = %self.remote, "TLS handshake complete: packet keys in place");
+            }
+            if !self.keys_confirmed {
+                return;
+            }
+            // Both ends hold the keys: handshake bytes are never needed again.
+            self.tls = None;
+        }
         self.state = State::Established;
         self.timers.stop(Timer::Idle);
         if let Some(idle) = self.idle_timeout {
             self.timers.set(Timer::Idle, now + idle);
         }
-        if self.side == Side::Server {
-            self.hello_pending = true;
-        }
-        debug!(side = %self.side, remote = %self.remote, "connection established");
+        debug!(side = %self.side, remote = %self.remote, crypto = self.config.crypto.mode(), "connection established");
         self.events.push_back(Event::Connected);
+    }
+
+    /// Both HELLO bodies, client's first, each length-prefixed: binds the settings to the keys.
+    fn exporter_context(&self) -> Vec<u8> {
+        let (client, server) = match self.side {
+            Side::Client => (&self.local_hello, &self.peer_hello),
+            Side::Server => (&self.peer_hello, &self.local_hello),
+        };
+        let mut context = Vec::with_capacity(client.len() + server.len() + 4);
+        for hello in [client, server] {
+            context.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+            context.extend_from_slice(hello);
+        }
+        context
+    }
+
+    fn tls_failed(&mut self, now: Instant, failure: TlsFailure) {
+        debug!(side = %self.side, remote = %self.remote, error = %failure.local, "TLS handshake failed");
+        self.enter_closing(
+            now,
+            close_code::CRYPTO_ERROR,
+            failure.remote,
+            ConnectionError::HandshakeFailed(failure.local),
+        );
     }
 
     fn on_ack_frame(&mut self, now: Instant, ack: &AckFrame) {
@@ -968,7 +1179,14 @@ impl Connection {
                 fin,
             } => self.streams.on_stream_acked(id, offset, len, fin),
             SentFrame::Reset { id, .. } => self.streams.on_reset_acked(id),
-            SentFrame::Hello if self.side == Side::Server => self.handshake_confirmed = true,
+            SentFrame::Hello if self.side == Side::Server && !self.config.crypto.is_tls() => {
+                self.handshake_confirmed = true
+            }
+            SentFrame::Crypto { offset, len } => {
+                if let Some(tls) = &mut self.tls {
+                    tls.on_acked(offset, len);
+                }
+            }
             _ => {}
         }
     }
@@ -1009,6 +1227,11 @@ impl Connection {
                         fin,
                     } => self.streams.on_stream_lost(id, offset, len, fin),
                     SentFrame::Hello => self.hello_pending = true,
+                    SentFrame::Crypto { offset, len } => {
+                        if let Some(tls) = &mut self.tls {
+                            tls.on_lost(offset, len);
+                        }
+                    }
                     SentFrame::Ping => {}
                     ref other => self.streams.on_control_lost(other),
                 }
@@ -1117,48 +1340,70 @@ impl Connection {
 
     // ----- Sending -----------------------------------------------------------------------------
 
-    fn header(&mut self, pn: u64, out: &mut Vec<u8>) -> bool {
+    /// Whether packets go as cleartext handshake packets (long headers) rather than short ones.
+    fn in_handshake_packets(&self) -> bool {
+        match (self.config.crypto.is_tls(), self.side) {
+            // Sealed short packets once both ends hold the keys (`keys_confirmed` implies keys).
+            (true, _) => !self.keys_confirmed,
+            (false, Side::Client) => {
+                self.state == State::Handshake
+                    || (self.state == State::Closing && self.peer_settings.is_none())
+            }
+            (false, Side::Server) => !self.handshake_confirmed,
+        }
+    }
+
+    /// Appends a packet header, long (handshake) or short.
+    fn header(&self, pn: u64, long: bool, out: &mut Vec<u8>) -> PacketLayout {
+        let start = out.len();
         let pn32 = pn as u32;
-        let (header, initial) = match (self.side, self.state) {
-            (Side::Client, State::Handshake) => (
-                Header::Initial {
-                    version: packet::VERSION,
-                    dcid: self.remote_cid,
-                    scid: self.local_cid,
-                    token: self.retry_token.as_deref().unwrap_or(&[]),
-                    pn: pn32,
-                },
-                true,
-            ),
-            (Side::Client, State::Closing) if self.peer_settings.is_none() => (
-                Header::Initial {
-                    version: packet::VERSION,
-                    dcid: self.remote_cid,
-                    scid: self.local_cid,
-                    token: self.retry_token.as_deref().unwrap_or(&[]),
-                    pn: pn32,
-                },
-                true,
-            ),
-            (Side::Server, _) if !self.handshake_confirmed => (
-                Header::Handshake {
-                    version: packet::VERSION,
-                    dcid: self.remote_cid,
-                    scid: self.local_cid,
-                    pn: pn32,
-                },
-                false,
-            ),
-            _ => (
-                Header::Short {
-                    dcid: self.remote_cid,
-                    pn: pn32,
-                },
-                false,
-            ),
+        let header = match (long, self.side) {
+            (true, Side::Client) => Header::Initial {
+                version: packet::VERSION,
+                dcid: self.remote_cid,
+                scid: self.local_cid,
+                token: self.retry_token.as_deref().unwrap_or(&[]),
+                pn: pn32,
+            },
+            (true, Side::Server) => Header::Handshake {
+                version: packet::VERSION,
+                dcid: self.remote_cid,
+                scid: self.local_cid,
+                pn: pn32,
+            },
+            (false, _) => Header::Short {
+                dcid: self.remote_cid,
+                pn: pn32,
+            },
         };
         encode_header(&header, out);
-        initial
+        PacketLayout {
+            start,
+            payload: out.len(),
+            initial: long && self.side == Side::Client,
+            sealed: !long && self.config.crypto.is_tls(),
+        }
+    }
+
+    /// Where the packet being built must end: its AEAD tag needs room.
+    fn packet_limit(&self, layout: &PacketLayout) -> usize {
+        layout.start + self.max_datagram - if layout.sealed { TAG_LEN } else { 0 }
+    }
+
+    /// Completes the packet at the end of `buf`: pads a client Initial (amplification rule),
+    /// seals a short packet under TLS.
+    fn finish_packet(&mut self, pn: u64, layout: &PacketLayout, buf: &mut Vec<u8>) {
+        if layout.initial {
+            let min = layout.start + packet::MIN_INITIAL_SIZE;
+            if buf.len() < min {
+                buf.resize(min, 0);
+            }
+        }
+        if layout.sealed {
+            if let Some(keys) = &mut self.keys {
+                keys.seal.seal(pn, buf, layout.start, layout.payload);
+            }
+        }
     }
 
     fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>) {
@@ -1171,7 +1416,9 @@ impl Connection {
 
     fn wants_to_send_eliciting(&self) -> bool {
         match self.state {
-            State::Handshake => self.hello_pending,
+            State::Handshake => {
+                self.hello_pending || self.tls.as_ref().is_some_and(|t| t.has_pending())
+            }
             State::Established => {
                 self.hello_pending
                     || self.ping_pending
@@ -1201,14 +1448,12 @@ impl Connection {
                 let (code, reason) = self.close_frame.clone().unwrap_or_default();
                 let pn = self.next_pn;
                 self.next_pn += 1;
-                let initial = self.header(pn, buf);
+                let layout = self.header(pn, self.in_handshake_packets(), buf);
                 if self.ack_pending {
                     self.write_ack(now, buf);
                 }
                 frame::encode_close(code, reason.as_bytes(), buf);
-                if initial {
-                    buf.resize(buf.len().max(packet::MIN_INITIAL_SIZE), 0);
-                }
+                self.finish_packet(pn, &layout, buf);
                 self.count_sent(buf.len());
                 return Some(Transmit {
                     destination: self.remote,
@@ -1275,11 +1520,12 @@ impl Connection {
     ) -> Transmit {
         let pn = self.next_pn;
         self.next_pn += 1;
-        self.header(pn, buf);
+        let layout = self.header(pn, self.in_handshake_packets(), buf);
         if self.ack_pending {
             self.write_ack(now, buf);
         }
         frame.encode(buf);
+        self.finish_packet(pn, &layout, buf);
         self.sent.push(pn, None);
         self.count_sent(buf.len());
         Transmit {
@@ -1312,23 +1558,32 @@ impl Connection {
             return false;
         }
         let start = buf.len();
-        let limit = start + self.max_datagram;
         let pn = self.next_pn;
-        let initial = self.header(pn, buf);
+        let tls = self.config.crypto.is_tls();
+        // Under TLS the server's HELLO always travels in cleartext, even when sent again after
+        // the handshake: the client needs it to derive the keys.
+        let long = self.in_handshake_packets()
+            || (tls && may_elicit && self.hello_pending && self.side == Side::Server);
+        let layout = self.header(pn, long, buf);
+        let limit = self.packet_limit(&layout);
         if self.ack_pending {
             self.write_ack(now, buf);
         }
         let mut frames = Vec::new();
         if may_elicit {
             if self.hello_pending {
-                let mut body = Vec::with_capacity(64);
-                self.local_settings.encode(&mut body);
                 buf.put_varint(frame::types::HELLO);
-                buf.put_length_prefixed(&body);
+                buf.put_length_prefixed(&self.local_hello);
                 frames.push(SentFrame::Hello);
                 self.hello_pending = false;
             }
-            if self.state == State::Established {
+            if long {
+                if let Some(tls) = &mut self.tls {
+                    tls.write_frames(buf, limit, &mut frames);
+                }
+            }
+            // Stream and control frames only ever travel sealed under TLS.
+            if self.state == State::Established && !(tls && long) {
                 self.streams.write_control(buf, limit, &mut frames);
                 if self.ping_pending {
                     buf.put_varint(frame::types::PING);
@@ -1343,12 +1598,7 @@ impl Connection {
                 }
             }
         }
-        if initial {
-            let min = start + packet::MIN_INITIAL_SIZE;
-            if buf.len() < min {
-                buf.resize(min, 0);
-            }
-        }
+        self.finish_packet(pn, &layout, buf);
         let len = buf.len() - start;
         self.next_pn += 1;
         if frames.is_empty() {

@@ -78,8 +78,14 @@ pub struct Pair {
     /// When set, called for every datagram sent; returning true drops it before the link
     /// (targeted loss for tests).
     pub filter: Option<DropFilter>,
+    /// When set, called for every datagram that passed the filter; may change its bytes (an
+    /// on-path tamperer for tests).
+    pub tamper: Option<Tamper>,
     buf: Vec<u8>,
 }
+
+/// Rewrites datagrams on their way to a link.
+pub type Tamper = Box<dyn FnMut(Direction, &mut Vec<u8>)>;
 
 /// Decides which datagrams to drop before they reach a link (true: drop).
 pub type DropFilter = Box<dyn FnMut(Direction, &[u8]) -> bool>;
@@ -105,6 +111,7 @@ impl Pair {
             capture: None,
             misaddressed: 0,
             filter: None,
+            tamper: None,
             buf: Vec::with_capacity(65536),
         }
     }
@@ -153,9 +160,12 @@ impl Pair {
             let mut progressed = false;
             while let Some(t) = self.client.poll_transmit(self.now, &mut self.buf, 1) {
                 progressed = true;
-                for d in Self::segments(&self.buf, &t) {
+                for mut d in Self::segments(&self.buf, &t) {
                     if !self.record(Direction::ToServer, &d) {
                         continue;
+                    }
+                    if let Some(tamper) = &mut self.tamper {
+                        tamper(Direction::ToServer, &mut d);
                     }
                     if t.destination == self.server_addr {
                         self.to_server.send(self.now, self.client_addr, d);
@@ -166,9 +176,12 @@ impl Pair {
             }
             while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf, 1) {
                 progressed = true;
-                for d in Self::segments(&self.buf, &t) {
+                for mut d in Self::segments(&self.buf, &t) {
                     if !self.record(Direction::ToClient, &d) {
                         continue;
+                    }
+                    if let Some(tamper) = &mut self.tamper {
+                        tamper(Direction::ToClient, &mut d);
                     }
                     self.to_client.send(self.now, t.destination, d);
                 }
