@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::RootCertStore;
 
 use crate::ids::Side;
 use crate::recovery::SentFrame;
@@ -34,6 +35,9 @@ use crate::streams::send::SendBuffer;
 
 /// Bytes the AEAD tag adds to every sealed packet.
 pub const TAG_LEN: usize = 16;
+
+/// The rustls this crate is built with, for building certificate stores and names.
+pub use rustls;
 
 /// Packets sealed under one key before the next epoch's key takes over.
 const EPOCH_BITS: u32 = 22;
@@ -78,7 +82,92 @@ impl fmt::Debug for CryptoConfig {
     }
 }
 
+/// A certificate chain (leaf first) and its private key.
+pub struct Identity {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(what: &str, e: rustls::Error) -> String {
+    match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("{what}: the private key does not belong to the certificate")
+        }
+        e => format!("{what}: {e}"),
+    }
+}
+
 impl CryptoConfig {
+    /// A TLS server as Ferry needs it (TLS 1.3 only, ALPN [`ALPN`], no session tickets):
+    /// presents `identity`; with `client_roots`, requires every client to present a certificate
+    /// issued by one of them (mutual TLS).
+    pub fn server(identity: Identity, client_roots: Option<RootCertStore>) -> Result<Self, String> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("TLS", e))?;
+        let builder = match client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| format!("client CA: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(identity.chain, identity.key)
+            .map_err(|e| tls_error("certificate", e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        // Sessions are long-lived and keys come from the exporter: no tickets, no resumption.
+        config.send_tls13_tickets = 0;
+        Ok(CryptoConfig::TlsServer(Arc::new(config)))
+    }
+
+    /// A TLS client as Ferry needs it: verifies the server against `roots` and `server_name`;
+    /// presents `identity` when the server asks for a client certificate.
+    pub fn client(
+        roots: RootCertStore,
+        server_name: ServerName<'static>,
+        identity: Option<Identity>,
+    ) -> Result<Self, String> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("TLS", e))?
+            .with_root_certificates(Arc::new(roots));
+        let mut config = match identity {
+            None => builder.with_no_client_auth(),
+            Some(id) => builder
+                .with_client_auth_cert(id.chain, id.key)
+                .map_err(|e| tls_error("client certificate", e))?,
+        };
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(CryptoConfig::TlsClient {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+
+    /// The same client configuration for another server name (one per gateway).
+    pub fn with_server_name(&self, name: ServerName<'static>) -> Self {
+        match self {
+            CryptoConfig::TlsClient { config, .. } => CryptoConfig::TlsClient {
+                config: config.clone(),
+                server_name: name,
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The value of the `crypto` setting both ends must agree on: `none` or `tls`.
     pub fn mode(&self) -> &'static str {
         match self {

@@ -4,12 +4,11 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::{ConnectionError, Event};
-use ferry_protocol::crypto::{CryptoConfig, ALPN};
+use ferry_protocol::crypto::{CryptoConfig, Identity};
 use ferry_protocol::packet::Packet;
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{Direction, LinkConfig, Pair};
@@ -33,6 +32,15 @@ struct Leaf {
     key: PrivateKeyDer<'static>,
 }
 
+impl Leaf {
+    fn identity(&self) -> Identity {
+        Identity {
+            chain: vec![self.cert.clone()],
+            key: self.key.clone_key(),
+        }
+    }
+}
+
 impl Ca {
     fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -42,10 +50,10 @@ impl Ca {
         Self { issuer }
     }
 
-    fn roots(&self) -> Arc<RootCertStore> {
+    fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
-        Arc::new(roots)
+        roots
     }
 
     /// A leaf for `names`; `expired` puts its validity entirely in the past.
@@ -71,47 +79,17 @@ impl Ca {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 fn server_crypto(leaf: &Leaf, client_ca: Option<&Ca>) -> CryptoConfig {
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => builder.with_client_cert_verifier(
-            rustls::server::WebPkiClientVerifier::builder_with_provider(ca.roots(), provider())
-                .build()
-                .unwrap(),
-        ),
-    };
-    let mut config = builder
-        .with_single_cert(vec![leaf.cert.clone()], leaf.key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.send_tls13_tickets = 0;
-    CryptoConfig::TlsServer(Arc::new(config))
+    CryptoConfig::server(leaf.identity(), client_ca.map(Ca::roots)).unwrap()
 }
 
 fn client_crypto(ca: &Ca, name: &str, identity: Option<&Leaf>) -> CryptoConfig {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(ca.roots());
-    let mut config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(leaf) => builder
-            .with_client_auth_cert(vec![leaf.cert.clone()], leaf.key.clone_key())
-            .unwrap(),
-    };
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.resumption = rustls::client::Resumption::disabled();
-    CryptoConfig::TlsClient {
-        config: Arc::new(config),
-        server_name: ServerName::try_from(name.to_string()).unwrap(),
-    }
+    CryptoConfig::client(
+        ca.roots(),
+        ServerName::try_from(name.to_string()).unwrap(),
+        identity.map(Leaf::identity),
+    )
+    .unwrap()
 }
 
 /// A server with a `localhost` certificate from a fresh CA, and a client trusting that CA.

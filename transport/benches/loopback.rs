@@ -1,11 +1,13 @@
-//! Real loopback throughput of one stream, and CPU per MiB: Ferry against kcptun, in one run.
+//! Real loopback throughput of one stream, and CPU per MiB: Ferry with and without TLS against
+//! kcptun with and without its AES cipher, in one run.
 //!
-//! Both carry the same workload: a client writes N MiB into one stream while reading the echo back
-//! (so N MiB flow each way). Ferry: echo server and client endpoints in this process. kcptun
-//! (Debian package `kcptun`, `--mode fast3 --crypt none --nocomp`, as the issue specifies): its
-//! server and client processes between a TCP client and a TCP echo backend in this process. CPU
-//! is the total of this process and (for kcptun) its two processes, so both sides pay for the
-//! same load generator and echo. Figures are medians of three runs; the ratio is Ferry / kcptun.
+//! All carry the same workload: a client writes N MiB into one stream while reading the echo back
+//! (so N MiB flow each way). Ferry: echo server and client endpoints in this process, `crypto
+//! none` and `crypto tls` (a development CA made here). kcptun (Debian package `kcptun`, `--mode
+//! fast3 --nocomp`, `--crypt none` and `--crypt aes`): its server and client processes between a
+//! TCP client and a TCP echo backend in this process. CPU is the total of this process and (for
+//! kcptun) its two processes, so both sides pay for the same load generator and echo. Figures
+//! are medians of three runs.
 //!
 //! Run: `cargo bench -p ferry-transport --bench loopback` (`FERRY_BENCH_MIB` sets N, default 128).
 
@@ -13,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_transport::{Endpoint, ServerConfig, TransportConfig};
+use ferry_transport::{rustls, CryptoConfig, Endpoint, Identity, ServerConfig, TransportConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -131,16 +133,45 @@ fn ferry_config() -> TransportConfig {
     }
 }
 
-async fn ferry_run(mib: usize) -> Measure {
+/// A development CA and a `localhost` certificate it issued, as client and server crypto.
+fn tls_pair() -> (CryptoConfig, CryptoConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let identity = Identity {
+        chain: vec![leaf.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    };
+    let server = CryptoConfig::server(identity, None).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let client = CryptoConfig::client(roots, name, None).unwrap();
+    (client, server)
+}
+
+async fn ferry_run(mib: usize, tls: bool) -> Measure {
+    let (client_crypto, server_crypto) = if tls {
+        tls_pair()
+    } else {
+        (CryptoConfig::None, CryptoConfig::None)
+    };
     let server = Endpoint::server(
         "127.0.0.1:0".parse().unwrap(),
-        ServerConfig::new(ferry_config()),
+        ServerConfig::new(ferry_config().crypto(server_crypto)),
     )
     .unwrap();
     tokio::spawn(ferry_transport::echo::serve(server.clone()));
     let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = client
-        .connect(server.local_addr(), TransportConfig::default())
+        .connect(server.local_addr(), ferry_config().crypto(client_crypto))
         .await
         .unwrap();
     let stream = conn.open_stream().await.unwrap();
@@ -181,10 +212,20 @@ impl Drop for Kcptun {
     }
 }
 
-async fn start_kcptun(backend: SocketAddr) -> Option<Kcptun> {
+/// kcptun between two local ports; `crypt` is its cipher (`none` or `aes`).
+async fn start_kcptun(backend: SocketAddr, crypt: &str) -> Option<Kcptun> {
     let udp_port = free_port();
     let local_port = free_port();
-    let flags = ["--mode", "fast3", "--crypt", "none", "--nocomp", "--quiet"];
+    let flags = [
+        "--mode",
+        "fast3",
+        "--crypt",
+        crypt,
+        "--key",
+        "ferry-bench-key",
+        "--nocomp",
+        "--quiet",
+    ];
     let server = Command::new("kcptun-server")
         .args([
             "-t",
@@ -223,8 +264,8 @@ async fn start_kcptun(backend: SocketAddr) -> Option<Kcptun> {
     None
 }
 
-async fn kcptun_run(mib: usize, backend: SocketAddr) -> Option<Measure> {
-    let k = start_kcptun(backend).await?;
+async fn kcptun_run(mib: usize, backend: SocketAddr, crypt: &str) -> Option<Measure> {
+    let k = start_kcptun(backend, crypt).await?;
     // The readiness probe above opened (and closed) one connection; start fresh.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stream = TcpStream::connect(k.local).await.ok()?;
@@ -266,6 +307,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Three runs of `run`; medians of throughput and CPU. `None` if a run could not start.
+async fn measure<F, Fut>(mut run: F) -> Option<Measure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Measure>>,
+{
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run().await?);
+    }
+    Some(Measure {
+        mib_per_s: median(runs.iter().map(|m| m.mib_per_s).collect()),
+        cpu_us_per_mib: median(runs.iter().map(|m| m.cpu_us_per_mib).collect()),
+    })
+}
+
+fn row(name: &str, m: &Measure) {
+    println!(
+        "{:<28} {:>14.1} {:>16.0}",
+        name, m.mib_per_s, m.cpu_us_per_mib
+    );
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mib: usize = std::env::var("FERRY_BENCH_MIB")
@@ -276,51 +348,61 @@ async fn main() {
         "Loopback echo of {mib} MiB through one stream ({mib} MiB each way), median of 3 runs"
     );
     println!();
-    let mut ferry = Vec::new();
-    for _ in 0..3 {
-        ferry.push(ferry_run(mib).await);
-    }
-    let f_rate = median(ferry.iter().map(|m| m.mib_per_s).collect());
-    let f_cpu = median(ferry.iter().map(|m| m.cpu_us_per_mib).collect());
     println!(
-        "{:<28} {:>10} {:>16}",
+        "{:<28} {:>14} {:>16}",
         "", "MiB/s each way", "CPU us per MiB"
     );
-    println!(
-        "{:<28} {:>10.1} {:>16.0}",
-        "ferry (no crypto)", f_rate, f_cpu
-    );
+    let none = measure(|| async { Some(ferry_run(mib, false).await) })
+        .await
+        .expect("ferry runs");
+    row("ferry (crypto none)", &none);
+    let tls = measure(|| async { Some(ferry_run(mib, true).await) })
+        .await
+        .expect("ferry runs");
+    row("ferry (crypto tls)", &tls);
 
     let backend = tcp_echo_backend().await;
-    let mut kcp = Vec::new();
-    for _ in 0..3 {
-        match kcptun_run(mib, backend).await {
-            Some(m) => kcp.push(m),
-            None => break,
+    let kcp_none = measure(|| kcptun_run(mib, backend, "none")).await;
+    let kcp_aes = match &kcp_none {
+        Some(m) => {
+            row("kcptun fast3 (crypt none)", m);
+            let aes = measure(|| kcptun_run(mib, backend, "aes")).await;
+            if let Some(a) = &aes {
+                row("kcptun fast3 (crypt aes)", a);
+            }
+            aes
         }
-    }
-    if kcp.is_empty() {
-        println!(
-            "{:<28} skipped: kcptun-server/kcptun-client not installed (apt-get install kcptun)",
-            "kcptun fast3"
-        );
-        return;
-    }
-    let k_rate = median(kcp.iter().map(|m| m.mib_per_s).collect());
-    let k_cpu = median(kcp.iter().map(|m| m.cpu_us_per_mib).collect());
-    println!(
-        "{:<28} {:>10.1} {:>16.0}",
-        "kcptun fast3 (crypt none)", k_rate, k_cpu
-    );
+        None => {
+            println!(
+                "{:<28} skipped: kcptun-server/kcptun-client not installed (apt-get install kcptun)",
+                "kcptun fast3"
+            );
+            None
+        }
+    };
     println!();
+    let cost = 1.0 - tls.mib_per_s / none.mib_per_s;
     println!(
-        "ratio ferry/kcptun: throughput {:.2}x, CPU per MiB {:.2}x (target: throughput >= 3x): {}",
-        f_rate / k_rate,
-        f_cpu / k_cpu,
-        if f_rate >= 3.0 * k_rate {
-            "met"
-        } else {
-            "MISSED"
-        }
+        "tls vs none: throughput {:.2}x, CPU per MiB {:.2}x, cost {:.0}% (target: at most 25%): {}",
+        tls.mib_per_s / none.mib_per_s,
+        tls.cpu_us_per_mib / none.cpu_us_per_mib,
+        cost * 100.0,
+        verdict(cost <= 0.25)
     );
+    if let Some(k) = &kcp_none {
+        println!(
+            "ferry none / kcptun none: throughput {:.2}x, CPU per MiB {:.2}x (target: throughput >= 3x): {}",
+            none.mib_per_s / k.mib_per_s,
+            none.cpu_us_per_mib / k.cpu_us_per_mib,
+            verdict(none.mib_per_s >= 3.0 * k.mib_per_s)
+        );
+    }
+    if let Some(k) = &kcp_aes {
+        println!(
+            "ferry tls / kcptun aes: throughput {:.2}x, CPU per MiB {:.2}x (target: beat kcptun with AES): {}",
+            tls.mib_per_s / k.mib_per_s,
+            tls.cpu_us_per_mib / k.cpu_us_per_mib,
+            verdict(tls.mib_per_s > k.mib_per_s)
+        );
+    }
 }

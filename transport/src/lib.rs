@@ -19,5 +19,6 @@ pub use connection::Connection;
 pub use endpoint::{ConnectError, Endpoint};
 pub use ferry_protocol::config::{ServerConfig, TransportConfig};
 pub use ferry_protocol::connection::{ConnectionError, ConnectionStats};
+pub use ferry_protocol::crypto::{rustls, CryptoConfig, Identity};
 pub use ferry_protocol::endpoint::ConnectionHandle;
 pub use stream::{Stream, RESET_DROPPED};
