@@ -129,6 +129,8 @@ async fn run(args: Args) -> Result<(), String> {
             &args.gateway.to_string(),
             "--backend",
             &format!("tcp://{backend}"),
+            "--crypto",
+            "none",
         ])
         .spawn()
         .map_err(|e| format!("cannot start ferry-gateway: {e}"))?;
@@ -138,6 +140,8 @@ async fn run(args: Args) -> Result<(), String> {
             &format!("tcp://{}", args.client),
             "--gateway",
             &args.gateway.to_string(),
+            "--crypto",
+            "none",
         ])
         .spawn()
         .map_err(|e| format!("cannot start ferry-agent: {e}"))?;

@@ -1,175 +1,18 @@
 //! End to end: the real `ferry-agent` and `ferry-gateway` binaries on loopback, between a TCP
 //! (or Unix-socket) client and in-test backends.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port for a process under test to bind, free for both TCP and UDP. Ports come from below
-/// Linux's ephemeral range (32768-60999), so no `bind(0)` elsewhere in the suite can be handed
-/// the same number between this check and the child's bind; a process-wide counter keeps tests
-/// running in parallel from picking the same one.
-fn free_port() -> u16 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let base = 20_000 + (std::process::id() as usize * 97) % 10_000;
-    loop {
-        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    free_port()
-}
-
-fn free_tcp_port() -> u16 {
-    free_port()
-}
-
-/// Waits until a full round trip through the agent at `listen` (to an echo backend) works:
-/// the agent listens, its session is up, and the probe's connection has finished.
-async fn ready(listen: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(s) = TcpStream::connect(listen).await {
-            if let Ok(back) = round_trip(s, b"ready".to_vec()).await {
-                if back == b"ready" {
-                    return;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the tunnel at {listen} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn spawn(bin: &str, args: &[String]) -> Proc {
-    let child = Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    Proc(child)
-}
-
-fn gateway(extra: &[&str]) -> (Proc, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let mut args = vec!["--listen".to_owned(), addr.to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    (spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &args), addr)
-}
-
-/// Starts an agent listening on a fresh loopback TCP port for `gateway`; waits until it accepts.
-async fn agent(gateway: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-    let mut args = vec![
-        "--listen".to_owned(),
-        format!("tcp://{listen}"),
-        "--gateway".to_owned(),
-        gateway.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let proc = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
-    wait_listening(listen).await;
-    (proc, listen)
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{addr} never started listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A TCP echo backend; counts the connections it accepted.
-async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(echo(s));
-        }
-    });
-    (addr, accepted)
-}
-
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
-    let (mut r, mut w) = tokio::io::split(s);
-    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-        let _ = w.shutdown().await;
-    }
-}
-
-/// Sends `data` through `s`, half-closes, and returns everything read back.
-async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    s: S,
-    data: Vec<u8>,
-) -> std::io::Result<Vec<u8>> {
-    let (mut r, mut w) = tokio::io::split(s);
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await?;
-        w.shutdown().await
-    });
-    let mut back = Vec::new();
-    r.read_to_end(&mut back).await?;
-    writer.await.expect("writer task")?;
-    Ok(back)
-}
-
-/// Asserts that a client connecting to `addr` is refused with a reset: either at connect (the
-/// RST can arrive before `connect` returns) or on its first exchange.
-async fn expect_reset(addr: SocketAddr, what: &str) {
-    let err = match TcpStream::connect(addr).await {
-        Err(e) => e,
-        Ok(s) => round_trip(s, b"refuse me".to_vec()).await.expect_err(what),
-    };
-    assert_eq!(
-        err.kind(),
-        std::io::ErrorKind::ConnectionReset,
-        "{what}: {err}"
-    );
-}
-
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections_each_echo_one_mib_through_the_pair() {
@@ -720,119 +563,6 @@ async fn a_slow_backend_gets_fewer_streams() {
     );
 }
 
-/// An in-test UDP impairment relay between the agent and the gateway: every datagram, in both
-/// directions, is dropped with probability `loss`, or else delivered after `delay` plus a
-/// uniform jitter of up to `jitter`. Jitter wider than the gap between datagrams reorders them.
-/// Decisions come from a seeded generator, so the pattern of drops repeats from run to run
-/// (timings still depend on the machine). Each agent source address gets its own upstream
-/// socket, so the gateway sees one peer per agent link, as through a NAT.
-struct Impairment {
-    loss: f64,
-    delay: Duration,
-    jitter: Duration,
-    seed: u64,
-}
-
-/// Counts of what the relay did, both directions together.
-#[derive(Default)]
-struct RelayCounts {
-    forwarded: AtomicUsize,
-    dropped: AtomicUsize,
-    reordered: AtomicUsize,
-}
-
-/// Starts the relay in front of `gateway`; returns the address agents should use.
-async fn impairment_relay(gateway: SocketAddr, imp: Impairment) -> (SocketAddr, Arc<RelayCounts>) {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    use tokio::net::UdpSocket;
-
-    /// One seeded decision per datagram: `None` drops it, `Some(d)` delivers it after `d`.
-    struct Dice {
-        state: u64,
-        imp: Impairment,
-    }
-    impl Dice {
-        fn next(&mut self) -> f64 {
-            // xorshift64*: plenty for a test's coin flips.
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn roll(&mut self) -> Option<Duration> {
-            if self.next() < self.imp.loss {
-                return None;
-            }
-            Some(self.imp.delay + self.imp.jitter.mul_f64(self.next()))
-        }
-    }
-
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    let counts = Arc::new(RelayCounts::default());
-    let dice = Arc::new(Mutex::new(Dice {
-        state: imp.seed | 1,
-        imp,
-    }));
-    // Sends `data` to `to` through `via` after the dice's delay, unless the dice drop it.
-    // `last` is the latest delivery time scheduled in this direction, to count reorderings.
-    let schedule = {
-        let counts = counts.clone();
-        move |via: Arc<UdpSocket>, to: SocketAddr, data: Vec<u8>, last: &Mutex<Instant>| {
-            let Some(delay) = dice.lock().unwrap().roll() else {
-                counts.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            let at = Instant::now() + delay;
-            {
-                let mut last = last.lock().unwrap();
-                if at < *last {
-                    counts.reordered.fetch_add(1, Ordering::Relaxed);
-                }
-                *last = (*last).max(at);
-            }
-            counts.forwarded.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(at.into()).await;
-                let _ = via.send_to(&data, to).await;
-            });
-        }
-    };
-    let schedule = Arc::new(schedule);
-    let upstreams: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
-    let to_gateway = Arc::new(Mutex::new(Instant::now()));
-    let to_agent = Arc::new(Mutex::new(Instant::now()));
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let Ok((n, agent)) = front.recv_from(&mut buf).await else {
-                return;
-            };
-            let known = upstreams.lock().unwrap().get(&agent).cloned();
-            let upstream = match known {
-                Some(u) => u,
-                None => {
-                    let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-                    upstreams.lock().unwrap().insert(agent, u.clone());
-                    // The return path: gateway -> this upstream socket -> the agent.
-                    let (u2, front2, schedule2, to_agent2) =
-                        (u.clone(), front.clone(), schedule.clone(), to_agent.clone());
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 65_536];
-                        while let Ok((n, _)) = u2.recv_from(&mut buf).await {
-                            schedule2(front2.clone(), agent, buf[..n].to_vec(), &to_agent2);
-                        }
-                    });
-                    u
-                }
-            };
-            schedule(upstream, gateway, buf[..n].to_vec(), &to_gateway);
-        }
-    });
-    (addr, counts)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_connections_arrive_intact_through_loss_delay_and_reordering() {
     let (backend, _) = echo_backend().await;
@@ -844,6 +574,7 @@ async fn twenty_connections_arrive_intact_through_loss_delay_and_reordering() {
             delay: Duration::from_millis(30),
             jitter: Duration::from_millis(10),
             seed: 0xfe11_0001,
+            ..Impairment::default()
         },
     )
     .await;

@@ -76,6 +76,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    tls: ferry_tunnel::tls::AgentTlsArgs,
 }
 
 /// A listener address and the service its connections reach.
@@ -129,11 +132,21 @@ async fn run(args: Args) -> Result<(), String> {
         info!(config = %file.display(), "settings read from file (command-line flags override it)");
     }
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
-    let config = TransportConfig {
-        idle_timeout: args.idle_timeout,
-        ..TransportConfig::default()
-    };
-    let sessions = Sessions::start(&args.gateways, args.links, config)
+    let crypto = args.tls.crypto_config()?;
+    info!(crypto = crypto.mode(), "encryption");
+    let gateways: Vec<(SocketAddr, TransportConfig)> = args
+        .gateways
+        .iter()
+        .map(|g| {
+            let config = TransportConfig {
+                idle_timeout: args.idle_timeout,
+                crypto: crypto.for_gateway(*g),
+                ..TransportConfig::default()
+            };
+            (*g, config)
+        })
+        .collect();
+    let sessions = Sessions::start(&gateways, args.links)
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let ctx = Arc::new(Context {
         sessions,

@@ -47,15 +47,15 @@ impl Drop for Lease {
 }
 
 impl Sessions {
-    /// Starts `links` sessions to each gateway; they connect (and reconnect) in the background.
+    /// Starts `links` sessions to each gateway, with that gateway's transport settings; they
+    /// connect (and reconnect) in the background.
     pub fn start(
-        gateways: &[SocketAddr],
+        gateways: &[(SocketAddr, TransportConfig)],
         links: usize,
-        config: TransportConfig,
     ) -> std::io::Result<Arc<Self>> {
         let mut slots = Vec::new();
         let mut endpoints = Vec::new();
-        for gateway in gateways {
+        for (gateway, config) in gateways {
             for _ in 0..links.max(1) {
                 let bind: SocketAddr = if gateway.is_ipv4() {
                     "0.0.0.0:0"
@@ -64,7 +64,7 @@ impl Sessions {
                 }
                 .parse()
                 .expect("literal");
-                endpoints.push(Endpoint::client(bind)?);
+                endpoints.push((Endpoint::client(bind)?, config.clone()));
                 slots.push(Arc::new(Slot {
                     gateway: *gateway,
                     conn: Mutex::new(None),
@@ -77,9 +77,8 @@ impl Sessions {
             changed: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        for (i, endpoint) in endpoints.into_iter().enumerate() {
+        for (i, (endpoint, config)) in endpoints.into_iter().enumerate() {
             let sessions = sessions.clone();
-            let config = config.clone();
             tokio::spawn(async move { sessions.keep_connected(i, endpoint, config).await });
         }
         Ok(sessions)

@@ -69,6 +69,9 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_PROXY_PROTOCOL", value_enum)]
     proxy_protocol: Option<ferry_tunnel::proxy_protocol::Version>,
 
+    #[command(flatten)]
+    tls: ferry_tunnel::tls::GatewayTlsArgs,
+
     /// Read settings from a TOML file whose keys are these flags' long names
     /// (e.g. `max-connections = 3000`, lists as arrays); flags given here override it.
     #[arg(long, value_name = "FILE")]
@@ -136,9 +139,11 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let services = build_services(&args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
+    let crypto = args.tls.crypto_config()?;
     let transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
+        crypto,
         ..TransportConfig::default()
     };
     let server = ServerConfig {
@@ -169,7 +174,7 @@ async fn run(args: Args) -> Result<(), String> {
         };
         info!(service = name, backends = %backends.join(","), "service configured");
     }
-    info!(listen = %endpoint.local_addr(), "ferry-gateway ready");
+    info!(listen = %endpoint.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
     let drain = Drain::default();
     // Live sessions, so a shutdown can close each one gracefully (after its streams finished
     // and everything sent was acknowledged) before the process exits.

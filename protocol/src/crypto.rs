@@ -405,6 +405,11 @@ fn describe(error: &rustls::Error, side: Side) -> String {
         (rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer), _) => {
             "invalid peer certificate: not issued by a trusted CA (UnknownIssuer)".into()
         }
+        (rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature), _) => {
+            "invalid peer certificate: its signature does not verify against the trusted CA \
+             of that name (BadSignature)"
+                .into()
+        }
         (rustls::Error::AlertReceived(alert), _) => {
             format!("the peer aborted the handshake with alert {alert:?}")
         }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use crate::config::{ServerConfig, TransportConfig};
 use crate::connection::{close_code, Connection, Event, Transmit};
@@ -63,7 +63,12 @@ pub struct EndpointStats {
     pub connections_accepted: u64,
     /// Stateless replies dropped because too many were queued.
     pub stateless_replies_dropped: u64,
+    /// Server connections whose handshake failed (TLS refused, settings differ, timeout).
+    pub handshakes_failed: u64,
 }
+
+/// Handshake-failure warnings are logged at most this often; the rest are counted.
+const HANDSHAKE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why `connect` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +110,10 @@ pub struct Endpoint {
     incoming: VecDeque<ConnectionHandle>,
     stateless: VecDeque<(SocketAddr, Vec<u8>)>,
     stats: EndpointStats,
+    /// Latest time the endpoint was given, for rate-limiting warnings.
+    now: Instant,
+    /// When the last handshake-failure warning was logged, and how many were not since.
+    handshake_warning: Option<(Instant, u64)>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -140,6 +149,8 @@ impl Endpoint {
             incoming: VecDeque::new(),
             stateless: VecDeque::new(),
             stats: EndpointStats::default(),
+            now,
+            handshake_warning: None,
         }
     }
 
@@ -238,6 +249,7 @@ impl Endpoint {
 
     /// Processes one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        self.now = self.now.max(now);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
         let packet = match Packet::decode(datagram) {
@@ -526,6 +538,7 @@ impl Endpoint {
 
     /// Runs every connection timer due by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.process_touched();
         while let Some(&(t, handle)) = self.timers.first() {
             if t > now {
@@ -541,6 +554,23 @@ impl Endpoint {
         self.process_touched();
     }
 
+    /// Counts a server connection whose handshake failed, and warns, rate-limited: operators
+    /// must see refused peers (a wrong certificate...), but a flood must not flood the log.
+    fn on_handshake_failed(&mut self, remote: SocketAddr, error: &str) {
+        self.stats.handshakes_failed += 1;
+        let now = self.now;
+        match &mut self.handshake_warning {
+            Some((last, suppressed)) if now < *last + HANDSHAKE_WARNING_INTERVAL => {
+                *suppressed += 1;
+            }
+            state => {
+                let suppressed = state.map_or(0, |(_, s)| s);
+                warn!(%remote, %error, suppressed, "handshake failed");
+                *state = Some((now, 0));
+            }
+        }
+    }
+
     /// Next application event, with the connection it concerns.
     pub fn poll_event(&mut self) -> Option<(ConnectionHandle, Event)> {
         self.process_touched();
@@ -551,6 +581,15 @@ impl Endpoint {
             };
             match slot.conn.poll_event() {
                 Some(event) => {
+                    if !slot.announced && slot.conn.side() == Side::Server {
+                        if let Event::Closed(error) = &event {
+                            let remote = slot.conn.remote();
+                            self.on_handshake_failed(remote, &error.to_string());
+                        }
+                    }
+                    let Some(slot) = self.slots.get_mut(&handle) else {
+                        continue;
+                    };
                     if !slot.conn.has_events() {
                         slot.eventful = false;
                         self.eventful.pop_front();

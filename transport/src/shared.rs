@@ -84,14 +84,10 @@ impl State {
         self.take_accepted();
         while let Some((handle, event)) = self.endpoint.poll_event() {
             let Some(conn) = self.conns.get_mut(&handle) else {
-                // A connection nobody holds: a refused handshake, or one whose handles are gone.
+                // A connection nobody holds: a refused handshake (the protocol endpoint counts
+                // and logs those, rate-limited), or one whose handles are gone.
                 if let Event::Closed(error) = event {
-                    match error {
-                        ConnectionError::HandshakeFailed(_) => {
-                            tracing::warn!(%handle, %error, "connection refused")
-                        }
-                        _ => tracing::debug!(%handle, %error, "connection closed"),
-                    }
+                    tracing::debug!(%handle, %error, "connection closed");
                 }
                 continue;
             };
@@ -136,12 +132,9 @@ impl State {
                     tracing::debug!(%handle, %addr, "peer migrated to a new address");
                 }
                 Event::Closed(error) => {
-                    match &error {
-                        ConnectionError::HandshakeFailed(_) => {
-                            tracing::warn!(%handle, %error, "handshake failed")
-                        }
-                        _ => tracing::debug!(%handle, %error, "connection closed"),
-                    }
+                    // The connection's owner hears of it (a failed connect returns the error)
+                    // and decides how loud to be.
+                    tracing::debug!(%handle, %error, "connection closed");
                     if conn.connected.is_none() {
                         conn.connected = Some(Err(error.clone()));
                     }

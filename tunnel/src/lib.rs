@@ -7,6 +7,7 @@
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
 //! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers so backends see the real client address.
+//! - [`tls`]: the `--crypto` and `--tls-*` flags, read into the protocol's crypto configuration.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
 //!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
 #![forbid(unsafe_code)]
@@ -20,3 +21,4 @@ pub mod preamble;
 pub mod process;
 pub mod proxy_protocol;
 pub mod splice;
+pub mod tls;

@@ -1,0 +1,431 @@
+//! Shared by the end-to-end tests: the real binaries on loopback, their certificates, backends,
+//! clients, and an impairment relay. Each test crate uses part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port for a process under test to bind, free for both TCP and UDP. Ports come from below
+/// Linux's ephemeral range (32768-60999), so no `bind(0)` elsewhere in the suite can be handed
+/// the same number between this check and the child's bind; a process-wide counter keeps tests
+/// running in parallel from picking the same one.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() as usize * 97) % 10_000;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    free_port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    free_port()
+}
+
+/// Waits until a full round trip through the agent at `listen` (to an echo backend) works:
+/// the agent listens, its session is up, and the probe's connection has finished.
+pub async fn ready(listen: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(s) = TcpStream::connect(listen).await {
+            if let Ok(back) = round_trip(s, b"ready".to_vec()).await {
+                if back == b"ready" {
+                    return;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel at {listen} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a development set into `dir`: `ca.pem`, `gateway.pem`/`.key` (for localhost,
+/// 127.0.0.1 and ::1) and `agent.pem`/`.key`, all issued by that CA.
+pub fn write_dev_certs(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let name = format!("Ferry test CA {}", dir.display());
+    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, sans) in [
+        ("gateway", vec!["localhost", "127.0.0.1", "::1"]),
+        ("agent", vec!["agent"]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// The development set the binaries run with in these tests, written once per test process.
+pub fn certs() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ferry-e2e-certs-{}", std::process::id()));
+        write_dev_certs(&dir);
+        dir
+    })
+}
+
+/// The TLS flags each binary runs with by default in these tests (TLS is the binaries'
+/// default too), unless the test gave its own `--crypto` or certificate.
+pub fn tls_args(bin: &str, args: &[String]) -> Vec<String> {
+    let given = |flag: &str| args.iter().any(|a| a == flag);
+    if given("--crypto") {
+        return Vec::new();
+    }
+    let file = |name: &str| certs().join(name).display().to_string();
+    if bin.ends_with("ferry-gateway") && !given("--tls-cert") {
+        vec![
+            "--tls-cert".into(),
+            file("gateway.pem"),
+            "--tls-key".into(),
+            file("gateway.key"),
+        ]
+    } else if bin.ends_with("ferry-agent") && !given("--tls-ca") {
+        vec!["--tls-ca".into(), file("ca.pem")]
+    } else {
+        Vec::new()
+    }
+}
+
+pub fn spawn(bin: &str, args: &[String]) -> Proc {
+    let child = Command::new(bin)
+        .args(args)
+        .args(tls_args(bin, args))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    Proc(child)
+}
+
+/// Like [`spawn`], with the process's log (stderr) written to `log`, to check what it said.
+pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
+    let file = std::fs::File::create(log).unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .args(tls_args(bin, args))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    Proc(child)
+}
+
+/// Waits up to `timeout` for `log` to contain every one of `words` on one line; returns it.
+pub async fn wait_for_log(log: &std::path::Path, words: &[&str], timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {words:?} in {}:\n{text}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn gateway(extra: &[&str]) -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let mut args = vec!["--listen".to_owned(), addr.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &args), addr)
+}
+
+/// Starts an agent listening on a fresh loopback TCP port for `gateway`; waits until it accepts.
+pub async fn agent(gateway: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("tcp://{listen}"),
+        "--gateway".to_owned(),
+        gateway.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = spawn(env!("CARGO_BIN_EXE_ferry-agent"), &args);
+    wait_listening(listen).await;
+    (proc, listen)
+}
+
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never started listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP echo backend; counts the connections it accepted.
+pub async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(echo(s));
+        }
+    });
+    (addr, accepted)
+}
+
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: S) {
+    let (mut r, mut w) = tokio::io::split(s);
+    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// Sends `data` through `s`, half-closes, and returns everything read back.
+pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    s: S,
+    data: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    writer.await.expect("writer task")?;
+    Ok(back)
+}
+
+/// Asserts that a client connecting to `addr` is refused with a reset: either at connect (the
+/// RST can arrive before `connect` returns) or on its first exchange.
+pub async fn expect_reset(addr: SocketAddr, what: &str) {
+    let err = match TcpStream::connect(addr).await {
+        Err(e) => e,
+        Ok(s) => round_trip(s, b"refuse me".to_vec()).await.expect_err(what),
+    };
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{what}: {err}"
+    );
+}
+
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An in-test UDP impairment relay between the agent and the gateway: every datagram, in both
+/// directions, is dropped with probability `loss`, or else delivered after `delay` plus a
+/// uniform jitter of up to `jitter`. Jitter wider than the gap between datagrams reorders them.
+/// Decisions come from a seeded generator, so the pattern of drops repeats from run to run
+/// (timings still depend on the machine). Each agent source address gets its own upstream
+/// socket, so the gateway sees one peer per agent link, as through a NAT.
+#[derive(Default)]
+pub struct Impairment {
+    pub loss: f64,
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub seed: u64,
+    /// An on-path attacker, off by default.
+    pub attack: Attack,
+}
+
+/// What an on-path attacker in the relay does, every Nth datagram (0: never). It acts only on
+/// short-header packets (the handshake is spared) of at least `min_len` bytes.
+#[derive(Default, Clone, Copy)]
+pub struct Attack {
+    /// Flip one bit past the first 13 bytes (the short header).
+    pub flip_every: usize,
+    /// Also send a forgery: the datagram's first 13 bytes (a valid connection ID) and garbage.
+    pub forge_every: usize,
+    /// Also send the datagram again, later (a replay).
+    pub replay_every: usize,
+    pub min_len: usize,
+    /// Keep a copy of every datagram in `RelayCounts::captured`.
+    pub capture: bool,
+}
+
+/// Counts of what the relay did, both directions together.
+#[derive(Default)]
+pub struct RelayCounts {
+    pub forwarded: AtomicUsize,
+    pub dropped: AtomicUsize,
+    pub reordered: AtomicUsize,
+    pub flipped: AtomicUsize,
+    pub forged: AtomicUsize,
+    pub replayed: AtomicUsize,
+    pub captured: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Starts the relay in front of `gateway`; returns the address agents should use.
+pub async fn impairment_relay(
+    gateway: SocketAddr,
+    imp: Impairment,
+) -> (SocketAddr, Arc<RelayCounts>) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use tokio::net::UdpSocket;
+
+    /// One seeded decision per datagram: `None` drops it, `Some(d)` delivers it after `d`.
+    struct Dice {
+        state: u64,
+        imp: Impairment,
+    }
+    impl Dice {
+        fn next(&mut self) -> f64 {
+            // xorshift64*: plenty for a test's coin flips.
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn roll(&mut self) -> Option<Duration> {
+            if self.next() < self.imp.loss {
+                return None;
+            }
+            Some(self.imp.delay + self.imp.jitter.mul_f64(self.next()))
+        }
+    }
+
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let counts = Arc::new(RelayCounts::default());
+    let dice = Arc::new(Mutex::new(Dice {
+        state: imp.seed | 1,
+        imp,
+    }));
+    // Sends `data` to `to` through `via` after the dice's delay, unless the dice drop it.
+    // `last` is the latest delivery time scheduled in this direction, to count reorderings.
+    let attack = dice.lock().unwrap().imp.attack;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let schedule = {
+        let counts = counts.clone();
+        move |via: Arc<UdpSocket>, to: SocketAddr, mut data: Vec<u8>, last: &Mutex<Instant>| {
+            let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            if attack.capture {
+                counts.captured.lock().unwrap().push(data.clone());
+            }
+            // Only short-header packets (after the handshake) are attacked.
+            let every = |k: usize| {
+                k > 0 && n % k == 0 && data[0] & 0x80 == 0 && data.len() >= attack.min_len.max(14)
+            };
+            if every(attack.replay_every) {
+                counts.replayed.fetch_add(1, Ordering::Relaxed);
+                let (via, copy) = (via.clone(), data.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                    let _ = via.send_to(&copy, to).await;
+                });
+            }
+            if every(attack.forge_every) {
+                counts.forged.fetch_add(1, Ordering::Relaxed);
+                let mut forged = data[..13].to_vec();
+                forged.extend((0..data.len() - 13).map(|i| (i * 7 + n) as u8));
+                let via = via.clone();
+                tokio::spawn(async move {
+                    let _ = via.send_to(&forged, to).await;
+                });
+            }
+            if every(attack.flip_every) {
+                counts.flipped.fetch_add(1, Ordering::Relaxed);
+                let i = 13 + (n * 31) % (data.len() - 13);
+                data[i] ^= 1 << (n % 8);
+            }
+            let Some(delay) = dice.lock().unwrap().roll() else {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let at = Instant::now() + delay;
+            {
+                let mut last = last.lock().unwrap();
+                if at < *last {
+                    counts.reordered.fetch_add(1, Ordering::Relaxed);
+                }
+                *last = (*last).max(at);
+            }
+            counts.forwarded.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                let _ = via.send_to(&data, to).await;
+            });
+        }
+    };
+    let schedule = Arc::new(schedule);
+    let upstreams: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let to_gateway = Arc::new(Mutex::new(Instant::now()));
+    let to_agent = Arc::new(Mutex::new(Instant::now()));
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((n, agent)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let known = upstreams.lock().unwrap().get(&agent).cloned();
+            let upstream = match known {
+                Some(u) => u,
+                None => {
+                    let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    upstreams.lock().unwrap().insert(agent, u.clone());
+                    // The return path: gateway -> this upstream socket -> the agent.
+                    let (u2, front2, schedule2, to_agent2) =
+                        (u.clone(), front.clone(), schedule.clone(), to_agent.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok((n, _)) = u2.recv_from(&mut buf).await {
+                            schedule2(front2.clone(), agent, buf[..n].to_vec(), &to_agent2);
+                        }
+                    });
+                    u
+                }
+            };
+            schedule(upstream, gateway, buf[..n].to_vec(), &to_gateway);
+        }
+    });
+    (addr, counts)
+}
