@@ -434,3 +434,72 @@ fn an_on_path_tamperer_cannot_change_inject_or_replay_stream_bytes() {
         );
     }
 }
+
+/// Forged packets from a new address (a valid connection ID, garbage after it) never move the
+/// session or even make the server probe that address; the client's real rebinding, sealed,
+/// is followed after the path challenge.
+#[test]
+fn only_authenticated_packets_from_a_new_address_start_a_migration() {
+    let setup = Setup::new();
+    let link = LinkConfig::default()
+        .with_delay(10 * MS)
+        .with_rate(20_000_000, 100_000);
+    let mut pair = pair(9, setup.server.clone(), link);
+    pair.capture = Some(Vec::new());
+    let (ch, sh) = pair
+        .establish(TransportConfig::default().crypto(setup.client()))
+        .unwrap();
+    let mut a = BulkSide::new(ch, true, 9, 2, 1 << 20);
+    let mut b = BulkSide::new(sh, false, 9, 0, 1 << 20);
+    let attacker: std::net::SocketAddr = "10.66.0.1:4444".parse().unwrap();
+    let mut phase = 0;
+    let mut misaddressed_before_rebinding = None;
+    let done = pair.run_until(Duration::from_secs(60), |p| {
+        let elapsed = p.elapsed();
+        if phase == 0 && elapsed > Duration::from_millis(200) {
+            // Forgeries from the attacker's address, built on a real packet's header.
+            let template = p
+                .capture
+                .as_ref()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|c| c.direction == Direction::ToServer && c.datagram[0] & 0x80 == 0)
+                .map(|c| c.datagram.clone())
+                .unwrap();
+            let header = Packet::decode(&template).unwrap().header_bytes.len();
+            for i in 0..50u8 {
+                let mut forged = template.clone();
+                // A newer packet number than any sent, and garbage after the header.
+                forged[9..13].copy_from_slice(&(u32::MAX - u32::from(i)).to_be_bytes());
+                for byte in &mut forged[header..] {
+                    *byte = byte.wrapping_add(i | 1);
+                }
+                let now = p.now;
+                p.server.handle_datagram(now, attacker, &forged);
+            }
+            phase = 1;
+        }
+        if phase == 1 && elapsed > Duration::from_millis(400) {
+            misaddressed_before_rebinding = Some(p.misaddressed);
+            p.client_addr = "127.0.0.2:40001".parse().unwrap();
+            phase = 2;
+        }
+        a.pump(&mut p.client);
+        b.pump(&mut p.server);
+        a.is_done() && b.is_done()
+    });
+    assert!(done && phase == 2);
+    verify(&a, &b).unwrap();
+    let server = pair.server.connection_ref(sh).unwrap();
+    assert_eq!(
+        server.remote(),
+        pair.client_addr,
+        "followed the real client"
+    );
+    assert_eq!(server.stats().migrations, 1);
+    assert!(server.stats().unauthenticated_packets >= 50);
+    // Nothing was sent to the attacker's address, not even a path challenge. (After the real
+    // rebinding, packets to the old address do count as misaddressed.)
+    assert_eq!(misaddressed_before_rebinding, Some(0));
+}
