@@ -10,9 +10,10 @@ use std::time::Duration;
 use ferry_transport::TransportConfig;
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
+use ferry_tunnel::compress::Codec;
 use ferry_tunnel::preamble::{is_valid_service_name, Preamble};
 use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
-use ferry_tunnel::splice::{splice, Abort};
+use ferry_tunnel::splice::{splice, Abort, Meter, SpliceOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
@@ -77,6 +78,11 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Compression of what this agent sends: none, snappy, flate or flate:LEVEL (1-9), per
+    /// stream; streams whose data does not compress fall back to none by themselves.
+    #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
+    compress: Codec,
+
     #[command(flatten)]
     tls: ferry_tunnel::tls::AgentTlsArgs,
 }
@@ -125,6 +131,10 @@ struct Context {
     max_connections: usize,
     session_wait: Duration,
     drain: Drain,
+    /// What clients' bytes are compressed with on their way to the gateway.
+    compress: Codec,
+    /// Payload and encoded bytes of every client, in total.
+    meter: Meter,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -155,6 +165,8 @@ async fn run(args: Args) -> Result<(), String> {
         max_connections: args.max_connections,
         session_wait: args.session_wait,
         drain: Drain::default(),
+        compress: args.compress,
+        meter: Meter::default(),
     });
     let mut listeners = Vec::new();
     let mut unix_paths = Vec::new();
@@ -331,7 +343,11 @@ async fn serve<S: Abort + 'static>(
         socket.abort();
         return;
     }
-    match splice(socket, stream).await {
+    let options = SpliceOptions {
+        codec: ctx.compress,
+        meters: &[&lease.meter, &ctx.meter],
+    };
+    match splice(socket, stream, options).await {
         Ok(stats) => {
             debug!(client = ?peer, up = stats.to_tunnel, down = stats.from_tunnel, "client done")
         }

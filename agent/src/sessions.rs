@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_transport::{Connection, Endpoint, TransportConfig};
+use ferry_tunnel::splice::Meter;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -19,7 +20,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// One link to one gateway.
 struct Slot {
     gateway: SocketAddr,
-    conn: Mutex<Option<Connection>>,
+    /// The live session and its byte meter (payload and encoded, for the compression saving).
+    conn: Mutex<Option<(Connection, Arc<Meter>)>>,
     active: Arc<AtomicUsize>,
 }
 
@@ -35,6 +37,8 @@ pub struct Sessions {
 pub struct Lease {
     /// The session.
     pub conn: Connection,
+    /// The session's byte meter.
+    pub meter: Arc<Meter>,
     /// The gateway it reaches.
     pub gateway: SocketAddr,
     active: Arc<AtomicUsize>,
@@ -96,7 +100,8 @@ impl Sessions {
             match endpoint.connect(slot.gateway, config.clone()).await {
                 Ok(conn) => {
                     info!(gateway = %slot.gateway, link = index, "session up");
-                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((conn.clone(), Arc::default()));
                     self.changed.notify_waiters();
                     backoff = FIRST_BACKOFF;
                     let reason = conn.closed().await;
@@ -120,14 +125,15 @@ impl Sessions {
             .slots
             .iter()
             .filter_map(|s| {
-                let conn = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-                conn.close_reason().is_none().then_some((s, conn))
+                let (conn, meter) = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+                conn.close_reason().is_none().then_some((s, conn, meter))
             })
-            .min_by_key(|(s, _)| s.active.load(Ordering::Relaxed))?;
-        let (slot, conn) = chosen;
+            .min_by_key(|(s, _, _)| s.active.load(Ordering::Relaxed))?;
+        let (slot, conn, meter) = chosen;
         slot.active.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             conn,
+            meter,
             gateway: slot.gateway,
             active: slot.active.clone(),
         })
@@ -154,7 +160,10 @@ impl Sessions {
         let live: Vec<Connection> = self
             .slots
             .iter()
-            .filter_map(|s| s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter_map(|s| {
+                let live = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                live.map(|(conn, _)| conn)
+            })
             .collect();
         for conn in &live {
             conn.close_gracefully("agent shutting down");

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use ferry_transport::{Endpoint, ServerConfig, Stream, TransportConfig};
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
+use ferry_tunnel::compress::Codec;
 use ferry_tunnel::preamble::{is_valid_service_name, Preamble};
 use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
-use ferry_tunnel::splice::{codes, refuse, splice};
+use ferry_tunnel::splice::{codes, refuse, splice, Meter, SpliceOptions};
 use tracing::{debug, info, warn};
 
 mod pool;
@@ -80,6 +81,11 @@ struct Args {
     /// Log format.
     #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Compression of what this gateway sends back: none, snappy, flate or flate:LEVEL (1-9),
+    /// per stream; streams whose data does not compress fall back to none by themselves.
+    #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
+    compress: Codec,
 }
 
 /// Pools by service name; "" is the default service.
@@ -176,10 +182,18 @@ async fn run(args: Args) -> Result<(), String> {
     }
     info!(listen = %endpoint.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
     let drain = Drain::default();
+    let fwd = Arc::new(Forwarding {
+        services,
+        connect_timeout: args.connect_timeout,
+        proxy: args.proxy_protocol,
+        compress: args.compress,
+        meter: Meter::default(),
+    });
     // Live sessions, so a shutdown can close each one gracefully (after its streams finished
     // and everything sent was acknowledged) before the process exits.
-    type Registry =
-        std::sync::Mutex<HashMap<ferry_transport::ConnectionHandle, ferry_transport::Connection>>;
+    type Registry = std::sync::Mutex<
+        HashMap<ferry_transport::ConnectionHandle, (ferry_transport::Connection, Arc<Meter>)>,
+    >;
     let sessions: Arc<Registry> = Arc::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -187,18 +201,17 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::select! {
             conn = endpoint.accept() => {
                 let Some(conn) = conn else { return Err("UDP socket failed".into()) };
-                sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(conn.handle(), conn.clone());
-                let (services, drain, registry) = (services.clone(), drain.clone(), sessions.clone());
-                let connect_timeout = args.connect_timeout;
-                let proxy = args.proxy_protocol;
+                let meter = Arc::new(Meter::default());
+                sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(conn.handle(), (conn.clone(), meter.clone()));
+                let (fwd, drain, registry) = (fwd.clone(), drain.clone(), sessions.clone());
                 tokio::spawn(async move {
                     let peer = conn.remote_addr();
                     debug!(?peer, "agent session accepted");
                     while let Some(stream) = conn.accept_stream().await {
                         let guard = drain.enter();
-                        let services = services.clone();
+                        let (fwd, meter) = (fwd.clone(), meter.clone());
                         tokio::spawn(async move {
-                            forward(stream, &services, connect_timeout, proxy).await;
+                            forward(stream, &fwd, &meter).await;
                             drop(guard);
                         });
                     }
@@ -217,7 +230,7 @@ async fn run(args: Args) -> Result<(), String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .values()
-        .cloned()
+        .map(|(conn, _)| conn.clone())
         .collect();
     for conn in &live {
         conn.close_gracefully("gateway shutting down");
@@ -239,13 +252,25 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
     }
 }
 
-/// Reads the stream's preamble, picks a backend of its service, connects and splices.
-async fn forward(
-    mut stream: Stream,
-    services: &Services,
+/// What every forwarded stream needs, shared by all sessions.
+struct Forwarding {
+    services: Services,
     connect_timeout: Duration,
     proxy: Option<ferry_tunnel::proxy_protocol::Version>,
-) {
+    /// What backends' bytes are compressed with on their way to the agent.
+    compress: Codec,
+    /// Payload and encoded bytes of every stream, in total.
+    meter: Meter,
+}
+
+/// Reads the stream's preamble, picks a backend of its service, connects and splices.
+/// `session` is the byte meter of the stream's session.
+async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
+    let (services, connect_timeout, proxy) = (&fwd.services, fwd.connect_timeout, fwd.proxy);
+    let options = SpliceOptions {
+        codec: fwd.compress,
+        meters: &[session, &fwd.meter],
+    };
     let preamble =
         match tokio::time::timeout(Duration::from_secs(10), Preamble::read_from(&mut stream)).await
         {
@@ -303,7 +328,9 @@ async fn forward(
                             return;
                         }
                     }
-                    splice(socket, stream).await.map_err(|e| e.to_string())
+                    splice(socket, stream, options)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
@@ -315,7 +342,9 @@ async fn forward(
             {
                 Ok(Ok(socket)) => {
                     backend.connected(started.elapsed());
-                    splice(socket, stream).await.map_err(|e| e.to_string())
+                    splice(socket, stream, options)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),

@@ -295,6 +295,8 @@ pub struct Attack {
 #[derive(Default)]
 pub struct RelayCounts {
     pub forwarded: AtomicUsize,
+    /// UDP payload bytes of the datagrams forwarded.
+    pub forwarded_bytes: AtomicUsize,
     pub dropped: AtomicUsize,
     pub reordered: AtomicUsize,
     pub flipped: AtomicUsize,
@@ -390,6 +392,9 @@ pub async fn impairment_relay(
                 *last = (*last).max(at);
             }
             counts.forwarded.fetch_add(1, Ordering::Relaxed);
+            counts
+                .forwarded_bytes
+                .fetch_add(data.len(), Ordering::Relaxed);
             tokio::spawn(async move {
                 tokio::time::sleep_until(at.into()).await;
                 let _ = via.send_to(&data, to).await;

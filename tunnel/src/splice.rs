@@ -4,13 +4,20 @@
 //! - Each direction is copied until its source ends; the end is then passed on as a half-close
 //!   (FIN), so request/response protocols that half-close keep working through the tunnel.
 //! - If either side fails (the socket errors or is reset, the stream is reset or its connection
-//!   dies) the splice stops at once, resets the Ferry stream and aborts the socket with a TCP
-//!   reset (`SO_LINGER` 0), so the far end sees an error, never a clean but truncated close.
+//!   dies, the compressed data is corrupt) the splice stops at once, resets the Ferry stream and
+//!   aborts the socket with a TCP reset (`SO_LINGER` 0), so the far end sees an error, never a
+//!   clean but truncated close.
+//! - Bytes into the tunnel are compressed chunk by chunk with this end's codec, bytes out of it
+//!   decoded whatever the peer's codec ([`crate::compress`]); a [`Meter`] counts both sides of
+//!   that, live, for the session's accounting.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_transport::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::compress::{self, Codec, Decoder, Encoder};
 
 /// Reset codes a tunnel puts on a Ferry stream (application range, above the transport's).
 pub mod codes {
@@ -26,6 +33,8 @@ pub mod codes {
     pub const BAD_PREAMBLE: u64 = 0x105;
     /// The process is shutting down and the drain timeout passed.
     pub const SHUTDOWN: u64 = 0x106;
+    /// The compressed data was corrupt or a decompression bomb.
+    pub const CORRUPT: u64 = 0x107;
 }
 
 /// A local stream socket that can be aborted with a reset.
@@ -60,62 +69,179 @@ pub enum SpliceError {
     /// The Ferry stream (reset by the peer, or its connection ended).
     #[error("tunnel stream: {0}")]
     Tunnel(io::Error),
+    /// The peer's compressed data did not decode.
+    #[error("tunnel stream: {0}")]
+    Corrupt(compress::DecodeError),
 }
 
-/// Bytes moved by a splice.
+/// Bytes moved by a splice: payload (what the sockets saw) and encoded (what the stream
+/// carried, after compression and chunk headers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpliceStats {
-    /// From the local socket into the tunnel.
+    /// Payload from the local socket into the tunnel.
     pub to_tunnel: u64,
-    /// From the tunnel to the local socket.
+    /// Payload from the tunnel to the local socket.
     pub from_tunnel: u64,
+    /// Encoded bytes written into the stream.
+    pub to_tunnel_encoded: u64,
+    /// Encoded bytes read from the stream.
+    pub from_tunnel_encoded: u64,
 }
 
-enum Side {
-    Socket,
-    Tunnel,
+/// Live byte counts of many splices (a session's, or a process's): payload and encoded, each
+/// way. Shared by reference; updated as every chunk passes.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Payload into the tunnel.
+    pub payload_out: AtomicU64,
+    /// Payload out of the tunnel.
+    pub payload_in: AtomicU64,
+    /// Encoded bytes into the tunnel.
+    pub encoded_out: AtomicU64,
+    /// Encoded bytes out of the tunnel.
+    pub encoded_in: AtomicU64,
 }
 
-/// Copies `r` to `w` until `r` ends, then shuts `w` down. Errors say which side failed.
-async fn pump<R, W>(r: &mut R, w: &mut W, r_side: Side, w_side: Side) -> Result<u64, SpliceError>
+impl Meter {
+    /// The counts now.
+    pub fn snapshot(&self) -> SpliceStats {
+        SpliceStats {
+            to_tunnel: self.payload_out.load(Ordering::Relaxed),
+            from_tunnel: self.payload_in.load(Ordering::Relaxed),
+            to_tunnel_encoded: self.encoded_out.load(Ordering::Relaxed),
+            from_tunnel_encoded: self.encoded_in.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a splice encodes and where it counts.
+#[derive(Debug, Clone, Copy)]
+pub struct SpliceOptions<'a> {
+    /// Codec for what this end sends into the tunnel.
+    pub codec: Codec,
+    /// Counters to add to (each chunk is counted once in every meter given).
+    pub meters: &'a [&'a Meter],
+}
+
+impl Default for SpliceOptions<'_> {
+    fn default() -> Self {
+        Self {
+            codec: Codec::None,
+            meters: &[],
+        }
+    }
+}
+
+fn add(counter: impl Fn(&Meter) -> &AtomicU64, meters: &[&Meter], n: usize) {
+    for m in meters {
+        counter(m).fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Copies `socket` into `stream` as encoded chunks until the socket ends, then finishes the
+/// stream. Returns (payload, encoded) byte counts.
+pub async fn send_chunks<R, W>(
+    socket: &mut R,
+    stream: &mut W,
+    options: SpliceOptions<'_>,
+) -> Result<(u64, u64), SpliceError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let wrap = |side: &Side, e: io::Error| match side {
-        Side::Socket => SpliceError::Socket(e),
-        Side::Tunnel => SpliceError::Tunnel(e),
-    };
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut total = 0u64;
+    let mut encoder = Encoder::new(options.codec);
+    let mut buf = vec![0u8; compress::MAX_CHUNK];
+    let (mut payload, mut encoded) = (0u64, 0u64);
     loop {
-        let n = r.read(&mut buf).await.map_err(|e| wrap(&r_side, e))?;
+        let n = socket.read(&mut buf).await.map_err(SpliceError::Socket)?;
         if n == 0 {
-            w.shutdown().await.map_err(|e| wrap(&w_side, e))?;
-            return Ok(total);
+            stream.shutdown().await.map_err(SpliceError::Tunnel)?;
+            return Ok((payload, encoded));
         }
-        w.write_all(&buf[..n]).await.map_err(|e| wrap(&w_side, e))?;
-        total += n as u64;
+        let chunk = encoder.encode(&buf[..n]);
+        stream.write_all(chunk).await.map_err(SpliceError::Tunnel)?;
+        payload += n as u64;
+        encoded += chunk.len() as u64;
+        add(|m| &m.payload_out, options.meters, n);
+        add(|m| &m.encoded_out, options.meters, chunk.len());
+    }
+}
+
+/// Decodes chunks from `stream` into `socket` until the stream ends (at a chunk boundary),
+/// then shuts the socket's write side. Returns (payload, encoded) byte counts.
+pub async fn receive_chunks<R, W>(
+    stream: &mut R,
+    socket: &mut W,
+    meters: &[&Meter],
+) -> Result<(u64, u64), SpliceError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = Decoder::new();
+    let mut body = vec![0u8; compress::MAX_BODY];
+    let (mut payload, mut encoded) = (0u64, 0u64);
+    loop {
+        let mut header = [0u8; 4];
+        let first = stream
+            .read(&mut header)
+            .await
+            .map_err(SpliceError::Tunnel)?;
+        if first == 0 {
+            socket.shutdown().await.map_err(SpliceError::Socket)?;
+            return Ok((payload, encoded));
+        }
+        // The stream ending inside a chunk is an error (read_exact says UnexpectedEof).
+        stream
+            .read_exact(&mut header[first..])
+            .await
+            .map_err(SpliceError::Tunnel)?;
+        let (kind, len) = Decoder::header(header).map_err(SpliceError::Corrupt)?;
+        stream
+            .read_exact(&mut body[..len])
+            .await
+            .map_err(SpliceError::Tunnel)?;
+        let data = decoder
+            .decode(kind, &body[..len])
+            .map_err(SpliceError::Corrupt)?;
+        socket.write_all(data).await.map_err(SpliceError::Socket)?;
+        payload += data.len() as u64;
+        encoded += 4 + len as u64;
+        add(|m| &m.payload_in, meters, data.len());
+        add(|m| &m.encoded_in, meters, 4 + len);
     }
 }
 
 /// Splices `socket` and `stream` until both directions ended. On failure the stream is reset
-/// and the socket aborted before the error is returned.
-pub async fn splice<S: Abort>(socket: S, stream: Stream) -> Result<SpliceStats, SpliceError> {
+/// (with [`codes::CORRUPT`] for undecodable data, else [`codes::SOCKET_FAILED`]) and the socket
+/// aborted before the error is returned.
+pub async fn splice<S: Abort>(
+    socket: S,
+    stream: Stream,
+    options: SpliceOptions<'_>,
+) -> Result<SpliceStats, SpliceError> {
     let (mut sr, mut sw) = tokio::io::split(socket);
     let (mut tr, mut tw) = tokio::io::split(stream);
     let result = tokio::try_join!(
-        pump(&mut sr, &mut tw, Side::Socket, Side::Tunnel),
-        pump(&mut tr, &mut sw, Side::Tunnel, Side::Socket),
+        send_chunks(&mut sr, &mut tw, options),
+        receive_chunks(&mut tr, &mut sw, options.meters),
     );
     match result {
-        Ok((to_tunnel, from_tunnel)) => Ok(SpliceStats {
-            to_tunnel,
-            from_tunnel,
-        }),
+        Ok(((to_tunnel, to_tunnel_encoded), (from_tunnel, from_tunnel_encoded))) => {
+            Ok(SpliceStats {
+                to_tunnel,
+                from_tunnel,
+                to_tunnel_encoded,
+                from_tunnel_encoded,
+            })
+        }
         Err(e) => {
             let mut stream = tr.unsplit(tw);
-            stream.reset(codes::SOCKET_FAILED);
+            let code = match e {
+                SpliceError::Corrupt(_) => codes::CORRUPT,
+                _ => codes::SOCKET_FAILED,
+            };
+            stream.reset(code);
             sr.unsplit(sw).abort();
             Err(e)
         }
@@ -148,6 +274,18 @@ mod tests {
         tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>,
         Keep,
     ) {
+        setup_with(Codec::None).await
+    }
+
+    /// As [`setup`], the splice compressing with `codec`.
+    async fn setup_with(
+        codec: Codec,
+    ) -> (
+        TcpStream,
+        Stream,
+        tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>,
+        Keep,
+    ) {
         let server =
             Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
         let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -161,7 +299,8 @@ mod tests {
             .await
             .unwrap();
         let (tcp_accepted, _) = listener.accept().await.unwrap();
-        let splice_task = tokio::spawn(splice(tcp_accepted, near));
+        let options = SpliceOptions { codec, meters: &[] };
+        let splice_task = tokio::spawn(async move { splice(tcp_accepted, near, options).await });
         // Something must be sent for the server to learn of the stream.
         let mut tcp_client = tcp_client;
         tcp_client.write_all(b"hello").await.unwrap();
@@ -176,30 +315,31 @@ mod tests {
         tcp.write_all(b" world").await.unwrap();
         tcp.shutdown().await.unwrap();
         let mut got = Vec::new();
-        far.read_to_end(&mut got).await.unwrap();
+        receive_chunks(&mut far, &mut got, &[]).await.unwrap();
         assert_eq!(
             got, b"hello world",
             "the client's FIN reached the far end after its bytes"
         );
-        far.write_all(b"response").await.unwrap();
-        far.shutdown().await.unwrap();
+        let mut response = &b"response"[..];
+        send_chunks(&mut response, &mut far, SpliceOptions::default())
+            .await
+            .unwrap();
         let mut back = Vec::new();
         tcp.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"response");
         let stats = task.await.unwrap().unwrap();
+        assert_eq!((stats.to_tunnel, stats.from_tunnel), (11, 8));
+        // Two chunks in ("hello", " world"), one out, each with a 4-byte header.
         assert_eq!(
-            stats,
-            SpliceStats {
-                to_tunnel: 11,
-                from_tunnel: 8
-            }
+            (stats.to_tunnel_encoded, stats.from_tunnel_encoded),
+            (19, 12)
         );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reset_stream_resets_the_client_socket() {
         let (mut tcp, mut far, task, _keep) = setup().await;
-        let mut buf = [0u8; 5];
+        let mut buf = [0u8; 9];
         far.read_exact(&mut buf).await.unwrap();
         far.reset(codes::BACKEND_UNREACHABLE);
         let mut rest = Vec::new();
@@ -220,5 +360,56 @@ mod tests {
         let err = far.read_to_end(&mut rest).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
         assert!(matches!(task.await.unwrap(), Err(SpliceError::Socket(_))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_compressed_data_resets_the_stream_and_the_client() {
+        let (mut tcp, mut far, task, _keep) = setup().await;
+        let mut buf = [0u8; 9];
+        far.read_exact(&mut buf).await.unwrap();
+        // A FLATE chunk whose body is not deflate.
+        far.write_all(&[2, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let err = tcp.read_to_end(&mut rest).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(matches!(task.await.unwrap(), Err(SpliceError::Corrupt(_))));
+        let err = far.read_to_end(&mut rest).await.unwrap_err();
+        assert!(err.to_string().contains("0x107"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressed_text_arrives_intact_and_the_meter_sees_the_saving() {
+        let text: Vec<u8> = b"{\"id\":\"bid-1\",\"imp\":[{\"banner\":{\"w\":320,\"h\":50}}]}\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(500_000)
+            .collect();
+        for codec in [Codec::Snappy, Codec::Flate(1), Codec::Flate(6)] {
+            let (mut tcp, far, _task, keep) = setup_with(codec).await;
+            let meter = Meter::default();
+            let writer = {
+                let text = text.clone();
+                tokio::spawn(async move {
+                    tcp.write_all(&text).await.unwrap();
+                    tcp.shutdown().await.unwrap();
+                    tcp
+                })
+            };
+            let mut got = Vec::new();
+            let mut far = far;
+            receive_chunks(&mut far, &mut got, &[&meter]).await.unwrap();
+            let _tcp = writer.await.unwrap();
+            assert!(
+                got.len() == 5 + text.len() && got[5..] == text[..],
+                "{codec}"
+            );
+            let s = meter.snapshot();
+            assert_eq!(s.from_tunnel, got.len() as u64);
+            assert!(s.from_tunnel_encoded * 5 < s.from_tunnel, "{codec}: {s:?}");
+            drop(keep);
+        }
     }
 }
