@@ -77,3 +77,46 @@ async fn already_compressed_data_passes_through_intact_at_its_own_size() {
     // Random bytes do not shrink; after the trial they are sent raw, costing almost nothing.
     assert!(flate < plain + plain / 50, "flate {flate} vs plain {plain}");
 }
+
+/// 200 clients each send one small request at about the same time; returns the datagrams
+/// the relay forwarded for them, and checks every reply.
+async fn small_requests(batch: &str) -> usize {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--batch-delay",
+        batch,
+    ]);
+    let (relay, counts) = impairment_relay(gw_addr, Impairment::default()).await;
+    let (_agent, listen) = agent(relay, &["--batch-delay", batch]).await;
+    ready(listen).await;
+    // Open every connection first, so only the requests themselves are counted.
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(TcpStream::connect(listen).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = counts.forwarded.load(Relaxed);
+    let mut tasks = Vec::new();
+    for (i, s) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let request = payload(i as u64, 100);
+            assert_eq!(round_trip(s, request.clone()).await.unwrap(), request);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    counts.forwarded.load(Relaxed) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_carries_many_small_requests_in_fewer_datagrams() {
+    let plain = small_requests("0ms").await;
+    let batched = small_requests("5ms").await;
+    assert!(
+        batched * 2 < plain,
+        "datagrams: {batched} batched vs {plain}"
+    );
+}

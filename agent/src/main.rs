@@ -83,6 +83,11 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
     compress: Codec,
 
+    /// Batching: hold data that does not fill a datagram up to this long so that many
+    /// clients' small messages share packets (0: send at once).
+    #[arg(long, env = "FERRY_AGENT_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
+    batch_delay: Duration,
+
     #[command(flatten)]
     tls: ferry_tunnel::tls::AgentTlsArgs,
 }
@@ -150,6 +155,7 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|g| {
             let config = TransportConfig {
                 idle_timeout: args.idle_timeout,
+                batch_delay: args.batch_delay,
                 crypto: crypto.for_gateway(*g),
                 ..TransportConfig::default()
             };

@@ -86,6 +86,11 @@ struct Args {
     /// per stream; streams whose data does not compress fall back to none by themselves.
     #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
     compress: Codec,
+
+    /// Batching: hold data that does not fill a datagram up to this long so that many
+    /// streams' small messages share packets (0: send at once).
+    #[arg(long, env = "FERRY_GATEWAY_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
+    batch_delay: Duration,
 }
 
 /// Pools by service name; "" is the default service.
@@ -149,6 +154,7 @@ async fn run(args: Args) -> Result<(), String> {
     let transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
+        batch_delay: args.batch_delay,
         crypto,
         ..TransportConfig::default()
     };

@@ -62,6 +62,10 @@ pub struct TransportConfig {
     /// Named settings that must be identical on both ends, or the handshake fails with a reason
     /// naming each difference. The `crypto` setting is always the mode of [`Self::crypto`].
     pub required_settings: BTreeMap<String, String>,
+    /// Batching: hold stream data that does not fill a datagram for up to this long, so that
+    /// small writes of many streams leave together in full packets. Default zero (send at
+    /// once). Acknowledgements and control frames never wait; data rides along when they go.
+    pub batch_delay: Duration,
     /// Packet protection. Default none; the binaries default to TLS. Both ends must agree:
     /// the mode is a required setting, so a mismatch fails the handshake with a clear reason.
     pub crypto: CryptoConfig,
@@ -88,6 +92,7 @@ impl Default for TransportConfig {
             tail_duplication: true,
             required_settings: BTreeMap::new(),
             crypto: CryptoConfig::None,
+            batch_delay: Duration::ZERO,
         }
     }
 }
@@ -142,6 +147,12 @@ impl TransportConfig {
         self
     }
 
+    /// Sets the batch delay (see [`Self::batch_delay`]).
+    pub fn batch_delay(mut self, delay: Duration) -> Self {
+        self.batch_delay = delay;
+        self
+    }
+
     /// Sets the packet protection.
     pub fn crypto(mut self, crypto: CryptoConfig) -> Self {
         self.crypto = crypto;
@@ -178,6 +189,9 @@ impl TransportConfig {
                 "receive windows must be >= 1 KiB and the connection window >= the stream window"
                     .into(),
             );
+        }
+        if self.batch_delay > Duration::from_secs(1) {
+            return Err("batch_delay must be at most 1 s".into());
         }
         if self.stream_send_buffer < 1024 {
             return Err("stream_send_buffer must be at least 1 KiB".into());

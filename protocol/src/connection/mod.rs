@@ -319,6 +319,8 @@ pub struct Connection {
     peer_hello: Vec<u8>,
     /// Scratch buffer that sealed packets are opened in.
     open_buf: Vec<u8>,
+    /// Since when stream data has been held back to fill a packet (batching).
+    batch_since: Option<Instant>,
     /// Ack-eliciting packets that may be sent beyond the congestion window: after a
     /// retransmission timeout, probes must leave whatever the window says.
     probe_credit: u8,
@@ -400,6 +402,7 @@ impl Connection {
             local_hello,
             peer_hello: Vec::new(),
             open_buf: Vec::new(),
+            batch_since: None,
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
             events: VecDeque::new(),
@@ -1307,7 +1310,7 @@ impl Connection {
                     return;
                 }
                 Timer::Keepalive => self.ping_pending = true,
-                Timer::Pacing => {}
+                Timer::Pacing | Timer::Batch => {}
                 Timer::Loss => self.on_loss_timer(now),
             }
         }
@@ -1535,9 +1538,38 @@ impl Connection {
         }
     }
 
+    /// Batching: true while stream data that would not fill a packet should wait for more
+    /// (at most [`TransportConfig::batch_delay`]). Anything else owed ends the wait.
+    fn batch_holds(&mut self, now: Instant) -> bool {
+        let delay = self.config.batch_delay;
+        let urgent = self.state != State::Established
+            || self.hello_pending
+            || self.ping_pending
+            || self.probe_credit > 0
+            || self.streams.has_pending_control();
+        // Room for stream data in one packet: the datagram less headers, frame headers and tag.
+        let room = self.max_datagram.saturating_sub(64) as u64;
+        if delay.is_zero() || urgent || self.streams.pending_data_at_least(room) {
+            self.batch_since = None;
+            return false;
+        }
+        match self.batch_since {
+            None => {
+                self.batch_since = Some(now);
+                self.timers.set(Timer::Batch, now + delay);
+                true
+            }
+            Some(since) if now >= since + delay => {
+                self.batch_since = None;
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
     /// Appends one packet to `buf` if there is anything to send; returns whether it did.
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let wants = self.wants_to_send_eliciting();
+        let wants = self.wants_to_send_eliciting() && !self.batch_holds(now);
         let mut may_elicit = false;
         if wants {
             let cwnd_open = self.sent.bytes_in_flight() + self.max_datagram as u64

@@ -15,20 +15,23 @@ pub(super) enum Timer {
     Pacing,
     /// End of the closing or draining period.
     Close,
+    /// Batched stream data must leave by then.
+    Batch,
 }
 
-const ALL: [Timer; 5] = [
+const ALL: [Timer; 6] = [
     Timer::Idle,
     Timer::Loss,
     Timer::Keepalive,
     Timer::Pacing,
     Timer::Close,
+    Timer::Batch,
 ];
 
 /// Deadline of each timer, if armed.
 #[derive(Debug, Default, Clone)]
 pub(super) struct TimerTable {
-    deadlines: [Option<Instant>; 5],
+    deadlines: [Option<Instant>; ALL.len()],
 }
 
 impl TimerTable {
@@ -41,7 +44,7 @@ impl TimerTable {
     }
 
     pub(super) fn clear(&mut self) {
-        self.deadlines = [None; 5];
+        self.deadlines = [None; ALL.len()];
     }
 
     /// Earliest deadline.

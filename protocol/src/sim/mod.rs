@@ -233,6 +233,23 @@ impl Pair {
         true
     }
 
+    /// Processes everything scheduled up to `t`, then moves the clock to `t` (for tests that
+    /// act at chosen instants, e.g. an application writing every few hundred microseconds).
+    pub fn advance_to(&mut self, t: Instant) {
+        loop {
+            self.flush();
+            match self.next_event() {
+                Some(next) if next <= t => {
+                    self.step();
+                }
+                _ => break,
+            }
+        }
+        if t > self.now {
+            self.now = t;
+        }
+    }
+
     /// Steps until `done` returns true (checked after every step, and given the pair so it can
     /// act on events), or until `limit` of virtual time has passed since the call. Returns
     /// whether `done` was reached.

@@ -675,6 +675,22 @@ impl StreamSet {
         })
     }
 
+    /// True if at least `bytes` of stream data (or a FIN) could be sent now.
+    pub fn pending_data_at_least(&self, bytes: u64) -> bool {
+        let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
+        let mut total = 0u64;
+        for id in &self.send_queue {
+            if let Some(s) = self.streams.get(id) {
+                let limit = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
+                total += s.send.pending_bytes(limit);
+                if total >= bytes {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// True if control frames are owed.
     pub fn has_pending_control(&self) -> bool {
         self.pending_max_data

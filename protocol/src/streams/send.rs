@@ -96,6 +96,15 @@ impl SendBuffer {
         self.finished && !self.fin_acked && (!self.fin_sent || self.fin_lost)
     }
 
+    /// Bytes that could be sent now below `max_offset`: lost ranges and new bytes (a FIN alone
+    /// counts as one, so that it is never held back for want of bytes).
+    pub fn pending_bytes(&self, max_offset: u64) -> u64 {
+        let lost: u64 = self.lost.iter().map(|r| r.end - r.start).sum();
+        let new = self.written().min(max_offset).saturating_sub(self.unsent);
+        let fin = u64::from(self.unsent == self.written() && self.fin_owed());
+        lost + new + fin
+    }
+
     /// True if something can be sent now: lost ranges, new bytes below `max_offset` (the peer's
     /// flow-control limit), or an owed FIN.
     pub fn has_pending(&self, max_offset: u64) -> bool {
