@@ -1,8 +1,9 @@
 //! `ferry-demo`: a working local tunnel pair in one command, for a first look at Ferry.
 //!
-//! It starts an echo backend in this process, then the real `ferry-gateway` and `ferry-agent`
-//! binaries (found next to this one), checks the whole path with a 16 MiB echo, prints what to
-//! try, and keeps the pair running until Ctrl-C.
+//! It makes a development CA and certificates (as `ferry-certs` does) in a temporary directory,
+//! starts an echo backend in this process, then the real `ferry-gateway` and `ferry-agent`
+//! binaries (found next to this one) with TLS on, checks the whole path with a 16 MiB echo,
+//! prints what to try, and keeps the pair running until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -119,7 +120,21 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    let certs = TempDir(std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id())));
+    ferry_certs::generate(&ferry_certs::Options::default())
+        .and_then(|set| set.write(&certs.0, true))
+        .map_err(|e| format!("cannot make development certificates: {e}"))?;
+    let file = |name: &str| certs.0.join(name).display().to_string();
     let backend = echo_backend()
         .await
         .map_err(|e| format!("cannot start the echo backend: {e}"))?;
@@ -129,8 +144,10 @@ async fn run(args: Args) -> Result<(), String> {
             &args.gateway.to_string(),
             "--backend",
             &format!("tcp://{backend}"),
-            "--crypto",
-            "none",
+            "--tls-cert",
+            &file("gateway.pem"),
+            "--tls-key",
+            &file("gateway.key"),
         ])
         .spawn()
         .map_err(|e| format!("cannot start ferry-gateway: {e}"))?;
@@ -140,8 +157,8 @@ async fn run(args: Args) -> Result<(), String> {
             &format!("tcp://{}", args.client),
             "--gateway",
             &args.gateway.to_string(),
-            "--crypto",
-            "none",
+            "--tls-ca",
+            &file("ca.pem"),
         ])
         .spawn()
         .map_err(|e| format!("cannot start ferry-agent: {e}"))?;
@@ -168,6 +185,7 @@ async fn run(args: Args) -> Result<(), String> {
     println!();
     println!("Ferry pair running:");
     println!("  client -> ferry-agent tcp://{} -> UDP {} -> ferry-gateway -> echo backend tcp://{backend}", args.client, args.gateway);
+    println!("  encrypted: TLS 1.3 with a development CA made for this run");
     println!("  self-check: 16 MiB echoed intact at {rate:.0} MiB/s each way");
     if args.check_only {
         return Ok(());

