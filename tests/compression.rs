@@ -30,6 +30,16 @@ fn json_lines(len: usize) -> Vec<u8> {
 /// Echoes `data` through a pair whose agent sends with `agent_codec` and gateway with
 /// `gateway_codec`; returns the UDP bytes the relay forwarded.
 async fn echo_through(agent_codec: &str, gateway_codec: &str, data: &[u8]) -> usize {
+    echo_through_link(agent_codec, gateway_codec, data, Impairment::default()).await
+}
+
+/// As [`echo_through`], across an impaired link.
+async fn echo_through_link(
+    agent_codec: &str,
+    gateway_codec: &str,
+    data: &[u8],
+    link: Impairment,
+) -> usize {
     let (backend, _) = echo_backend().await;
     let (_gw, gw_addr) = gateway(&[
         "--backend",
@@ -37,7 +47,7 @@ async fn echo_through(agent_codec: &str, gateway_codec: &str, data: &[u8]) -> us
         "--compress",
         gateway_codec,
     ]);
-    let (relay, counts) = impairment_relay(gw_addr, Impairment::default()).await;
+    let (relay, counts) = impairment_relay(gw_addr, link).await;
     let (_agent, listen) = agent(relay, &["--compress", agent_codec]).await;
     ready(listen).await;
     let before = counts.forwarded_bytes.load(Relaxed);
@@ -120,4 +130,31 @@ async fn batching_carries_many_small_requests_in_fewer_datagrams() {
         batched * 2 < plain,
         "datagrams: {batched} batched vs {plain}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_pair_round_trips_text_random_and_compressed_data_under_loss() {
+    let codecs = ["none", "snappy", "flate:1", "flate:9"];
+    // Text, random bytes, and text that flate already compressed (incompressible, like gzip
+    // bodies).
+    let text = json_lines(200_000);
+    let mut gzipped = Vec::new();
+    {
+        use std::io::Write;
+        let mut w = flate2::write::DeflateEncoder::new(&mut gzipped, flate2::Compression::best());
+        w.write_all(&json_lines(2_000_000)).unwrap();
+    }
+    let data: Vec<u8> = [text, payload(3, 100_000), gzipped].concat();
+    for (i, a) in codecs.iter().enumerate() {
+        for (j, g) in codecs.iter().enumerate() {
+            let link = Impairment {
+                loss: 0.05,
+                delay: Duration::from_millis(5),
+                jitter: Duration::from_millis(2),
+                seed: (i * 4 + j) as u64,
+                ..Impairment::default()
+            };
+            echo_through_link(a, g, &data, link).await;
+        }
+    }
 }

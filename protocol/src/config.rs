@@ -64,7 +64,8 @@ pub struct TransportConfig {
     pub required_settings: BTreeMap<String, String>,
     /// Batching: hold stream data that does not fill a datagram for up to this long, so that
     /// small writes of many streams leave together in full packets. Default zero (send at
-    /// once). Acknowledgements and control frames never wait; data rides along when they go.
+    /// once). Control frames never wait; an acknowledgement with no data to ride with waits
+    /// up to the same delay (its delay field keeps the peer's RTT estimate exact).
     pub batch_delay: Duration,
     /// Packet protection. Default none; the binaries default to TLS. Both ends must agree:
     /// the mode is a required setting, so a mismatch fails the handshake with a clear reason.

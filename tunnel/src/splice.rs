@@ -412,4 +412,81 @@ mod tests {
             drop(keep);
         }
     }
+
+    /// A TCP socket pair on loopback.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decompression_bomb_resets_only_its_own_stream() {
+        let server =
+            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = client
+            .connect(server.local_addr(), TransportConfig::default())
+            .await
+            .unwrap();
+        let sconn_task = tokio::spawn(async move { server.accept().await.map(|c| (c, server)) });
+        // Two client connections spliced into two streams of one session.
+        let (mut victim, victim_inner) = socket_pair().await;
+        let (mut bystander, bystander_inner) = socket_pair().await;
+        let victim_stream = conn.open_stream().await.unwrap();
+        let bystander_stream = conn.open_stream().await.unwrap();
+        let victim_splice = tokio::spawn(async move {
+            splice(victim_inner, victim_stream, SpliceOptions::default()).await
+        });
+        let bystander_splice = tokio::spawn(async move {
+            splice(bystander_inner, bystander_stream, SpliceOptions::default()).await
+        });
+        victim.write_all(b"v").await.unwrap();
+        bystander.write_all(b"b").await.unwrap();
+        let (sconn, _server) = sconn_task.await.unwrap().unwrap();
+        let mut far_victim = sconn.accept_stream().await.unwrap();
+        let mut far_bystander = sconn.accept_stream().await.unwrap();
+        let mut first = [0u8; 5];
+        far_victim.read_exact(&mut first).await.unwrap();
+        far_bystander.read_exact(&mut first).await.unwrap();
+
+        // The hostile far end sends a deflate bomb on one stream: 16 MiB of zeros in one chunk.
+        let mut deflate = flate2::Compress::new(flate2::Compression::best(), false);
+        let mut body = Vec::with_capacity(64 << 10);
+        deflate
+            .compress_vec(&vec![0u8; 16 << 20], &mut body, flate2::FlushCompress::Sync)
+            .unwrap();
+        let mut chunk = vec![2u8];
+        chunk.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        chunk.extend_from_slice(&body);
+        far_victim.write_all(&chunk).await.unwrap();
+        let err = victim.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        match victim_splice.await.unwrap() {
+            Err(SpliceError::Corrupt(e)) => assert!(e.to_string().contains("bomb"), "{e}"),
+            other => panic!("expected a bomb error, got {other:?}"),
+        }
+
+        // The other stream of the same session carries on both ways.
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        bystander.write_all(&data).await.unwrap();
+        bystander.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        receive_chunks(&mut far_bystander, &mut got, &[])
+            .await
+            .unwrap();
+        assert!(got.len() == data.len() && got == data);
+        let mut reply = &b"still here"[..];
+        send_chunks(&mut reply, &mut far_bystander, SpliceOptions::default())
+            .await
+            .unwrap();
+        let mut back = Vec::new();
+        bystander.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"still here");
+        assert!(bystander_splice.await.unwrap().is_ok());
+        assert!(conn.close_reason().is_none(), "the session survived");
+    }
 }

@@ -321,6 +321,8 @@ pub struct Connection {
     open_buf: Vec<u8>,
     /// Since when stream data has been held back to fill a packet (batching).
     batch_since: Option<Instant>,
+    /// Since when an acknowledgement has been held back to ride with data (batching).
+    ack_held_since: Option<Instant>,
     /// Ack-eliciting packets that may be sent beyond the congestion window: after a
     /// retransmission timeout, probes must leave whatever the window says.
     probe_credit: u8,
@@ -403,6 +405,7 @@ impl Connection {
             peer_hello: Vec::new(),
             open_buf: Vec::new(),
             batch_since: None,
+            ack_held_since: None,
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
             events: VecDeque::new(),
@@ -1414,6 +1417,7 @@ impl Connection {
             let delay = now.saturating_duration_since(at).as_micros() as u64;
             AckFrame::encode(self.received.iter().rev(), delay, MAX_ACK_RANGES_SENT, out);
             self.ack_pending = false;
+            self.ack_held_since = None;
         }
     }
 
@@ -1556,7 +1560,7 @@ impl Connection {
         match self.batch_since {
             None => {
                 self.batch_since = Some(now);
-                self.timers.set(Timer::Batch, now + delay);
+                self.timers.set_earliest(Timer::Batch, now + delay);
                 true
             }
             Some(since) if now >= since + delay => {
@@ -1564,6 +1568,24 @@ impl Connection {
                 false
             }
             Some(_) => true,
+        }
+    }
+
+    /// Batching: true while an acknowledgement with nothing to carry it should wait for data
+    /// (at most [`TransportConfig::batch_delay`]; the ACK's delay field tells the peer, so its
+    /// RTT estimate is unaffected). Without batching ACKs leave at once.
+    fn ack_held(&mut self, now: Instant) -> bool {
+        let delay = self.config.batch_delay;
+        if delay.is_zero() || self.state != State::Established {
+            return false;
+        }
+        match self.ack_held_since {
+            None => {
+                self.ack_held_since = Some(now);
+                self.timers.set_earliest(Timer::Batch, now + delay);
+                true
+            }
+            Some(since) => now < since + delay,
         }
     }
 
@@ -1586,7 +1608,7 @@ impl Connection {
         } else if self.state == State::Established {
             self.cc.on_app_limited(self.sent.bytes_in_flight());
         }
-        if !may_elicit && !self.ack_pending {
+        if !may_elicit && (!self.ack_pending || self.ack_held(now)) {
             return false;
         }
         let start = buf.len();

@@ -39,6 +39,14 @@ impl TimerTable {
         self.deadlines[timer as usize] = Some(at);
     }
 
+    /// Arms `timer` for `at` unless it is already armed for earlier.
+    pub(super) fn set_earliest(&mut self, timer: Timer, at: Instant) {
+        let slot = &mut self.deadlines[timer as usize];
+        if slot.is_none_or(|t| at < t) {
+            *slot = Some(at);
+        }
+    }
+
     pub(super) fn stop(&mut self, timer: Timer) {
         self.deadlines[timer as usize] = None;
     }
