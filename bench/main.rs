@@ -182,10 +182,12 @@ async fn measure(
                     &format!("{} conns: success %", args.connections),
                     100.0 * out.succeeded as f64 / args.connections as f64,
                 );
-                f.put(
-                    &format!("{} conns: p99 ms", args.connections),
-                    percentile_ms(&mut out.times, 99.0),
-                );
+                for p in [50.0, 99.0] {
+                    f.put(
+                        &format!("{} conns: p{p} ms", args.connections),
+                        percentile_ms(&mut out.times, p),
+                    );
+                }
                 if let Some(e) = out.first_error {
                     f.notes.push(format!("many: first failure: {e}"));
                 }
