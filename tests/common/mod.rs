@@ -108,11 +108,16 @@ pub fn tls_args(bin: &str, args: &[String]) -> Vec<String> {
     }
 }
 
+/// The binaries' log filter: `warn`, or `FERRY_TEST_LOG` (e.g. `debug`) to investigate.
+fn log_filter() -> String {
+    std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 pub fn spawn(bin: &str, args: &[String]) -> Proc {
     let child = Command::new(bin)
         .args(args)
         .args(tls_args(bin, args))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -126,7 +131,7 @@ pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
     let child = Command::new(bin)
         .args(args)
         .args(tls_args(bin, args))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_filter())
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()

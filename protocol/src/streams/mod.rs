@@ -120,6 +120,10 @@ struct Stream {
     /// The application will never read again: received bytes are discarded on arrival (and
     /// credit granted), so the peer can still finish.
     discard: bool,
+    /// The application was told the receive side finished (a read returned `Finished`). Until
+    /// then the stream is kept, even with every byte read and our side acknowledged: forgetting
+    /// it earlier would turn the application's next read into an unknown-stream error.
+    fin_delivered: bool,
 }
 
 /// All streams of a connection.
@@ -224,6 +228,7 @@ impl StreamSet {
             tombstone: false,
             reset_by_peer: None,
             discard: false,
+            fin_delivered: false,
         }
     }
 
@@ -309,6 +314,7 @@ impl StreamSet {
         let n = s.recv.read(buf);
         if n == 0 {
             if s.recv.is_finished() {
+                s.fin_delivered = true;
                 self.maybe_close(id);
                 return Ok(ReadOutcome::Finished);
             }
@@ -647,7 +653,7 @@ impl StreamSet {
 
     fn maybe_close(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get(&id) {
-            if s.send.is_fully_acked() && s.recv.is_finished() {
+            if s.send.is_fully_acked() && s.recv.is_finished() && s.fin_delivered {
                 self.remove(id);
             }
         }
@@ -831,5 +837,52 @@ impl StreamSet {
         self.send_queue.clear();
         self.pending_resets.clear();
         self.pending_max_stream_data.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::StreamFrame;
+
+    fn set(side: Side) -> StreamSet {
+        let limits = StreamLimits {
+            stream_window: 1 << 16,
+            connection_window: 1 << 20,
+            send_buffer: 1 << 16,
+            max_concurrent: 16,
+        };
+        let mut s = StreamSet::new(side, limits);
+        s.apply_peer_settings(1 << 20, 1 << 16, 16);
+        s
+    }
+
+    /// The application reads the last bytes; before it reads again (to see the end), our own
+    /// direction's acknowledgement arrives. The stream must still answer `Finished`, not vanish.
+    #[test]
+    fn a_stream_is_kept_until_the_application_saw_its_end() {
+        let mut streams = set(Side::Client);
+        let id = streams.open().unwrap();
+        assert_eq!(streams.write(id, b"request").unwrap(), 7);
+        streams.finish(id).unwrap();
+        let mut buf = Vec::new();
+        let mut sent = Vec::new();
+        streams.write_data(&mut buf, 1200, &mut sent);
+        // The peer's reply and FIN arrive; the application reads the bytes.
+        streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: 0,
+                fin: true,
+                data: b"reply",
+            })
+            .unwrap();
+        let mut out = [0u8; 16];
+        assert_eq!(streams.read(id, &mut out).unwrap(), ReadOutcome::Data(5));
+        // Our request and FIN are acknowledged now.
+        streams.on_stream_acked(id, 0, 7, true);
+        assert_eq!(streams.read(id, &mut out).unwrap(), ReadOutcome::Finished);
+        // Only now is the stream forgotten.
+        assert!(streams.is_empty());
     }
 }
