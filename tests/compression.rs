@@ -84,9 +84,17 @@ async fn already_compressed_data_passes_through_intact_at_its_own_size() {
     let data = payload(99, 2 << 20);
     let plain = echo_through("none", "none", &data).await;
     let flate = echo_through("flate:6", "flate:6", &data).await;
-    // Random bytes do not shrink; after the trial they are sent raw, costing almost nothing.
-    // (Wire bytes of two runs differ by their retransmissions, hence the margin.)
-    assert!(flate < plain + plain / 10, "flate {flate} vs plain {plain}");
+    // Random bytes do not shrink; after the trial they are sent raw, costing almost nothing:
+    // both runs stay near the data's size each way (headers, ACKs and any retransmissions on
+    // a busy machine included), and flate is not markedly worse than none.
+    for (name, wire) in [("none", plain), ("flate", flate)] {
+        assert!(
+            wire < 2 * data.len() * 23 / 20,
+            "{name}: {wire} for {}",
+            data.len()
+        );
+    }
+    assert!(flate < plain + plain / 5, "flate {flate} vs plain {plain}");
 }
 
 /// 200 clients each send one small request at about the same time; returns the datagrams
@@ -111,9 +119,13 @@ async fn small_requests(batch: &str) -> usize {
     let before = counts.forwarded.load(Relaxed);
     let mut tasks = Vec::new();
     for (i, s) in clients.into_iter().enumerate() {
+        let batch = batch.to_owned();
         tasks.push(tokio::spawn(async move {
             let request = payload(i as u64, 100);
-            assert_eq!(round_trip(s, request.clone()).await.unwrap(), request);
+            let back = round_trip(s, request.clone())
+                .await
+                .unwrap_or_else(|e| panic!("client {i} (batch {batch}): {e}"));
+            assert_eq!(back, request);
         }));
     }
     for t in tasks {
@@ -134,7 +146,7 @@ async fn batching_carries_many_small_requests_in_fewer_datagrams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_codec_pair_round_trips_text_random_and_compressed_data_under_loss() {
-    let codecs = ["none", "snappy", "flate:1", "flate:9"];
+    let codecs = ["none", "snappy", "flate:1", "flate:9", "zstd:3"];
     // Text, random bytes, and text that flate already compressed (incompressible, like gzip
     // bodies).
     let text = json_lines(200_000);

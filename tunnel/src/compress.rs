@@ -9,6 +9,7 @@
 //! kind 0 RAW      the bytes themselves
 //! kind 1 SNAPPY   one self-contained stream in the snap crate's frame format
 //! kind 2 FLATE    raw deflate, sync-flushed: continues this direction's one deflate stream
+//! kind 3 ZSTD     zstd, flushed: continues this direction's one zstd stream
 //! ```
 //!
 //! The sender makes one chunk of every read from its socket (at most [`MAX_CHUNK`] bytes), so
@@ -27,6 +28,7 @@ use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use zstd::stream::raw::{CParameter, DParameter, InBuffer, Operation, OutBuffer};
 
 /// Most payload bytes in one chunk; the receiver refuses chunks that decode to more.
 pub const MAX_CHUNK: usize = 32 * 1024;
@@ -40,6 +42,10 @@ const MIN_SAVING: f64 = 0.10;
 const RAW: u8 = 0;
 const SNAPPY: u8 = 1;
 const FLATE: u8 = 2;
+const ZSTD: u8 = 3;
+/// zstd history window, 2^17 = 128 KiB: bounds each stream's memory on both ends (a peer's
+/// frame asking for a larger window is refused as corrupt).
+const ZSTD_WINDOW_LOG: u32 = 17;
 
 /// What a binary compresses the data it sends with (`--compress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +57,8 @@ pub enum Codec {
     Snappy,
     /// Deflate at a level from 1 (fast) to 9 (small); keeps a history across the stream.
     Flate(u32),
+    /// zstd at a level from 1 to 19; keeps a history across the stream; the smallest output.
+    Zstd(i32),
 }
 
 impl fmt::Display for Codec {
@@ -59,6 +67,7 @@ impl fmt::Display for Codec {
             Codec::None => f.write_str("none"),
             Codec::Snappy => f.write_str("snappy"),
             Codec::Flate(level) => write!(f, "flate:{level}"),
+            Codec::Zstd(level) => write!(f, "zstd:{level}"),
         }
     }
 }
@@ -71,15 +80,28 @@ impl FromStr for Codec {
             "none" => Ok(Codec::None),
             "snappy" => Ok(Codec::Snappy),
             "flate" => Ok(Codec::Flate(6)),
-            _ => match s.strip_prefix("flate:").map(str::parse::<u32>) {
-                Some(Ok(level)) if (1..=9).contains(&level) => Ok(Codec::Flate(level)),
-                Some(_) => Err(format!(
-                    "invalid compression level in {s:?}: use flate:1 to flate:9"
-                )),
-                None => Err(format!(
-                    "unknown compression {s:?}: use none, snappy, flate or flate:LEVEL (1-9)"
-                )),
-            },
+            "zstd" => Ok(Codec::Zstd(3)),
+            _ => {
+                if let Some(level) = s.strip_prefix("flate:") {
+                    return match level.parse::<u32>() {
+                        Ok(level) if (1..=9).contains(&level) => Ok(Codec::Flate(level)),
+                        _ => Err(format!(
+                            "invalid compression level in {s:?}: use flate:1 to flate:9"
+                        )),
+                    };
+                }
+                if let Some(level) = s.strip_prefix("zstd:") {
+                    return match level.parse::<i32>() {
+                        Ok(level) if (1..=19).contains(&level) => Ok(Codec::Zstd(level)),
+                        _ => Err(format!(
+                            "invalid compression level in {s:?}: use zstd:1 to zstd:19"
+                        )),
+                    };
+                }
+                Err(format!(
+                    "unknown compression {s:?}: use none, snappy, flate[:1-9] or zstd[:1-19]"
+                ))
+            }
         }
     }
 }
@@ -88,6 +110,7 @@ impl FromStr for Codec {
 pub struct Encoder {
     codec: Codec,
     deflate: Option<Compress>,
+    zstd: Option<zstd::stream::raw::Encoder<'static>>,
     /// Payload and body bytes of compressed chunks during the trial.
     trial_in: u64,
     trial_out: u64,
@@ -108,6 +131,7 @@ impl Encoder {
         Self {
             codec,
             deflate: None,
+            zstd: None,
             trial_in: 0,
             trial_out: 0,
             out: Vec::with_capacity(MAX_BODY + 4),
@@ -161,6 +185,25 @@ impl Encoder {
                     self.out.reserve(4096);
                 }
             }
+            Codec::Zstd(level) => {
+                if self.zstd.is_none() {
+                    self.zstd = zstd_encoder(level);
+                }
+                let compressed = match &mut self.zstd {
+                    Some(zstd) => zstd_compress(zstd, payload, &mut self.out),
+                    None => false,
+                };
+                if compressed {
+                    self.out[0] = ZSTD;
+                } else {
+                    // zstd failed (not expected with in-memory buffers): send raw from
+                    // now on, which the receiver decodes without any zstd state.
+                    self.codec = Codec::None;
+                    self.zstd = None;
+                    self.out.truncate(4);
+                    self.out.extend_from_slice(payload);
+                }
+            }
         }
         let body = self.out.len() - 4;
         debug_assert!(body <= MAX_BODY);
@@ -175,9 +218,44 @@ impl Encoder {
                 // a deflate receiver's history stays in step).
                 self.codec = Codec::None;
                 self.deflate = None;
+                self.zstd = None;
             }
         }
         &self.out
+    }
+}
+
+fn zstd_encoder(level: i32) -> Option<zstd::stream::raw::Encoder<'static>> {
+    let mut e = zstd::stream::raw::Encoder::new(level).ok()?;
+    e.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
+        .ok()?;
+    Some(e)
+}
+
+/// Compresses `payload` and flushes, appending to `out`; false on a zstd error.
+fn zstd_compress(
+    zstd: &mut zstd::stream::raw::Encoder<'static>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let mut input = InBuffer::around(payload);
+    while input.pos() < payload.len() {
+        out.reserve(payload.len() - input.pos() + 256);
+        let len = out.len();
+        let mut o = OutBuffer::around_pos(out, len);
+        if zstd.run(&mut input, &mut o).is_err() {
+            return false;
+        }
+    }
+    loop {
+        out.reserve(1024);
+        let len = out.len();
+        let mut o = OutBuffer::around_pos(out, len);
+        match zstd.flush(&mut o) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
     }
 }
 
@@ -202,6 +280,7 @@ pub enum DecodeError {
 #[derive(Default)]
 pub struct Decoder {
     inflate: Option<Decompress>,
+    zstd: Option<zstd::stream::raw::Decoder<'static>>,
     out: Vec<u8>,
 }
 
@@ -220,7 +299,7 @@ impl Decoder {
     /// Checks a chunk header; returns the kind and the body length to read next.
     pub fn header(header: [u8; 4]) -> Result<(u8, usize), DecodeError> {
         let kind = header[0];
-        if kind > FLATE {
+        if kind > ZSTD {
             return Err(DecodeError::UnknownKind(kind));
         }
         let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
@@ -273,6 +352,42 @@ impl Decoder {
                     }
                     if status == Status::BufError {
                         return Err(DecodeError::Corrupt("deflate: truncated chunk".into()));
+                    }
+                }
+                Ok(&self.out)
+            }
+            ZSTD => {
+                if self.zstd.is_none() {
+                    let mut d = zstd::stream::raw::Decoder::new()
+                        .map_err(|e| DecodeError::Corrupt(format!("zstd: {e}")))?;
+                    d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG))
+                        .map_err(|e| DecodeError::Corrupt(format!("zstd: {e}")))?;
+                    self.zstd = Some(d);
+                }
+                let Some(zstd) = &mut self.zstd else {
+                    return Err(DecodeError::Corrupt("zstd: no decoder".into()));
+                };
+                self.out.clear();
+                self.out.reserve_exact(MAX_CHUNK + 1);
+                let mut input = InBuffer::around(body);
+                loop {
+                    let (before_in, before_out) = (input.pos(), self.out.len());
+                    let len = self.out.len();
+                    let mut o = OutBuffer::around_pos(&mut self.out, len);
+                    zstd.run(&mut input, &mut o)
+                        .map_err(|e| DecodeError::Corrupt(format!("zstd: {e}")))?;
+                    if self.out.len() > MAX_CHUNK {
+                        return Err(DecodeError::Bomb);
+                    }
+                    let output_full = self.out.len() == self.out.capacity();
+                    if output_full {
+                        return Err(DecodeError::Bomb);
+                    }
+                    if input.pos() == body.len() {
+                        break;
+                    }
+                    if input.pos() == before_in && self.out.len() == before_out {
+                        return Err(DecodeError::Corrupt("zstd: no progress".into()));
                     }
                 }
                 Ok(&self.out)
@@ -345,6 +460,8 @@ mod tests {
             Codec::Flate(1),
             Codec::Flate(6),
             Codec::Flate(9),
+            Codec::Zstd(1),
+            Codec::Zstd(3),
         ] {
             for data in [
                 text(300_000),
@@ -381,7 +498,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_stops_being_compressed_after_the_trial() {
-        for codec in [Codec::Snappy, Codec::Flate(6)] {
+        for codec in [Codec::Snappy, Codec::Flate(6), Codec::Zstd(3)] {
             let mut enc = Encoder::new(codec);
             let data = random(TRIAL_BYTES as usize + MAX_CHUNK);
             for piece in data.chunks(MAX_CHUNK) {
@@ -418,7 +535,7 @@ mod tests {
         ));
         // Flipped bits in real chunks.
         let data = text(20_000);
-        for codec in [Codec::Snappy, Codec::Flate(6)] {
+        for codec in [Codec::Snappy, Codec::Flate(6), Codec::Zstd(3)] {
             let mut enc = Encoder::new(codec);
             let chunk = enc.encode(&data).to_vec();
             for i in (4..chunk.len()).step_by(97) {
@@ -453,6 +570,20 @@ mod tests {
             Decoder::new().decode(SNAPPY, &snappy),
             Err(DecodeError::Bomb)
         ));
+        // And zstd: 16 MiB of zeros flushed as one chunk.
+        let mut enc = zstd_encoder(19).unwrap();
+        let mut body = Vec::new();
+        assert!(zstd_compress(&mut enc, &zeros, &mut body));
+        assert!(body.len() < MAX_BODY, "{}", body.len());
+        assert!(matches!(
+            Decoder::new().decode(ZSTD, &body),
+            Err(DecodeError::Bomb)
+        ));
+        // A zstd frame demanding a window larger than allowed is refused, not allocated.
+        let big = zstd::bulk::compress(&random(4 << 20), 19).unwrap();
+        assert!(Decoder::new()
+            .decode(ZSTD, &big[..big.len().min(MAX_BODY)])
+            .is_err());
         // And a raw chunk claiming more than a sender ever puts in one.
         assert!(matches!(
             Decoder::new().decode(RAW, &vec![0u8; MAX_CHUNK + 1]),
@@ -470,7 +601,12 @@ mod tests {
             .unwrap_err()
             .contains("flate:1 to flate:9"));
         assert!("lz4".parse::<Codec>().unwrap_err().contains("none, snappy"));
-        for c in [Codec::None, Codec::Snappy, Codec::Flate(3)] {
+        assert_eq!("zstd".parse::<Codec>(), Ok(Codec::Zstd(3)));
+        assert!("zstd:30"
+            .parse::<Codec>()
+            .unwrap_err()
+            .contains("zstd:1 to zstd:19"));
+        for c in [Codec::None, Codec::Snappy, Codec::Flate(3), Codec::Zstd(7)] {
             assert_eq!(c.to_string().parse::<Codec>(), Ok(c));
         }
     }
