@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// Compression of what this agent sends: none, snappy, flate or flate:LEVEL (1-9), per
+    /// Compression of what this agent sends: none, snappy, flate[:1-9] or zstd[:1-19], per
     /// stream; streams whose data does not compress fall back to none by themselves.
     #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
     compress: Codec,

@@ -2,7 +2,7 @@
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
 //! - [`allow`]: CIDR allow-lists that treat IPv4-mapped IPv6 sources as the IPv4 address they are.
-//! - [`compress`]: per-stream compression (snappy, deflate) in chunks, adaptive, bomb-proof.
+//! - [`compress`]: per-stream compression (snappy, deflate, zstd) in chunks, adaptive, bomb-proof.
 //! - [`config`]: `--config FILE` (TOML whose keys are the flags).
 //! - [`duration`]: durations on the command line (`250ms`, `3s`).
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
