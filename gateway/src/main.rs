@@ -82,7 +82,7 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// Compression of what this gateway sends back: none, snappy, flate or flate:LEVEL (1-9),
+    /// Compression of what this gateway sends back: none, snappy, flate[:1-9] or zstd[:1-19],
     /// per stream; streams whose data does not compress fall back to none by themselves.
     #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
     compress: Codec,
