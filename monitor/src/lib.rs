@@ -1,0 +1,195 @@
+//! Ferry's HTTP monitor, served by both binaries (`--monitor ADDR`, on loopback by default):
+//!
+//! - `/` a dashboard that refreshes itself (totals, RTT and loss histograms of active sessions,
+//!   throughput and compression saving, backends);
+//! - `/health` (JSON: status, uptime, version) and `/ready` (JSON; 503 until ready);
+//! - `/metrics` (Prometheus text via `prometheus-client`, see [`metrics`]);
+//! - `/stats`, `/connections`, `/stats-history`: HTML, or JSON with `?format=json` or
+//!   `Accept: application/json`.
+//!
+//! Why it looks like this: RTT Proxy's monitor set the floor operators expect (its endpoints
+//! are kept under the same names), and the dashboard needs nothing but a browser. The monitor
+//! runs on its own tasks and reads a [`Snapshot`] per request from a [`Source`] the binary
+//! provides, so the tunnel never waits for it; a slow or hostile HTTP client is bounded by a
+//! header timeout, a whole-connection timeout and a cap on concurrent connections.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod metrics;
+mod pages;
+pub mod snapshot;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use snapshot::{BackendInfo, ClosedSession, History, SessionInfo, Snapshot, Totals};
+
+/// Where a binary's monitor state comes from.
+pub trait Source: Send + Sync + 'static {
+    /// The state now.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// HTTP connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No HTTP connection lives longer than this (keep-alive included).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Checks a `--monitor` address: loopback only, unless `public` (the operator asked for it).
+pub fn check_address(addr: SocketAddr, public: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || public {
+        Ok(())
+    } else {
+        Err(format!(
+            "--monitor {addr} is not a loopback address: the monitor shows peers and traffic; \
+             add --monitor-public to serve it there anyway"
+        ))
+    }
+}
+
+/// Binds the monitor's listener, with a one-line error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("cannot serve the monitor on {addr}: address already in use")
+        }
+        _ => format!("cannot serve the monitor on {addr}: {e}"),
+    })
+}
+
+/// Serves the monitor on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Full: refuse this one rather than let it wait on the others.
+            drop(stream);
+            continue;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(route(source.as_ref(), &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+fn wants_json<B>(req: &Request<B>) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+        || req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"))
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = "no-store".parse() {
+        r.headers_mut().insert(hyper::header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_string_pretty(value).unwrap_or_default(),
+    )
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+
+/// Answers one request.
+pub fn route<B>(source: &dyn Source, req: &Request<B>) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    let snap = source.snapshot();
+    let as_json = wants_json(req);
+    match req.uri().path() {
+        "/" => reply(StatusCode::OK, HTML, pages::DASHBOARD.to_owned()),
+        "/health" => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "ok",
+                "role": snap.role,
+                "version": snap.version,
+                "uptime_seconds": snap.uptime_seconds,
+            }),
+        ),
+        "/ready" => {
+            let status = if snap.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                status,
+                &serde_json::json!({"ready": snap.ready, "reason": snap.not_ready_reason}),
+            )
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::render(snap),
+        ),
+        "/stats" if as_json => json(StatusCode::OK, &pages::stats_json(&snap)),
+        "/stats" => reply(StatusCode::OK, HTML, pages::stats_html(&snap)),
+        "/connections" if as_json => json(
+            StatusCode::OK,
+            &serde_json::json!({"sessions": snap.sessions, "backends": snap.backends}),
+        ),
+        "/connections" => reply(StatusCode::OK, HTML, pages::connections_html(&snap)),
+        "/stats-history" if as_json => {
+            json(StatusCode::OK, &serde_json::json!({"closed": snap.history}))
+        }
+        "/stats-history" => reply(StatusCode::OK, HTML, pages::history_html(&snap)),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Parses `--monitor`: `off`, or an address.
+pub fn parse_flag(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        format!("invalid --monitor {value:?}: expected IP:PORT (e.g. 127.0.0.1:10000) or off")
+    })
+}
