@@ -153,7 +153,13 @@ pub async fn start(
             let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let entry = SocketAddr::from(([127, 0, 0, 1], free_port()));
             let file = |n: &str| certs.join(n).display().to_string();
-            let mut common = vec!["--compress".to_owned(), settings.compress.clone()];
+            // No monitor: its default port (the listen port + 1000) is not known to be free.
+            let mut common = vec![
+                "--compress".to_owned(),
+                settings.compress.clone(),
+                "--monitor".to_owned(),
+                "off".to_owned(),
+            ];
             common.extend(settings.ferry_args.iter().cloned());
             let (mut gw_tls, mut agent_tls) = (Vec::new(), Vec::new());
             if settings.encrypt {

@@ -186,6 +186,11 @@ async fn run(args: Args) -> Result<(), String> {
     println!("Ferry pair running:");
     println!("  client -> ferry-agent tcp://{} -> UDP {} -> ferry-gateway -> echo backend tcp://{backend}", args.client, args.gateway);
     println!("  encrypted: TLS 1.3 with a development CA made for this run");
+    println!(
+        "  monitors: http://127.0.0.1:{}/ (gateway), http://127.0.0.1:{}/ (agent)",
+        args.gateway.port().saturating_add(1000),
+        args.client.port().saturating_add(1000)
+    );
     println!("  self-check: 16 MiB echoed intact at {rate:.0} MiB/s each way");
     if args.check_only {
         return Ok(());

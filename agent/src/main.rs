@@ -18,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+mod monitor;
 mod sessions;
 use sessions::Sessions;
 
@@ -90,6 +91,16 @@ struct Args {
 
     #[command(flatten)]
     tls: ferry_tunnel::tls::AgentTlsArgs,
+
+    /// HTTP monitor (dashboard, /health, /ready, /metrics, /stats, /connections,
+    /// /stats-history): IP:PORT, or off. Default: 127.0.0.1 and the first TCP listener's
+    /// port + 1000 (an ephemeral port with Unix listeners only).
+    #[arg(long, env = "FERRY_AGENT_MONITOR", value_name = "ADDR|off")]
+    monitor: Option<String>,
+
+    /// Allow --monitor on a non-loopback address.
+    #[arg(long, env = "FERRY_AGENT_MONITOR_PUBLIC")]
+    monitor_public: bool,
 }
 
 /// A listener address and the service its connections reach.
@@ -139,7 +150,9 @@ struct Context {
     /// What clients' bytes are compressed with on their way to the gateway.
     compress: Codec,
     /// Payload and encoded bytes of every client, in total.
-    meter: Meter,
+    meter: Arc<Meter>,
+    /// Clients refused, by reason.
+    refusals: Arc<monitor::Refusals>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -162,7 +175,22 @@ async fn run(args: Args) -> Result<(), String> {
             (*g, config)
         })
         .collect();
-    let sessions = Sessions::start(&gateways, args.links)
+    let first_port = args.listen.iter().find_map(|l| match &l.address {
+        Address::Tcp { port, .. } => Some(*port),
+        Address::Unix(_) => None,
+    });
+    let monitor_listener = match ferry_tunnel::process::monitor_address(
+        args.monitor.as_deref(),
+        first_port.unwrap_or(0),
+    )? {
+        Some(addr) => {
+            ferry_monitor::check_address(addr, args.monitor_public)?;
+            Some(ferry_monitor::bind(addr).await?)
+        }
+        None => None,
+    };
+    let registry = Arc::new(ferry_tunnel::registry::Registry::new());
+    let sessions = Sessions::start(&gateways, args.links, registry)
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let ctx = Arc::new(Context {
         sessions,
@@ -172,8 +200,19 @@ async fn run(args: Args) -> Result<(), String> {
         session_wait: args.session_wait,
         drain: Drain::default(),
         compress: args.compress,
-        meter: Meter::default(),
+        meter: Arc::default(),
+        refusals: Arc::default(),
     });
+    if let Some(listener) = monitor_listener {
+        let source = monitor::AgentSource {
+            sessions: ctx.sessions.clone(),
+            refusals: ctx.refusals.clone(),
+            meter: ctx.meter.clone(),
+            drain: ctx.drain.clone(),
+        };
+        info!(monitor = %listener.local_addr().map_err(|e| e.to_string())?, "monitor serving");
+        tokio::spawn(ferry_monitor::serve(listener, Arc::new(source)));
+    }
     let mut listeners = Vec::new();
     let mut unix_paths = Vec::new();
     for l in &args.listen {
@@ -250,6 +289,9 @@ fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePe
     match ctx.limit.clone().try_acquire_owned() {
         Ok(p) => Some(p),
         Err(_) => {
+            ctx.refusals
+                .limit
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(client = %what, limit = ctx.max_connections, "client refused: over --max-connections");
             None
         }
@@ -268,6 +310,9 @@ async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc
             }
         };
         if ctx.allow.as_ref().is_some_and(|a| !a.allows(peer.ip())) {
+            ctx.refusals
+                .allow_list
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(client = %peer, "client refused: not in --allow-ip");
             socket.abort();
             continue;
@@ -332,7 +377,13 @@ async fn serve<S: Abort + 'static>(
         return;
     };
     let mut stream = match lease.conn.open_stream().await {
-        Ok(s) => s,
+        Ok(s) => {
+            ctx.sessions
+                .registry
+                .streams_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s
+        }
         Err(e) => {
             warn!(client = ?peer, gateway = %lease.gateway, error = %e, "client reset: cannot open a stream");
             socket.abort();

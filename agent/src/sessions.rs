@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_transport::{ConnectError, ConnectionError};
 use ferry_transport::{Connection, Endpoint, TransportConfig};
+use ferry_tunnel::registry::Registry;
 use ferry_tunnel::splice::Meter;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -28,6 +30,10 @@ struct Slot {
 /// Every session of the agent.
 pub struct Sessions {
     slots: Vec<Arc<Slot>>,
+    /// Live and closed sessions, for the monitor.
+    pub registry: Arc<Registry>,
+    /// Session handshakes that failed (a gateway refused us, or we refused its certificate).
+    pub handshakes_failed: std::sync::atomic::AtomicU64,
     changed: Notify,
     /// Set at shutdown: sessions are not re-established any more.
     stopping: std::sync::atomic::AtomicBool,
@@ -56,6 +62,7 @@ impl Sessions {
     pub fn start(
         gateways: &[(SocketAddr, TransportConfig)],
         links: usize,
+        registry: Arc<Registry>,
     ) -> std::io::Result<Arc<Self>> {
         let mut slots = Vec::new();
         let mut endpoints = Vec::new();
@@ -78,6 +85,8 @@ impl Sessions {
         }
         let sessions = Arc::new(Self {
             slots,
+            registry,
+            handshakes_failed: std::sync::atomic::AtomicU64::new(0),
             changed: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -100,24 +109,44 @@ impl Sessions {
             match endpoint.connect(slot.gateway, config.clone()).await {
                 Ok(conn) => {
                     info!(gateway = %slot.gateway, link = index, "session up");
+                    let meter = self.registry.add(&conn);
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((conn.clone(), Arc::default()));
+                        Some((conn.clone(), meter));
                     self.changed.notify_waiters();
                     backoff = FIRST_BACKOFF;
                     let reason = conn.closed().await;
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.registry.remove(&conn);
                     if self.stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     warn!(gateway = %slot.gateway, link = index, %reason, "session lost; its streams are reset; reconnecting");
                 }
                 Err(e) => {
+                    if matches!(
+                        e,
+                        ConnectError::Connection(ConnectionError::HandshakeFailed(_))
+                    ) {
+                        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     warn!(gateway = %slot.gateway, link = index, error = %e, retry_in = ?backoff, "cannot reach gateway");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+    }
+
+    /// Each link: its gateway, whether its session is up (and its RTT), and its streams.
+    pub fn links(&self) -> Vec<(SocketAddr, Option<std::time::Duration>, usize)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let live = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let rtt = live.and_then(|(conn, _)| conn.stats()).map(|st| st.rtt);
+                (s.gateway, rtt, s.active.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     fn try_pick(&self) -> Option<Lease> {

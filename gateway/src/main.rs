@@ -16,6 +16,7 @@ use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
 use ferry_tunnel::splice::{codes, refuse, splice, Meter, SpliceOptions};
 use tracing::{debug, info, warn};
 
+mod monitor;
 mod pool;
 use pool::Pool;
 
@@ -72,6 +73,15 @@ struct Args {
 
     #[command(flatten)]
     tls: ferry_tunnel::tls::GatewayTlsArgs,
+
+    /// HTTP monitor (dashboard, /health, /ready, /metrics, /stats, /connections,
+    /// /stats-history): IP:PORT, or off. Default: 127.0.0.1 and the UDP port + 1000.
+    #[arg(long, env = "FERRY_GATEWAY_MONITOR", value_name = "ADDR|off")]
+    monitor: Option<String>,
+
+    /// Allow --monitor on a non-loopback address.
+    #[arg(long, env = "FERRY_GATEWAY_MONITOR_PUBLIC")]
+    monitor_public: bool,
 
     /// Read settings from a TOML file whose keys are these flags' long names
     /// (e.g. `max-connections = 3000`, lists as arrays); flags given here override it.
@@ -169,6 +179,16 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         _ => format!("cannot listen on udp {}: {e}", args.listen),
     })?;
+    let monitor_listener = match ferry_tunnel::process::monitor_address(
+        args.monitor.as_deref(),
+        args.listen.port(),
+    )? {
+        Some(addr) => {
+            ferry_monitor::check_address(addr, args.monitor_public)?;
+            Some(ferry_monitor::bind(addr).await?)
+        }
+        None => None,
+    };
     if let Some(list) = allow {
         info!(allow = %list, "agents restricted by allow-list");
         endpoint.set_address_filter(Some(Arc::new(move |a: &SocketAddr| list.allows(a.ip()))));
@@ -197,24 +217,31 @@ async fn run(args: Args) -> Result<(), String> {
     });
     // Live sessions, so a shutdown can close each one gracefully (after its streams finished
     // and everything sent was acknowledged) before the process exits.
-    type Registry = std::sync::Mutex<
-        HashMap<ferry_transport::ConnectionHandle, (ferry_transport::Connection, Arc<Meter>)>,
-    >;
-    let sessions: Arc<Registry> = Arc::default();
+    let sessions = Arc::new(ferry_tunnel::registry::Registry::new());
+    if let Some(listener) = monitor_listener {
+        let source = monitor::GatewaySource {
+            registry: sessions.clone(),
+            endpoint: endpoint.clone(),
+            fwd: fwd.clone(),
+            drain: drain.clone(),
+        };
+        info!(monitor = %listener.local_addr().map_err(|e| e.to_string())?, "monitor serving");
+        tokio::spawn(ferry_monitor::serve(listener, Arc::new(source)));
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             conn = endpoint.accept() => {
                 let Some(conn) = conn else { return Err("UDP socket failed".into()) };
-                let meter = Arc::new(Meter::default());
-                sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(conn.handle(), (conn.clone(), meter.clone()));
+                let meter = sessions.add(&conn);
                 let (fwd, drain, registry) = (fwd.clone(), drain.clone(), sessions.clone());
                 tokio::spawn(async move {
                     let peer = conn.remote_addr();
                     debug!(?peer, "agent session accepted");
                     while let Some(stream) = conn.accept_stream().await {
                         let guard = drain.enter();
+                        registry.streams_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let (fwd, meter) = (fwd.clone(), meter.clone());
                         tokio::spawn(async move {
                             forward(stream, &fwd, &meter).await;
@@ -222,7 +249,7 @@ async fn run(args: Args) -> Result<(), String> {
                         });
                     }
                     debug!(?peer, reason = ?conn.close_reason(), "agent session ended");
-                    registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn.handle());
+                    registry.remove(&conn);
                 });
             }
             _ = &mut shutdown => break,
@@ -232,12 +259,7 @@ async fn run(args: Args) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + args.drain_timeout;
     let left = drain.wait(args.drain_timeout).await;
     // Streams done on our side; each session closes once the agent acknowledged everything.
-    let live: Vec<_> = sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .map(|(conn, _)| conn.clone())
-        .collect();
+    let live = sessions.connections();
     for conn in &live {
         conn.close_gracefully("gateway shutting down");
     }

@@ -76,6 +76,14 @@ impl Backend {
         tracing::warn!(backend = %self.address, %error, ?backoff, failures = h.failures, "backend is DOWN");
     }
 
+    /// Smoothed connect latency, once a connect succeeded.
+    pub fn recent_latency(&self) -> Option<Duration> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latency
+    }
+
     fn latency(&self) -> Duration {
         self.health
             .lock()

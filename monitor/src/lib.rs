@@ -183,13 +183,3 @@ pub fn route<B>(source: &dyn Source, req: &Request<B>) -> Response<Full<Bytes>> 
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
-
-/// Parses `--monitor`: `off`, or an address.
-pub fn parse_flag(value: &str) -> Result<Option<SocketAddr>, String> {
-    if value == "off" {
-        return Ok(None);
-    }
-    value.parse().map(Some).map_err(|_| {
-        format!("invalid --monitor {value:?}: expected IP:PORT (e.g. 127.0.0.1:10000) or off")
-    })
-}

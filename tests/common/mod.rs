@@ -86,13 +86,22 @@ pub fn certs() -> &'static std::path::Path {
     })
 }
 
-/// The TLS flags each binary runs with by default in these tests (TLS is the binaries'
-/// default too), unless the test gave its own `--crypto` or certificate.
-pub fn tls_args(bin: &str, args: &[String]) -> Vec<String> {
+/// Flags each binary runs with unless the test gave its own: TLS with the test CA (TLS is the
+/// binaries' default too), and no monitor (its default port, the listen port + 1000, could be
+/// another test's).
+pub fn default_args(bin: &str, args: &[String]) -> Vec<String> {
     let given = |flag: &str| args.iter().any(|a| a == flag);
-    if given("--crypto") {
-        return Vec::new();
+    let mut out = Vec::new();
+    if !given("--monitor") && (bin.ends_with("ferry-gateway") || bin.ends_with("ferry-agent")) {
+        out.extend(["--monitor".to_owned(), "off".to_owned()]);
     }
+    if !given("--crypto") {
+        out.extend(tls_args(bin, &given));
+    }
+    out
+}
+
+fn tls_args(bin: &str, given: &dyn Fn(&str) -> bool) -> Vec<String> {
     let file = |name: &str| certs().join(name).display().to_string();
     if bin.ends_with("ferry-gateway") && !given("--tls-cert") {
         vec![
@@ -116,7 +125,7 @@ fn log_filter() -> String {
 pub fn spawn(bin: &str, args: &[String]) -> Proc {
     let child = Command::new(bin)
         .args(args)
-        .args(tls_args(bin, args))
+        .args(default_args(bin, args))
         .env("RUST_LOG", log_filter())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -130,7 +139,7 @@ pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
     let file = std::fs::File::create(log).unwrap();
     let child = Command::new(bin)
         .args(args)
-        .args(tls_args(bin, args))
+        .args(default_args(bin, args))
         .env("RUST_LOG", log_filter())
         .stdout(Stdio::null())
         .stderr(file)

@@ -87,6 +87,15 @@ impl Connection {
             .map(|c| c.stats())
     }
 
+    /// Streams open on the connection.
+    pub fn stream_count(&self) -> usize {
+        let state = self.shared().lock();
+        state
+            .endpoint
+            .connection_ref(self.inner.handle)
+            .map_or(0, |c| c.stream_count())
+    }
+
     /// Why the connection ended, if it did.
     pub fn close_reason(&self) -> Option<ConnectionError> {
         let state = self.shared().lock();

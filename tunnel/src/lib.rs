@@ -9,6 +9,7 @@
 //! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers so backends see the real client address.
 //! - [`tls`]: the `--crypto` and `--tls-*` flags, read into the protocol's crypto configuration.
+//! - [`registry`]: live sessions, totals of closed ones and the last 100, for the monitor.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
 //!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
 #![forbid(unsafe_code)]
@@ -22,5 +23,6 @@ pub mod duration;
 pub mod preamble;
 pub mod process;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod splice;
 pub mod tls;

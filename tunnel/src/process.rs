@@ -129,3 +129,50 @@ pub fn exit_code(program: &str, result: Result<(), String>) -> std::process::Exi
         }
     }
 }
+
+/// Where the monitor listens: `--monitor` if given (`off` disables it), else 127.0.0.1 on
+/// `port` + 1000 (RTT Proxy's convention), or an ephemeral port when `port` is 0.
+pub fn monitor_address(
+    flag: Option<&str>,
+    port: u16,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    match flag {
+        Some("off") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            format!("invalid --monitor {v:?}: expected IP:PORT (e.g. 127.0.0.1:10000) or off")
+        }),
+        None => {
+            let monitor_port = match port {
+                0 => 0,
+                p => p.checked_add(1000).ok_or_else(|| {
+                    format!("port {p} + 1000 is not a port: give --monitor ADDR or --monitor off")
+                })?,
+            };
+            Ok(Some((std::net::Ipv4Addr::LOCALHOST, monitor_port).into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod monitor_address_tests {
+    use super::monitor_address;
+
+    #[test]
+    fn the_monitor_defaults_to_loopback_on_the_port_plus_1000() {
+        assert_eq!(
+            monitor_address(None, 9000),
+            Ok(Some("127.0.0.1:10000".parse().unwrap()))
+        );
+        assert_eq!(monitor_address(Some("off"), 9000), Ok(None));
+        assert_eq!(
+            monitor_address(Some("[::1]:8000"), 9000),
+            Ok(Some("[::1]:8000".parse().unwrap()))
+        );
+        assert!(monitor_address(Some("nonsense"), 9000)
+            .unwrap_err()
+            .contains("--monitor"));
+        assert!(monitor_address(None, 65000)
+            .unwrap_err()
+            .contains("--monitor"));
+    }
+}

@@ -1,0 +1,74 @@
+//! The agent's side of the monitor: the [`Source`] that turns its sessions, links and
+//! refusal counters into a monitor snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ferry_monitor::{BackendInfo, Snapshot, Source, Totals};
+use ferry_tunnel::process::Drain;
+use ferry_tunnel::splice::Meter;
+
+use crate::sessions::Sessions;
+
+/// Clients the agent refused, by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// Not in `--allow-ip`.
+    pub allow_list: AtomicU64,
+    /// Over `--max-connections`.
+    pub limit: AtomicU64,
+}
+
+/// The agent as the monitor sees it.
+pub struct AgentSource {
+    pub sessions: Arc<Sessions>,
+    pub refusals: Arc<Refusals>,
+    pub meter: Arc<Meter>,
+    pub drain: Drain,
+}
+
+impl Source for AgentSource {
+    fn snapshot(&self) -> Snapshot {
+        let r = &self.sessions.registry;
+        let mut t = Totals::default();
+        let sessions = r.describe(&mut t);
+        let bytes = self.meter.snapshot();
+        t.payload_bytes_out = bytes.to_tunnel;
+        t.payload_bytes_in = bytes.from_tunnel;
+        t.streams_active = self.drain.active() as u64;
+        t.rejected = vec![
+            (
+                "allow-list".into(),
+                self.refusals.allow_list.load(Ordering::Relaxed),
+            ),
+            ("limit".into(), self.refusals.limit.load(Ordering::Relaxed)),
+            (
+                "auth".into(),
+                self.sessions.handshakes_failed.load(Ordering::Relaxed),
+            ),
+        ];
+        let links = self.sessions.links();
+        let up = links.iter().any(|(_, rtt, _)| rtt.is_some());
+        let backends = links
+            .into_iter()
+            .map(|(gateway, rtt, active)| BackendInfo {
+                service: String::new(),
+                address: gateway.to_string(),
+                state: if rtt.is_some() { "UP" } else { "CONNECTING" }.into(),
+                active_streams: active as u64,
+                latency_seconds: rtt.map(|d| d.as_secs_f64()),
+            })
+            .collect();
+        Snapshot {
+            role: "ferry-agent".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: r.uptime_seconds(),
+            ready: up,
+            not_ready_reason: (!up).then(|| "no gateway session is up yet".into()),
+            totals: t,
+            sessions,
+            backends,
+            history: r.history(),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The gateway's side of the monitor: the [`Source`] that turns the session registry, the
+//! backend pools and the endpoint's counters into a monitor snapshot.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_monitor::{BackendInfo, Snapshot, Source, Totals};
+use ferry_transport::Endpoint;
+use ferry_tunnel::process::Drain;
+use ferry_tunnel::registry::Registry;
+
+use crate::Forwarding;
+
+/// The gateway as the monitor sees it.
+pub struct GatewaySource {
+    pub registry: Arc<Registry>,
+    pub endpoint: Endpoint,
+    pub fwd: Arc<Forwarding>,
+    pub drain: Drain,
+}
+
+impl Source for GatewaySource {
+    fn snapshot(&self) -> Snapshot {
+        let r = &self.registry;
+        let mut t = Totals::default();
+        let sessions = r.describe(&mut t);
+        let total = self.fwd.meter.snapshot();
+        t.payload_bytes_out = total.to_tunnel;
+        t.payload_bytes_in = total.from_tunnel;
+        t.streams_active = self.drain.active() as u64;
+        let e = self.endpoint.stats();
+        t.malformed_dropped = e.malformed_dropped;
+        t.rejected = vec![
+            ("allow-list".into(), e.address_rejected),
+            ("limit".into(), e.connections_refused),
+            ("auth".into(), e.handshakes_failed),
+        ];
+        let now = Instant::now();
+        let mut backends = Vec::new();
+        for (service, pool) in self.fwd.services.iter() {
+            for b in pool.backends() {
+                backends.push(BackendInfo {
+                    service: service.clone(),
+                    address: b.address.to_string(),
+                    state: if b.is_up(now) { "UP" } else { "DOWN" }.into(),
+                    active_streams: b.active() as u64,
+                    latency_seconds: b.recent_latency().map(|l| l.as_secs_f64()),
+                });
+            }
+        }
+        Snapshot {
+            role: "ferry-gateway".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: r.uptime_seconds(),
+            ready: true,
+            not_ready_reason: None,
+            totals: t,
+            sessions,
+            backends,
+            history: r.history(),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! End to end: the monitors of the real binaries, read over HTTP while traffic flows.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// GET `path` from `addr`; returns status, content type and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let ct = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, ct, body.to_owned())
+}
+
+/// One sample of a metric (with a label, if given) from a `/metrics` body, parsed for real.
+fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("{name} not in\n{body}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
+    let (backend, _) = echo_backend().await;
+    let gw_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--monitor",
+        &gw_monitor.to_string(),
+    ]);
+    let (_agent, listen) = agent(gw_addr, &["--monitor", &agent_monitor.to_string()]).await;
+    ready(listen).await;
+
+    let (status, ct, body) = get(agent_monitor, "/ready").await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"), "{body}");
+    let (_, _, before) = get(gw_monitor, "/metrics").await;
+    let streams_before = metric(&before, "ferry_streams_total", None);
+
+    for i in 0..10u64 {
+        let s = TcpStream::connect(listen).await.unwrap();
+        let data = payload(i, 100_000);
+        assert_eq!(round_trip(s, data.clone()).await.unwrap(), data);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for (who, addr) in [("gateway", gw_monitor), ("agent", agent_monitor)] {
+        let (status, ct, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{who}");
+        assert!(
+            ct.starts_with("application/openmetrics-text"),
+            "{who}: {ct}"
+        );
+        assert_eq!(metric(&body, "ferry_sessions_active", None), 1.0, "{who}");
+        assert!(
+            metric(&body, "ferry_payload_sent_bytes_total", None) >= 1_000_000.0,
+            "{who}"
+        );
+        assert!(
+            metric(&body, "ferry_wire_sent_bytes_total", None) >= 1_000_000.0,
+            "{who}"
+        );
+        assert!(metric(&body, "ferry_streams_total", None) >= 10.0, "{who}");
+        let (status, ct, body) = get(addr, "/connections?format=json").await;
+        assert_eq!((status, ct.as_str()), (200, "application/json"), "{who}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["sessions"].as_array().unwrap().len(), 1, "{who}: {doc}");
+        assert!(
+            doc["sessions"][0]["rtt_seconds"].as_f64().unwrap() > 0.0,
+            "{who}"
+        );
+        let (status, ct, _) = get(addr, "/").await;
+        assert_eq!(
+            (status, ct.as_str()),
+            (200, "text/html; charset=utf-8"),
+            "{who}"
+        );
+    }
+    let (_, _, after) = get(gw_monitor, "/metrics").await;
+    assert!(metric(&after, "ferry_streams_total", None) >= streams_before + 10.0);
+    let backend_label = format!("tcp://{backend}");
+    assert_eq!(
+        metric(
+            &after,
+            "ferry_backend_up",
+            Some(("address", &backend_label))
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
+    let (backend, _) = echo_backend().await;
+    let gw_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--monitor",
+        &gw_monitor.to_string(),
+        "--idle-timeout",
+        "2s",
+    ]);
+    // The agent admits clients only from 10.0.0.0/8: loopback is refused.
+    let (agent_proc, listen) = agent(
+        gw_addr,
+        &[
+            "--monitor",
+            &agent_monitor.to_string(),
+            "--allow-ip",
+            "10.0.0.0/8",
+        ],
+    )
+    .await;
+    expect_reset(listen, "a client outside the allow-list").await;
+    // (The helper's own readiness probes were refused too, so at least one.)
+    let (_, _, body) = get(agent_monitor, "/metrics").await;
+    let refused = metric(
+        &body,
+        "ferry_connections_rejected_total",
+        Some(("reason", "allow-list")),
+    );
+    assert!(refused >= 1.0, "{refused}");
+    assert_eq!(
+        metric(
+            &body,
+            "ferry_connections_rejected_total",
+            Some(("reason", "limit"))
+        ),
+        0.0
+    );
+    // The agent goes away: the gateway's history keeps the closed session and why.
+    drop(agent_proc);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, body) = get(gw_monitor, "/stats-history?format=json").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(first) = doc["closed"].as_array().and_then(|a| a.first()) {
+            assert!(
+                first["reason"].as_str().unwrap().contains("idle timeout"),
+                "{doc}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no closed session in {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,198 @@
+//! The registry of a binary's live sessions and what closed ones leave behind (totals, the
+//! last 100 for `/stats-history`), shared by the agent and the gateway: the gateway also uses it
+//! to close every session gracefully at shutdown, the monitor to describe them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferry_monitor::{ClosedSession, History, SessionInfo, Totals};
+use ferry_transport::{Connection, ConnectionHandle, ConnectionStats};
+
+use crate::splice::Meter;
+
+/// A live session.
+struct Live {
+    conn: Connection,
+    meter: Arc<Meter>,
+    started: Instant,
+}
+
+/// Counters of closed sessions, so totals do not drop when a session ends.
+#[derive(Default)]
+struct Closed {
+    wire_out: u64,
+    wire_in: u64,
+    packets_sent: u64,
+    packets_lost: u64,
+    retransmitted: u64,
+    unauthenticated: u64,
+    payload_out: u64,
+    payload_in: u64,
+}
+
+/// Every session, live and recently closed.
+pub struct Registry {
+    started: Instant,
+    live: Mutex<HashMap<ConnectionHandle, Live>>,
+    closed: Mutex<Closed>,
+    history: History,
+    sessions_total: AtomicU64,
+    /// Streams accepted, ever.
+    pub streams_total: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// An empty registry; uptime counts from now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            live: Mutex::default(),
+            closed: Mutex::default(),
+            history: History::default(),
+            sessions_total: AtomicU64::new(0),
+            streams_total: AtomicU64::new(0),
+        }
+    }
+
+    /// A session was accepted; returns its byte meter.
+    pub fn add(&self, conn: &Connection) -> Arc<Meter> {
+        let meter = Arc::new(Meter::default());
+        self.sessions_total.fetch_add(1, Ordering::Relaxed);
+        let live = Live {
+            conn: conn.clone(),
+            meter: meter.clone(),
+            started: Instant::now(),
+        };
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(conn.handle(), live);
+        meter
+    }
+
+    /// A session ended: its figures go to the totals and the history.
+    pub fn remove(&self, conn: &Connection) {
+        let Some(live) = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn.handle())
+        else {
+            return;
+        };
+        let stats = conn.stats().unwrap_or_default();
+        let bytes = live.meter.snapshot();
+        {
+            let mut c = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+            c.wire_out += stats.bytes_sent;
+            c.wire_in += stats.bytes_received;
+            c.packets_sent += stats.packets_sent;
+            c.packets_lost += stats.packets_lost;
+            c.retransmitted += stats.stream_bytes_retransmitted;
+            c.unauthenticated += stats.unauthenticated_packets;
+            c.payload_out += bytes.to_tunnel;
+            c.payload_in += bytes.from_tunnel;
+        }
+        self.history.push(ClosedSession {
+            peer: conn
+                .remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            reason: conn
+                .close_reason()
+                .map_or_else(|| "closed".to_owned(), |e| e.to_string()),
+            duration_seconds: live.started.elapsed().as_secs_f64(),
+            payload_bytes: bytes.to_tunnel + bytes.from_tunnel,
+            wire_bytes: stats.bytes_sent + stats.bytes_received,
+            rtt_seconds: stats.rtt.as_secs_f64(),
+            ended_at_seconds: self.started.elapsed().as_secs_f64(),
+        });
+    }
+
+    /// The live sessions' connections.
+    pub fn connections(&self) -> Vec<Connection> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.values().map(|l| l.conn.clone()).collect()
+    }
+}
+
+/// Loss rate of a session: packets lost per packet sent.
+pub fn loss_rate(stats: &ConnectionStats) -> f64 {
+    if stats.packets_sent == 0 {
+        0.0
+    } else {
+        stats.packets_lost as f64 / stats.packets_sent as f64
+    }
+}
+
+impl Registry {
+    /// Seconds since the registry (the process) started.
+    pub fn uptime_seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Sessions ever added.
+    pub fn sessions_total(&self) -> u64 {
+        self.sessions_total.load(Ordering::Relaxed)
+    }
+
+    /// The closed sessions kept, newest first.
+    pub fn history(&self) -> Vec<ClosedSession> {
+        self.history.list()
+    }
+
+    /// Adds the figures of live and closed sessions to `t` (wire bytes, packets, drops,
+    /// session counts) and describes each live session.
+    pub fn describe(&self, t: &mut Totals) -> Vec<SessionInfo> {
+        {
+            let c = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+            t.wire_bytes_out += c.wire_out;
+            t.wire_bytes_in += c.wire_in;
+            t.packets_sent += c.packets_sent;
+            t.packets_lost += c.packets_lost;
+            t.retransmitted_bytes += c.retransmitted;
+            t.unauthenticated_dropped += c.unauthenticated;
+        }
+        let mut sessions = Vec::new();
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        for l in live.values() {
+            let Some(stats) = l.conn.stats() else {
+                continue;
+            };
+            let bytes = l.meter.snapshot();
+            t.wire_bytes_out += stats.bytes_sent;
+            t.wire_bytes_in += stats.bytes_received;
+            t.packets_sent += stats.packets_sent;
+            t.packets_lost += stats.packets_lost;
+            t.retransmitted_bytes += stats.stream_bytes_retransmitted;
+            t.unauthenticated_dropped += stats.unauthenticated_packets;
+            sessions.push(SessionInfo {
+                peer: l
+                    .conn
+                    .remote_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                rtt_seconds: stats.rtt.as_secs_f64(),
+                loss_rate: loss_rate(&stats),
+                streams: l.conn.stream_count() as u64,
+                payload_bytes_out: bytes.to_tunnel,
+                payload_bytes_in: bytes.from_tunnel,
+                wire_bytes_out: stats.bytes_sent,
+                wire_bytes_in: stats.bytes_received,
+                age_seconds: l.started.elapsed().as_secs_f64(),
+            });
+        }
+        t.sessions_active = sessions.len() as u64;
+        t.sessions_total = self.sessions_total();
+        t.streams_total = self.streams_total.load(Ordering::Relaxed);
+        sessions
+    }
+}
