@@ -220,6 +220,7 @@ h1{font-size:20px;margin:0 0 .6em} h2{font-size:15px;margin:1.2em 0 .4em}
 .cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid #dde3ea;border-radius:6px;padding:8px 12px;min-width:140px}
 .card b{display:block;font-size:20px} .card span{color:#5b6b7c;font-size:12px}
+.card b span{color:inherit;font-size:inherit}
 .charts{display:flex;flex-wrap:wrap;gap:20px}
 svg{background:#fff;border:1px solid #dde3ea;border-radius:6px}
 table{border-collapse:collapse;background:#fff} td,th{border:1px solid #dde3ea;padding:3px 8px}
@@ -262,7 +263,7 @@ async function refresh(){
       +card('packets lost / sent',t.packets_lost+' / '+t.packets_sent)+card('dropped (malformed / forged)',t.malformed_dropped+' / '+t.unauthenticated_dropped);
     (t.rejected||[]).forEach(([k,v])=>{c+=card('rejected: '+k,v)});
     document.getElementById('cards').innerHTML=c;
-    bars('rtt',s.rtt_distribution_active,le=>le==='+Inf'?'more':(le*1000)+'ms');
+    bars('rtt',s.rtt_distribution_active,le=>le==='+Inf'?'more':(le>=1?le+'s':(le*1000)+'ms'));
     bars('loss',s.loss_rate_distribution_active,le=>le==='+Inf'?'more':(le*100)+'%');
     let b='<tr><th>service</th><th>address</th><th>state</th><th>streams</th><th>latency</th></tr>';
     s.backends.forEach(x=>{b+='<tr><td>'+(x.service||'default')+'</td><td>'+x.address+'</td><td class="'+x.state+'">'+x.state+'</td><td>'+x.active_streams+'</td><td>'+(x.latency_seconds==null?'-':(x.latency_seconds*1000).toFixed(1)+' ms')+'</td></tr>'});
