@@ -178,3 +178,25 @@ async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[test]
+fn a_non_loopback_monitor_needs_to_be_asked_for() {
+    let port = free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-gateway"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "tcp://127.0.0.1:1",
+            "--crypto",
+            "none",
+            "--monitor",
+            &format!("0.0.0.0:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--monitor-public"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

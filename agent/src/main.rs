@@ -292,7 +292,7 @@ fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePe
             ctx.refusals
                 .limit
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(client = %what, limit = ctx.max_connections, "client refused: over --max-connections");
+            ferry_tunnel::warn_limited!(client = %what, limit = ctx.max_connections, "client refused: over --max-connections");
             None
         }
     }
@@ -313,7 +313,7 @@ async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc
             ctx.refusals
                 .allow_list
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(client = %peer, "client refused: not in --allow-ip");
+            ferry_tunnel::warn_limited!(client = %peer, "client refused: not in --allow-ip");
             socket.abort();
             continue;
         }
@@ -372,7 +372,7 @@ async fn serve<S: Abort + 'static>(
     let _permit = permit;
     let _guard = ctx.drain.enter();
     let Some(lease) = ctx.sessions.pick(ctx.session_wait).await else {
-        warn!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session available");
+        ferry_tunnel::warn_limited!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session available");
         socket.abort();
         return;
     };
@@ -385,7 +385,7 @@ async fn serve<S: Abort + 'static>(
             s
         }
         Err(e) => {
-            warn!(client = ?peer, gateway = %lease.gateway, error = %e, "client reset: cannot open a stream");
+            ferry_tunnel::warn_limited!(client = ?peer, gateway = %lease.gateway, error = %e, "client reset: cannot open a stream");
             socket.abort();
             return;
         }
@@ -396,7 +396,7 @@ async fn serve<S: Abort + 'static>(
         destination,
     };
     if let Err(e) = stream.write_all(&preamble.encode()).await {
-        warn!(client = ?peer, error = %e, "client reset: stream failed at once");
+        ferry_tunnel::warn_limited!(client = ?peer, error = %e, "client reset: stream failed at once");
         socket.abort();
         return;
     }

@@ -35,6 +35,8 @@ impl Source for AgentSource {
         let bytes = self.meter.snapshot();
         t.payload_bytes_out = bytes.to_tunnel;
         t.payload_bytes_in = bytes.from_tunnel;
+        t.stream_bytes_out = bytes.to_tunnel_encoded;
+        t.stream_bytes_in = bytes.from_tunnel_encoded;
         t.streams_active = self.drain.active() as u64;
         t.rejected = vec![
             (

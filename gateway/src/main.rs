@@ -304,20 +304,20 @@ async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
         {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
-                warn!(error = %e, "stream refused: bad preamble");
+                ferry_tunnel::warn_limited!(error = %e, "stream refused: bad preamble");
                 return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
             }
             Err(_) => {
-                warn!("stream refused: no preamble within 10 s");
+                ferry_tunnel::warn_limited!("stream refused: no preamble within 10 s");
                 return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
             }
         };
     let Some(pool) = services.get(&preamble.service) else {
-        warn!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
+        ferry_tunnel::warn_limited!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
         return refuse::<tokio::net::TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
     };
     let Some(lease) = pool.pick(Instant::now()) else {
-        warn!(service = %preamble.service, "stream refused: every backend is at its stream limit");
+        ferry_tunnel::warn_limited!(service = %preamble.service, "stream refused: every backend is at its stream limit");
         return refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
     };
     let backend = lease.backend().clone();

@@ -27,6 +27,8 @@ impl Source for GatewaySource {
         let total = self.fwd.meter.snapshot();
         t.payload_bytes_out = total.to_tunnel;
         t.payload_bytes_in = total.from_tunnel;
+        t.stream_bytes_out = total.to_tunnel_encoded;
+        t.stream_bytes_in = total.from_tunnel_encoded;
         t.streams_active = self.drain.active() as u64;
         let e = self.endpoint.stats();
         t.malformed_dropped = e.malformed_dropped;

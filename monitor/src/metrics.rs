@@ -132,6 +132,20 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             &mut e,
+            "ferry_stream_sent",
+            "Stream bytes sent: payload after compression",
+            Some(&bytes),
+            t.stream_bytes_out,
+        )?;
+        counter(
+            &mut e,
+            "ferry_stream_received",
+            "Stream bytes received, before decompression",
+            Some(&bytes),
+            t.stream_bytes_in,
+        )?;
+        counter(
+            &mut e,
             "ferry_wire_sent",
             "UDP payload bytes sent",
             Some(&bytes),

@@ -254,8 +254,8 @@ async function refresh(){
     const now=performance.now();let rate='-';
     if(last){const dt=(now-last.at)/1000;rate=fmtBytes((t.payload_bytes_out+t.payload_bytes_in-last.p)/dt)+'/s'}
     last={at:now,p:t.payload_bytes_out+t.payload_bytes_in};
-    const payload=t.payload_bytes_out+t.payload_bytes_in,wire=t.wire_bytes_out+t.wire_bytes_in;
-    const saving=payload>0?((1-wire/payload)*100).toFixed(1)+'%':'-';
+    const payload=t.payload_bytes_out+t.payload_bytes_in,stream=t.stream_bytes_out+t.stream_bytes_in;
+    const saving=payload>0?((1-stream/payload)*100).toFixed(1)+'%':'-';
     let c=card('ready',s.ready?'yes':'no')+card('sessions active',t.sessions_active)+card('sessions total',t.sessions_total)
       +card('streams active',t.streams_active)+card('streams total','<span id="streams-total">'+t.streams_total+'</span>')
       +card('throughput (payload)',rate)+card('payload out / in',fmtBytes(t.payload_bytes_out)+' / '+fmtBytes(t.payload_bytes_in))

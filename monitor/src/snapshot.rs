@@ -44,6 +44,10 @@ pub struct Totals {
     pub payload_bytes_out: u64,
     /// Payload bytes out of the tunnel (after decompression).
     pub payload_bytes_in: u64,
+    /// Stream bytes sent: the payload after compression and chunk framing.
+    pub stream_bytes_out: u64,
+    /// Stream bytes received, before decompression.
+    pub stream_bytes_in: u64,
     /// UDP payload bytes sent, live sessions and closed ones.
     pub wire_bytes_out: u64,
     /// UDP payload bytes received.

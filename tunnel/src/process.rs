@@ -176,3 +176,80 @@ mod monitor_address_tests {
             .contains("--monitor"));
     }
 }
+
+/// Rate limit for a warning that a flood could repeat (a refused client, a bad stream): at
+/// most [`WarnLimiter::PER_SECOND`] a second; the next one let through says how many were
+/// suppressed in between. One per kind of warning, usually a `static`.
+#[derive(Debug)]
+pub struct WarnLimiter {
+    /// Start of the current one-second window, warnings in it, and suppressed since the last.
+    state: std::sync::Mutex<Option<(std::time::Instant, u32, u64)>>,
+}
+
+impl Default for WarnLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WarnLimiter {
+    /// Warnings allowed per second.
+    pub const PER_SECOND: u32 = 10;
+
+    /// A limiter that has let nothing through yet.
+    pub const fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Some(suppressed)` if this warning may be logged (with the count of those that were
+    /// not since the last one logged), `None` if it must be dropped.
+    pub fn allow(&self) -> Option<u64> {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, count, suppressed) = state.get_or_insert((now, 0, 0));
+        if now.duration_since(*start) >= std::time::Duration::from_secs(1) {
+            *start = now;
+            *count = 0;
+        }
+        if *count < Self::PER_SECOND {
+            *count += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod warn_limiter_tests {
+    use super::WarnLimiter;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_flood_is_cut_to_the_limit_and_the_next_warning_counts_what_was_dropped() {
+        let limiter = WarnLimiter::new();
+        let t0 = Instant::now();
+        let passed = (0..100).filter(|_| limiter.allow_at(t0).is_some()).count();
+        assert_eq!(passed, WarnLimiter::PER_SECOND as usize);
+        assert_eq!(limiter.allow_at(t0 + Duration::from_millis(1001)), Some(90));
+        assert_eq!(limiter.allow_at(t0 + Duration::from_millis(1002)), Some(0));
+    }
+}
+
+/// `warn!` through a [`WarnLimiter`] of its own: at most [`WarnLimiter::PER_SECOND`] of this
+/// warning a second, each carrying a `suppressed` count of those dropped since the last.
+#[macro_export]
+macro_rules! warn_limited {
+    ($($arg:tt)+) => {{
+        static LIMIT: $crate::process::WarnLimiter = $crate::process::WarnLimiter::new();
+        if let Some(suppressed) = LIMIT.allow() {
+            ::tracing::warn!(suppressed, $($arg)+);
+        }
+    }};
+}
