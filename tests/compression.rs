@@ -95,15 +95,8 @@ async fn stream_ratio(codec: &str, data: &[u8]) -> f64 {
     ready(listen).await;
     let s = TcpStream::connect(listen).await.unwrap();
     assert_eq!(round_trip(s, data.to_vec()).await.unwrap(), data, "{codec}");
-    let mut m = TcpStream::connect(monitor.as_str()).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    m.write_all(b"GET /stats?format=json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    m.read_to_string(&mut raw).await.unwrap();
-    let body = raw.split_once("\r\n\r\n").unwrap().1;
-    let stats: serde_json::Value = serde_json::from_str(body).unwrap();
+    let (_, _, body) = http_get(monitor.parse().unwrap(), "/stats?format=json").await;
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
     let totals = &stats["totals"];
     totals["stream_bytes_out"].as_f64().unwrap() / totals["payload_bytes_out"].as_f64().unwrap()
 }

@@ -6,29 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// GET `path` from `addr`; returns status, content type and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let ct = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (status, ct, body.to_owned())
-}
 
 /// One sample of a metric (with a label, if given) from a `/metrics` body, parsed for real.
 fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
@@ -60,9 +38,9 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
     let (_agent, listen) = agent(gw_addr, &["--monitor", &agent_monitor.to_string()]).await;
     ready(listen).await;
 
-    let (status, ct, body) = get(agent_monitor, "/ready").await;
+    let (status, ct, body) = http_get(agent_monitor, "/ready").await;
     assert_eq!((status, ct.as_str()), (200, "application/json"), "{body}");
-    let (_, _, before) = get(gw_monitor, "/metrics").await;
+    let (_, _, before) = http_get(gw_monitor, "/metrics").await;
     let streams_before = metric(&before, "ferry_streams_total", None);
 
     for i in 0..10u64 {
@@ -73,7 +51,7 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     for (who, addr) in [("gateway", gw_monitor), ("agent", agent_monitor)] {
-        let (status, ct, body) = get(addr, "/metrics").await;
+        let (status, ct, body) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200, "{who}");
         assert!(
             ct.starts_with("application/openmetrics-text"),
@@ -89,7 +67,7 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
             "{who}"
         );
         assert!(metric(&body, "ferry_streams_total", None) >= 10.0, "{who}");
-        let (status, ct, body) = get(addr, "/connections?format=json").await;
+        let (status, ct, body) = http_get(addr, "/connections?format=json").await;
         assert_eq!((status, ct.as_str()), (200, "application/json"), "{who}");
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(doc["sessions"].as_array().unwrap().len(), 1, "{who}: {doc}");
@@ -97,14 +75,14 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
             doc["sessions"][0]["rtt_seconds"].as_f64().unwrap() > 0.0,
             "{who}"
         );
-        let (status, ct, _) = get(addr, "/").await;
+        let (status, ct, _) = http_get(addr, "/").await;
         assert_eq!(
             (status, ct.as_str()),
             (200, "text/html; charset=utf-8"),
             "{who}"
         );
     }
-    let (_, _, after) = get(gw_monitor, "/metrics").await;
+    let (_, _, after) = http_get(gw_monitor, "/metrics").await;
     assert!(metric(&after, "ferry_streams_total", None) >= streams_before + 10.0);
     let backend_label = format!("tcp://{backend}");
     assert_eq!(
@@ -143,7 +121,7 @@ async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
     .await;
     expect_reset(listen, "a client outside the allow-list").await;
     // (The helper's own readiness probes were refused too, so at least one.)
-    let (_, _, body) = get(agent_monitor, "/metrics").await;
+    let (_, _, body) = http_get(agent_monitor, "/metrics").await;
     let refused = metric(
         &body,
         "ferry_connections_rejected_total",
@@ -162,7 +140,7 @@ async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
     drop(agent_proc);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, _, body) = get(gw_monitor, "/stats-history?format=json").await;
+        let (_, _, body) = http_get(gw_monitor, "/stats-history?format=json").await;
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
         if let Some(first) = doc["closed"].as_array().and_then(|a| a.first()) {
             assert!(

@@ -19,26 +19,7 @@ async fn two_hundred_concurrent_connections_each_echo_one_mib_through_the_pair()
     let (backend, _) = echo_backend().await;
     let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
     let (_agent, listen) = agent(gw_addr, &[]).await;
-    let mut tasks = Vec::new();
-    for i in 0..200u64 {
-        tasks.push(tokio::spawn(async move {
-            let data = payload(i, 1 << 20);
-            let s = TcpStream::connect(listen).await.unwrap();
-            let back = round_trip(s, data.clone()).await.unwrap();
-            assert!(
-                back == data,
-                "connection {i}: {} bytes back, content differs",
-                back.len()
-            );
-        }));
-    }
-    tokio::time::timeout(Duration::from_secs(120), async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await
-    .expect("200 connections finished in time");
+    echo_concurrently(listen, 200, 1 << 20, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,27 +561,7 @@ async fn twenty_connections_arrive_intact_through_loss_delay_and_reordering() {
     .await;
     let (_agent, listen) = agent(relay, &[]).await;
     ready(listen).await;
-    let mut tasks = Vec::new();
-    for i in 0..20u64 {
-        tasks.push(tokio::spawn(async move {
-            let data = payload(1000 + i, 256 << 10);
-            let s = TcpStream::connect(listen).await.unwrap();
-            let back = round_trip(s, data.clone()).await.unwrap();
-            assert!(
-                back == data,
-                "connection {i}: {} of {} bytes back, or content differs",
-                back.len(),
-                data.len()
-            );
-        }));
-    }
-    tokio::time::timeout(Duration::from_secs(120), async {
-        for t in tasks {
-            t.await.unwrap();
-        }
-    })
-    .await
-    .expect("20 connections finished in time");
+    echo_concurrently(listen, 20, 256 << 10, 1000).await;
     // The link really was impaired: about a tenth dropped, and some datagrams overtaken.
     let forwarded = counts.forwarded.load(Ordering::Relaxed) as f64;
     let dropped = counts.dropped.load(Ordering::Relaxed) as f64;

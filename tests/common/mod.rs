@@ -433,3 +433,52 @@ pub async fn impairment_relay(
     });
     (addr, counts)
 }
+
+/// `connections` clients at once each echo `bytes` of their own data (seeded from `seed` and
+/// their index) through `listen`; every byte must come back, within two minutes.
+pub async fn echo_concurrently(listen: SocketAddr, connections: u64, bytes: usize, seed: u64) {
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            tokio::spawn(async move {
+                let data = payload(seed + i, bytes);
+                let s = TcpStream::connect(listen).await.unwrap();
+                let back = round_trip(s, data.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                assert!(
+                    back == data,
+                    "connection {i}: {} of {bytes} bytes back, or content differs",
+                    back.len()
+                );
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{connections} connections did not finish in time"));
+}
+
+/// GET `path` from a monitor at `addr`; returns status, content type and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}

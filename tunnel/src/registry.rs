@@ -19,24 +19,43 @@ struct Live {
     started: Instant,
 }
 
-/// Counters of closed sessions, so totals do not drop when a session ends.
-#[derive(Default)]
-struct Closed {
-    wire_out: u64,
-    wire_in: u64,
+/// Transport counters summed over sessions (closed ones are kept, so totals never drop when
+/// a session ends).
+#[derive(Default, Clone, Copy)]
+struct Wire {
+    bytes_out: u64,
+    bytes_in: u64,
     packets_sent: u64,
     packets_lost: u64,
     retransmitted: u64,
     unauthenticated: u64,
-    payload_out: u64,
-    payload_in: u64,
+}
+
+impl Wire {
+    fn add(&mut self, s: &ConnectionStats) {
+        self.bytes_out += s.bytes_sent;
+        self.bytes_in += s.bytes_received;
+        self.packets_sent += s.packets_sent;
+        self.packets_lost += s.packets_lost;
+        self.retransmitted += s.stream_bytes_retransmitted;
+        self.unauthenticated += s.unauthenticated_packets;
+    }
+
+    fn add_to(&self, t: &mut Totals) {
+        t.wire_bytes_out += self.bytes_out;
+        t.wire_bytes_in += self.bytes_in;
+        t.packets_sent += self.packets_sent;
+        t.packets_lost += self.packets_lost;
+        t.retransmitted_bytes += self.retransmitted;
+        t.unauthenticated_dropped += self.unauthenticated;
+    }
 }
 
 /// Every session, live and recently closed.
 pub struct Registry {
     started: Instant,
     live: Mutex<HashMap<ConnectionHandle, Live>>,
-    closed: Mutex<Closed>,
+    closed: Mutex<Wire>,
     history: History,
     sessions_total: AtomicU64,
     /// Streams accepted, ever.
@@ -90,17 +109,10 @@ impl Registry {
         };
         let stats = conn.stats().unwrap_or_default();
         let bytes = live.meter.snapshot();
-        {
-            let mut c = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-            c.wire_out += stats.bytes_sent;
-            c.wire_in += stats.bytes_received;
-            c.packets_sent += stats.packets_sent;
-            c.packets_lost += stats.packets_lost;
-            c.retransmitted += stats.stream_bytes_retransmitted;
-            c.unauthenticated += stats.unauthenticated_packets;
-            c.payload_out += bytes.to_tunnel;
-            c.payload_in += bytes.from_tunnel;
-        }
+        self.closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&stats);
         self.history.push(ClosedSession {
             peer: conn
                 .remote_addr()
@@ -152,15 +164,7 @@ impl Registry {
     /// Adds the figures of live and closed sessions to `t` (wire bytes, packets, drops,
     /// session counts) and describes each live session.
     pub fn describe(&self, t: &mut Totals) -> Vec<SessionInfo> {
-        {
-            let c = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-            t.wire_bytes_out += c.wire_out;
-            t.wire_bytes_in += c.wire_in;
-            t.packets_sent += c.packets_sent;
-            t.packets_lost += c.packets_lost;
-            t.retransmitted_bytes += c.retransmitted;
-            t.unauthenticated_dropped += c.unauthenticated;
-        }
+        let mut wire = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
         let mut sessions = Vec::new();
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         for l in live.values() {
@@ -168,12 +172,7 @@ impl Registry {
                 continue;
             };
             let bytes = l.meter.snapshot();
-            t.wire_bytes_out += stats.bytes_sent;
-            t.wire_bytes_in += stats.bytes_received;
-            t.packets_sent += stats.packets_sent;
-            t.packets_lost += stats.packets_lost;
-            t.retransmitted_bytes += stats.stream_bytes_retransmitted;
-            t.unauthenticated_dropped += stats.unauthenticated_packets;
+            wire.add(&stats);
             sessions.push(SessionInfo {
                 peer: l
                     .conn
@@ -190,6 +189,8 @@ impl Registry {
                 age_seconds: l.started.elapsed().as_secs_f64(),
             });
         }
+        drop(live);
+        wire.add_to(t);
         t.sessions_active = sessions.len() as u64;
         t.sessions_total = self.sessions_total();
         t.streams_total = self.streams_total.load(Ordering::Relaxed);
