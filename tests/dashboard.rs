@@ -110,8 +110,20 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
 
     // A screenshot under load, for the record (copied to docs/ by hand when it changes).
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("monitor-dashboard.png");
-    // Load: 16 clients moving data while the page runs.
-    let load: Vec<_> = (0..16).map(|_| tokio::spawn(traffic(listen, 30))).collect();
+    // Load: 8 clients moving data until the screenshot is taken; the monitor samples its
+    // throughput once a second, so give it two seconds of load first.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    traffic(listen, 1).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let status = {
         let (browser, url, shot) = (browser.clone(), url.clone(), shot.clone());
         tokio::task::spawn_blocking(move || {
@@ -132,6 +144,7 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
         .await
         .unwrap()
     };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
     }

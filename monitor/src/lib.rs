@@ -69,9 +69,56 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
+/// Throughput, measured by the server once a second (so it is right whoever asks, and however
+/// often): payload and wire bytes per second over the last second.
+#[derive(Debug, Default)]
+pub struct Rates {
+    /// The last two samples: (when, payload bytes, wire bytes), both directions together.
+    samples: std::sync::Mutex<[Option<(std::time::Instant, u64, u64)>; 2]>,
+}
+
+impl Rates {
+    fn record(&self, at: std::time::Instant, payload: u64, wire: u64) {
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        s[0] = s[1];
+        s[1] = Some((at, payload, wire));
+    }
+
+    /// Payload and wire bytes per second between the last two samples (zero before two).
+    pub fn per_second(&self) -> (f64, f64) {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        match (s[0], s[1]) {
+            (Some((t0, p0, w0)), Some((t1, p1, w1))) if t1 > t0 => {
+                let dt = (t1 - t0).as_secs_f64();
+                (
+                    p1.saturating_sub(p0) as f64 / dt,
+                    w1.saturating_sub(w0) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+}
+
 /// Serves the monitor on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let rates = Arc::new(Rates::default());
+    {
+        let (source, rates) = (source.clone(), rates.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let t = source.snapshot().totals;
+                rates.record(
+                    std::time::Instant::now(),
+                    t.payload_bytes_out + t.payload_bytes_in,
+                    t.wire_bytes_out + t.wire_bytes_in,
+                );
+            }
+        });
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -82,11 +129,11 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
             drop(stream);
             continue;
         };
-        let source = source.clone();
+        let (source, rates) = (source.clone(), rates.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let source = source.clone();
-                async move { Ok::<_, Infallible>(route(source.as_ref(), &req)) }
+                let (source, rates) = (source.clone(), rates.clone());
+                async move { Ok::<_, Infallible>(route(source.as_ref(), &rates, &req)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -132,7 +179,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
 const HTML: &str = "text/html; charset=utf-8";
 
 /// Answers one request.
-pub fn route<B>(source: &dyn Source, req: &Request<B>) -> Response<Full<Bytes>> {
+pub fn route<B>(source: &dyn Source, rates: &Rates, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -169,7 +216,13 @@ pub fn route<B>(source: &dyn Source, req: &Request<B>) -> Response<Full<Bytes>> 
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics::render(snap),
         ),
-        "/stats" if as_json => json(StatusCode::OK, &pages::stats_json(&snap)),
+        "/stats" if as_json => {
+            let mut stats = pages::stats_json(&snap);
+            let (payload, wire) = rates.per_second();
+            stats["payload_bytes_per_second"] = serde_json::json!(payload);
+            stats["wire_bytes_per_second"] = serde_json::json!(wire);
+            json(StatusCode::OK, &stats)
+        }
         "/stats" => reply(StatusCode::OK, HTML, pages::stats_html(&snap)),
         "/connections" if as_json => json(
             StatusCode::OK,

@@ -235,7 +235,6 @@ table{border-collapse:collapse;background:#fff} td,th{border:1px solid #dde3ea;p
 <h2>Backends</h2><table id="backends"></table>
 <p><a href="/stats">stats</a> · <a href="/connections">connections</a> · <a href="/stats-history">history</a> · <a href="/metrics">metrics</a> · updated <span id="updated">never</span></p>
 <script>
-let last = null;
 function fmtBytes(n){const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(n>=1024&&i<4){n/=1024;i++}return n.toFixed(i?1:0)+' '+u[i]}
 function card(label,value){return '<div class="card"><b>'+value+'</b><span>'+label+'</span></div>'}
 function bars(id,dist,fmt){
@@ -251,9 +250,7 @@ async function refresh(){
   try{
     const r=await fetch('/stats?format=json',{cache:'no-store'});const s=await r.json();const t=s.totals;
     document.getElementById('role').textContent=s.role;document.getElementById('version').textContent=s.version;
-    const now=performance.now();let rate='-';
-    if(last){const dt=(now-last.at)/1000;rate=fmtBytes((t.payload_bytes_out+t.payload_bytes_in-last.p)/dt)+'/s'}
-    last={at:now,p:t.payload_bytes_out+t.payload_bytes_in};
+    const rate=fmtBytes(s.payload_bytes_per_second||0)+'/s';
     const payload=t.payload_bytes_out+t.payload_bytes_in,stream=t.stream_bytes_out+t.stream_bytes_in;
     const saving=payload>0?((1-stream/payload)*100).toFixed(1)+'%':'-';
     let c=card('ready',s.ready?'yes':'no')+card('sessions active',t.sessions_active)+card('sessions total',t.sessions_total)
