@@ -30,6 +30,53 @@ fn start_up_error(bin: &str, args: &[&str]) -> String {
     stderr
 }
 
+/// A gateway before `backend` with `extra` flags, its log written to `log`.
+fn logged_gateway(
+    backend: SocketAddr,
+    extra: &[String],
+    log: &std::path::Path,
+) -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let args = [
+        vec![
+            "--listen".to_owned(),
+            addr.to_string(),
+            "--backend".to_owned(),
+            format!("tcp://{backend}"),
+        ],
+        extra.to_vec(),
+    ]
+    .concat();
+    (
+        spawn_logged(env!("CARGO_BIN_EXE_ferry-gateway"), &args, log),
+        addr,
+    )
+}
+
+/// An agent for `gateway` with `extra` flags, its log written to `log`; waits until it listens.
+async fn logged_agent(
+    gateway: SocketAddr,
+    extra: &[String],
+    log: &std::path::Path,
+) -> (Proc, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let args = [
+        vec![
+            "--listen".to_owned(),
+            format!("tcp://{listen}"),
+            "--gateway".to_owned(),
+            gateway.to_string(),
+            "--session-wait".to_owned(),
+            "500ms".to_owned(),
+        ],
+        extra.to_vec(),
+    ]
+    .concat();
+    let proc = spawn_logged(env!("CARGO_BIN_EXE_ferry-agent"), &args, log);
+    wait_listening(listen).await;
+    (proc, listen)
+}
+
 #[test]
 fn certificate_problems_stop_the_gateway_at_start_up_with_one_line_naming_the_file() {
     let gw = env!("CARGO_BIN_EXE_ferry-gateway");
@@ -76,35 +123,11 @@ async fn an_agent_that_does_not_trust_the_gateway_resets_its_clients_and_both_sa
     let dir = temp_dir("untrusted");
     write_dev_certs(&dir.join("other"));
     let gw_log = dir.join("gateway.log");
-    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _gw = spawn_logged(
-        env!("CARGO_BIN_EXE_ferry-gateway"),
-        &[
-            "--listen".into(),
-            gw_addr.to_string(),
-            "--backend".into(),
-            format!("tcp://{backend}"),
-        ],
-        &gw_log,
-    );
+    let (_gw, gw_addr) = logged_gateway(backend, &[], &gw_log);
     let agent_log = dir.join("agent.log");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let foreign_ca = dir.join("other/ca.pem").display().to_string();
-    let _agent = spawn_logged(
-        env!("CARGO_BIN_EXE_ferry-agent"),
-        &[
-            "--listen".into(),
-            format!("tcp://{listen}"),
-            "--gateway".into(),
-            gw_addr.to_string(),
-            "--tls-ca".into(),
-            foreign_ca,
-            "--session-wait".into(),
-            "500ms".into(),
-        ],
-        &agent_log,
-    );
-    wait_listening(listen).await;
+    let (_agent, listen) =
+        logged_agent(gw_addr, &["--tls-ca".into(), foreign_ca], &agent_log).await;
     expect_reset(listen, "a client of an agent that trusts no gateway").await;
     let line = wait_for_log(&agent_log, &["trusted CA"], Duration::from_secs(5)).await;
     assert!(line.contains(&gw_addr.to_string()), "{line}");
@@ -123,17 +146,9 @@ async fn mutual_tls_admits_agents_with_a_certificate_and_refuses_others_with_a_r
     let dir = temp_dir("mtls");
     let file = |n: &str| certs().join(n).display().to_string();
     let gw_log = dir.join("gateway.log");
-    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _gw = spawn_logged(
-        env!("CARGO_BIN_EXE_ferry-gateway"),
-        &[
-            "--listen".into(),
-            gw_addr.to_string(),
-            "--backend".into(),
-            format!("tcp://{backend}"),
-            "--tls-client-ca".into(),
-            file("ca.pem"),
-        ],
+    let (_gw, gw_addr) = logged_gateway(
+        backend,
+        &["--tls-client-ca".into(), file("ca.pem")],
         &gw_log,
     );
 
@@ -157,20 +172,7 @@ async fn mutual_tls_admits_agents_with_a_certificate_and_refuses_others_with_a_r
 
     // Without one, it is refused; the gateway and the agent both log why.
     let agent_log = dir.join("agent.log");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _bad = spawn_logged(
-        env!("CARGO_BIN_EXE_ferry-agent"),
-        &[
-            "--listen".into(),
-            format!("tcp://{listen}"),
-            "--gateway".into(),
-            gw_addr.to_string(),
-            "--session-wait".into(),
-            "500ms".into(),
-        ],
-        &agent_log,
-    );
-    wait_listening(listen).await;
+    let (_bad, listen) = logged_agent(gw_addr, &[], &agent_log).await;
     expect_reset(listen, "a client of an agent without a certificate").await;
     wait_for_log(
         &agent_log,

@@ -24,18 +24,47 @@ fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
+/// The processes and addresses of a monitored pair.
+struct Pair {
+    gateway: Proc,
+    agent: Proc,
+    backend: SocketAddr,
+    listen: SocketAddr,
+    gw_monitor: SocketAddr,
+    agent_monitor: SocketAddr,
+}
+
+/// A gateway before an echo backend and an agent, each serving its monitor on a free port;
+/// `gw_extra` and `agent_extra` are more flags for each.
+async fn monitored_pair(gw_extra: &[&str], agent_extra: &[&str]) -> Pair {
     let (backend, _) = echo_backend().await;
     let gw_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let agent_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (_gw, gw_addr) = gateway(&[
-        "--backend",
-        &format!("tcp://{backend}"),
-        "--monitor",
-        &gw_monitor.to_string(),
-    ]);
-    let (_agent, listen) = agent(gw_addr, &["--monitor", &agent_monitor.to_string()]).await;
+    let (gw_mon, agent_mon) = (gw_monitor.to_string(), agent_monitor.to_string());
+    let backend_arg = format!("tcp://{backend}");
+    let gw_args = [
+        &["--backend", backend_arg.as_str(), "--monitor", &gw_mon][..],
+        gw_extra,
+    ]
+    .concat();
+    let (gateway, gw_addr) = gateway(&gw_args);
+    let agent_args = [&["--monitor", agent_mon.as_str()][..], agent_extra].concat();
+    let (agent, listen) = agent(gw_addr, &agent_args).await;
+    Pair {
+        gateway,
+        agent,
+        backend,
+        listen,
+        gw_monitor,
+        agent_monitor,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
+    let pair = monitored_pair(&[], &[]).await;
+    let (listen, gw_monitor, agent_monitor) = (pair.listen, pair.gw_monitor, pair.agent_monitor);
+    let backend = pair.backend;
     ready(listen).await;
 
     let (status, ct, body) = http_get(agent_monitor, "/ready").await;
@@ -48,7 +77,19 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
         let data = payload(i, 100_000);
         assert_eq!(round_trip(s, data.clone()).await.unwrap(), data);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The exchanges are over; wait until the gateway has counted every stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, body) = http_get(gw_monitor, "/metrics").await;
+        if metric(&body, "ferry_streams_total", None) >= streams_before + 10.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "streams never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     for (who, addr) in [("gateway", gw_monitor), ("agent", agent_monitor)] {
         let (status, ct, body) = http_get(addr, "/metrics").await;
@@ -97,28 +138,9 @@ async fn both_monitors_show_sessions_streams_and_bytes_as_traffic_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
-    let (backend, _) = echo_backend().await;
-    let gw_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent_monitor: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (_gw, gw_addr) = gateway(&[
-        "--backend",
-        &format!("tcp://{backend}"),
-        "--monitor",
-        &gw_monitor.to_string(),
-        "--idle-timeout",
-        "2s",
-    ]);
     // The agent admits clients only from 10.0.0.0/8: loopback is refused.
-    let (agent_proc, listen) = agent(
-        gw_addr,
-        &[
-            "--monitor",
-            &agent_monitor.to_string(),
-            "--allow-ip",
-            "10.0.0.0/8",
-        ],
-    )
-    .await;
+    let pair = monitored_pair(&["--idle-timeout", "2s"], &["--allow-ip", "10.0.0.0/8"]).await;
+    let (listen, gw_monitor, agent_monitor) = (pair.listen, pair.gw_monitor, pair.agent_monitor);
     expect_reset(listen, "a client outside the allow-list").await;
     // (The helper's own readiness probes were refused too, so at least one.)
     let (_, _, body) = http_get(agent_monitor, "/metrics").await;
@@ -137,7 +159,8 @@ async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
         0.0
     );
     // The agent goes away: the gateway's history keeps the closed session and why.
-    drop(agent_proc);
+    let _gateway = pair.gateway;
+    drop(pair.agent);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (_, _, body) = http_get(gw_monitor, "/stats-history?format=json").await;

@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BackendInfo, Snapshot};
 
 /// Bucket upper bounds of the RTT histogram, seconds.
 pub const RTT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0];
@@ -70,6 +70,25 @@ fn histogram(
     let (sum, b) = buckets(values, bounds);
     e.encode_descriptor(name, help, unit, MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(sum, values.len() as u64, &b, None)
+}
+
+/// A gauge with one sample per backend, labelled by service and address.
+fn backend_gauge(
+    e: &mut DescriptorEncoder,
+    backends: &[BackendInfo],
+    name: &str,
+    help: &str,
+    value: impl Fn(&BackendInfo) -> u64,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for b in backends {
+        let labels = [
+            ("service", b.service.as_str()),
+            ("address", b.address.as_str()),
+        ];
+        m.encode_family(&labels)?.encode_gauge(&value(b))?;
+    }
+    Ok(())
 }
 
 impl Collector for SnapshotCollector {
@@ -224,37 +243,20 @@ impl Collector for SnapshotCollector {
             &losses,
             &LOSS_BUCKETS,
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "ferry_backend_up",
-                "1 if the backend (gateway) or gateway link (agent) is up",
-                None,
-                MetricType::Gauge,
-            )?;
-            for b in &s.backends {
-                let labels = [
-                    ("service", b.service.as_str()),
-                    ("address", b.address.as_str()),
-                ];
-                m.encode_family(&labels)?
-                    .encode_gauge(&u64::from(b.state == "UP"))?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "ferry_backend_active_streams",
-                "Streams using the backend (gateway) or gateway link (agent) now",
-                None,
-                MetricType::Gauge,
-            )?;
-            for b in &s.backends {
-                let labels = [
-                    ("service", b.service.as_str()),
-                    ("address", b.address.as_str()),
-                ];
-                m.encode_family(&labels)?.encode_gauge(&b.active_streams)?;
-            }
-        }
+        backend_gauge(
+            &mut e,
+            &s.backends,
+            "ferry_backend_up",
+            "1 if the backend (gateway) or gateway link (agent) is up",
+            |b| u64::from(b.state == "UP"),
+        )?;
+        backend_gauge(
+            &mut e,
+            &s.backends,
+            "ferry_backend_active_streams",
+            "Streams using the backend (gateway) or gateway link (agent) now",
+            |b| b.active_streams,
+        )?;
         Ok(())
     }
 }

@@ -347,8 +347,8 @@ impl TlsHandshake {
     pub fn write_frames(&mut self, buf: &mut Vec<u8>, limit: usize, frames: &mut Vec<SentFrame>) {
         loop {
             let room = limit.saturating_sub(buf.len());
-            // Frame header: type (2 bytes), offset (up to 4 here), length (2).
-            let Some(max) = room.checked_sub(8).filter(|m| *m > 0) else {
+            let header = crate::frame::crypto_header_len(MAX_HANDSHAKE_BYTES, room);
+            let Some(max) = room.checked_sub(header).filter(|m| *m > 0) else {
                 return;
             };
             let Some(chunk) = self.send.next_chunk(max, u64::MAX) else {

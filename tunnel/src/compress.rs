@@ -24,7 +24,7 @@
 //! receiver decodes only as fast as its socket takes the bytes.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::str::FromStr;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -395,11 +395,6 @@ impl Decoder {
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
-}
-
-/// Turns a decode error into the I/O error a splice reports.
-pub fn io_error(e: DecodeError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 #[cfg(test)]

@@ -286,13 +286,7 @@ mod tests {
         tokio::task::JoinHandle<Result<SpliceStats, SpliceError>>,
         Keep,
     ) {
-        let server =
-            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
-        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = client
-            .connect(server.local_addr(), TransportConfig::default())
-            .await
-            .unwrap();
+        let (server, client, conn) = session().await;
         let near = conn.open_stream().await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp_client = TcpStream::connect(listener.local_addr().unwrap())
@@ -413,6 +407,18 @@ mod tests {
         }
     }
 
+    /// A server and a client endpoint on loopback, and the client's connection.
+    async fn session() -> (Endpoint, Endpoint, Connection) {
+        let server =
+            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = client
+            .connect(server.local_addr(), TransportConfig::default())
+            .await
+            .unwrap();
+        (server, client, conn)
+    }
+
     /// A TCP socket pair on loopback.
     async fn socket_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -425,13 +431,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_decompression_bomb_resets_only_its_own_stream() {
-        let server =
-            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
-        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = client
-            .connect(server.local_addr(), TransportConfig::default())
-            .await
-            .unwrap();
+        let (server, _client, conn) = session().await;
         let sconn_task = tokio::spawn(async move { server.accept().await.map(|c| (c, server)) });
         // Two client connections spliced into two streams of one session.
         let (mut victim, victim_inner) = socket_pair().await;
