@@ -18,8 +18,10 @@
 //! 1. **Blackout**: if `now` (measured from the link's creation) falls in one of
 //!    [`LinkConfig::blackouts`], it is dropped. Models an outage, a route flap, a tunnel through a
 //!    mountain.
-//! 2. **Random loss** with probability [`LinkConfig::loss`], independently per datagram. It
-//!    happens before the bottleneck, so lost datagrams do not use its capacity.
+//! 2. **Random loss** with probability [`LinkConfig::loss`], independently per datagram, or in
+//!    bursts of mean length [`LinkConfig::loss_burst`] (a two-state Gilbert-Elliott chain whose
+//!    bad state drops everything, tuned so the long-run loss is still `loss`). It happens
+//!    before the bottleneck, so lost datagrams do not use its capacity.
 //! 3. **Bottleneck** (only when [`LinkConfig::rate_bps`] is set): a single serializing server with
 //!    a drop-tail buffer. Each datagram occupies the bottleneck for `len * 8 / rate` seconds,
 //!    starting when the previous one finishes (or at once if it is idle). The backlog is the
@@ -74,6 +76,9 @@ pub struct LinkConfig {
     pub jitter: Duration,
     /// Probability that a datagram is dropped (clamped to `0.0..=1.0`; NaN means 0).
     pub loss: f64,
+    /// Mean length of a loss burst, in datagrams. 1 (or less, or NaN): losses are independent.
+    /// Above 1 the losses come in bursts whose mean length is this, with the same long-run rate.
+    pub loss_burst: f64,
     /// Probability that a datagram is held back by `reorder_delay`, so later ones overtake it
     /// (clamped like `loss`).
     pub reorder: f64,
@@ -96,6 +101,7 @@ impl Default for LinkConfig {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             loss: 0.0,
+            loss_burst: 1.0,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(10),
             duplicate: 0.0,
@@ -125,6 +131,13 @@ impl LinkConfig {
     #[must_use]
     pub fn with_loss(mut self, p: f64) -> Self {
         self.loss = clamp_probability(p);
+        self
+    }
+
+    /// Makes losses come in bursts of mean length `datagrams` (1: independent losses).
+    #[must_use]
+    pub fn with_loss_burst(mut self, datagrams: f64) -> Self {
+        self.loss_burst = datagrams;
         self
     }
 
@@ -242,6 +255,8 @@ pub struct Link<T = SocketAddr> {
     busy_until: Instant,
     /// Sub-nanosecond remainder of serialization time, in units of 1/rate ns.
     busy_carry: u128,
+    /// Gilbert-Elliott state: in a loss burst.
+    in_burst: bool,
     stats: LinkStats,
 }
 
@@ -256,6 +271,7 @@ impl<T: Clone> Link<T> {
             next_seq: 0,
             busy_until: start,
             busy_carry: 0,
+            in_burst: false,
             stats: LinkStats::default(),
         }
     }
@@ -298,7 +314,7 @@ impl<T: Clone> Link<T> {
             return;
         }
 
-        if self.chance(self.config.loss) {
+        if self.lost() {
             self.stats.dropped_loss += 1;
             return;
         }
@@ -397,6 +413,27 @@ impl<T: Clone> Link<T> {
             tag,
             datagram,
         });
+    }
+
+    /// Whether the datagram offered now is lost: independently, or by the burst chain.
+    fn lost(&mut self) -> bool {
+        let p = clamp_probability(self.config.loss);
+        let burst = self.config.loss_burst;
+        // `burst` NaN counts as 1 (independent losses).
+        let bursty = burst > 1.0;
+        if !bursty || p <= 0.0 || p >= 1.0 {
+            return self.chance(p);
+        }
+        // Leaving a burst with probability 1/burst gives bursts of mean length `burst`; entering
+        // one with q = p / (burst * (1 - p)) makes the stationary share of burst time p.
+        let leave = 1.0 / burst;
+        let enter = p * leave / (1.0 - p);
+        self.in_burst = if self.in_burst {
+            !self.chance(leave)
+        } else {
+            self.chance(enter)
+        };
+        self.in_burst
     }
 
     /// A uniform float in `[0, 1)`.
@@ -500,6 +537,39 @@ mod tests {
             assert!((rate - p).abs() < 0.01, "configured {p}, measured {rate}");
             assert_eq!(s.delivered as usize, out.len());
             assert_eq!(s.delivered + s.dropped_loss, 100_000);
+        }
+    }
+
+    #[test]
+    fn bursty_loss_keeps_the_rate_and_lengthens_the_bursts() {
+        for (p, burst) in [(0.05, 1.0), (0.05, 4.0), (0.1, 10.0)] {
+            let n = 200_000u32;
+            let (link, out) = run(
+                LinkConfig::default().with_loss(p).with_loss_burst(burst),
+                3,
+                n,
+                Duration::from_micros(10),
+                1,
+            );
+            let rate = link.stats().dropped_loss as f64 / f64::from(n);
+            assert!(
+                (rate - p).abs() < 0.15 * p,
+                "loss {p} x{burst}: measured {rate}"
+            );
+            // Runs of consecutive missing indices are the bursts.
+            let (mut runs, mut lost, mut expected) = (0u64, 0u64, 0u32);
+            for &(_, i) in &out {
+                if i > expected {
+                    runs += 1;
+                    lost += u64::from(i - expected);
+                }
+                expected = i + 1;
+            }
+            let mean = lost as f64 / runs as f64;
+            assert!(
+                (mean - burst.max(1.0 / (1.0 - p))).abs() < 0.15 * burst,
+                "loss {p} x{burst}: mean burst {mean}"
+            );
         }
     }
 
