@@ -1,16 +1,19 @@
 //! The workloads, all against an echo backend: bulk transfer, request/response latency, connect
-//! time, and many concurrent connections. Every byte that comes back is checked.
+//! time, and many concurrent connections. Every byte that comes back is checked. Connections
+//! are made from a [`Place`]: this host on loopback, or the client namespace of an impaired link.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-/// The echo backend every peer forwards to.
-pub async fn echo_backend() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+use crate::netns::Place;
+
+/// The echo backend every peer forwards to, listening at `addr` in `place`.
+pub async fn echo_backend(place: &Place, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = place.listen(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -51,32 +54,39 @@ fn pattern() -> &'static [u8] {
     })
 }
 
-/// Echoes `total` bytes through one new connection to `entry` (written and read at once).
-async fn bulk_one(entry: SocketAddr, total: usize) -> Result<(), String> {
-    let s = TcpStream::connect(entry)
+/// Echoes the pattern through one new connection to `entry` (written and read at once) until
+/// `deadline`; returns the bytes that came back, checked, by then.
+async fn bulk_one(
+    place: Place,
+    entry: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<usize, String> {
+    let s = place
+        .connect(entry)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = s.set_nodelay(true);
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
         let mut sent = 0;
-        while sent < total {
+        loop {
             let off = sent % PATTERN_BYTES;
-            let n = CHUNK.min(total - sent);
-            w.write_all(&pattern()[off..off + n])
-                .await
-                .map_err(|e| e.to_string())?;
-            sent += n;
+            if w.write_all(&pattern()[off..off + CHUNK]).await.is_err() {
+                return;
+            }
+            sent += CHUNK;
         }
-        // No half-close: kcptun drops the whole connection on one, losing the echo's tail.
-        Ok::<_, String>(w)
     });
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0;
-    while got < total {
-        let n = r.read(&mut buf).await.map_err(|e| e.to_string())?;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Err(_) => break,
+            Ok(read) => read.map_err(|e| e.to_string())?,
+        };
         if n == 0 {
-            return Err(format!("connection ended after {got} of {total} bytes"));
+            writer.abort();
+            return Err(format!("connection ended after {got} bytes"));
         }
         let off = got % PATTERN_BYTES;
         // A read may straddle the pattern's period: compare in two parts.
@@ -86,20 +96,30 @@ async fn bulk_one(entry: SocketAddr, total: usize) -> Result<(), String> {
         }
         got += n;
     }
-    writer.await.map_err(|e| e.to_string())??;
-    Ok(())
+    // Stop writing and drop the connection: no half-close (kcptun drops the whole connection
+    // on one), and whatever is still in flight is not counted.
+    writer.abort();
+    Ok(got)
 }
 
-/// `streams` connections each echo `bytes`; returns MB/s each way (all streams together).
-pub async fn bulk(entry: SocketAddr, streams: usize, bytes: usize) -> Result<f64, String> {
+/// `streams` connections echo bulk data for `duration`; returns MB/s each way (all streams
+/// together) and the bytes echoed.
+pub async fn bulk(
+    place: &Place,
+    entry: SocketAddr,
+    streams: usize,
+    duration: Duration,
+) -> Result<(f64, usize), String> {
     let t0 = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = (0..streams)
-        .map(|_| tokio::spawn(bulk_one(entry, bytes)))
+        .map(|_| tokio::spawn(bulk_one(place.clone(), entry, deadline)))
         .collect();
+    let mut total = 0;
     for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
+        total += t.await.map_err(|e| e.to_string())??;
     }
-    Ok((streams * bytes) as f64 / 1e6 / t0.elapsed().as_secs_f64())
+    Ok((total as f64 / 1e6 / t0.elapsed().as_secs_f64(), total))
 }
 
 /// Sends `message` and reads its echo on `s`; returns the round-trip time.
@@ -118,13 +138,15 @@ async fn exchange(s: &mut TcpStream, message: &[u8], buf: &mut [u8]) -> Result<D
 /// `connections` connections (opened first), each doing `per_connection` 1 KB request/response
 /// exchanges back to back; returns every round-trip time.
 pub async fn request_response(
+    place: &Place,
     entry: SocketAddr,
     connections: usize,
     per_connection: usize,
 ) -> Result<Vec<Duration>, String> {
     let mut sockets = Vec::new();
     for _ in 0..connections {
-        let s = TcpStream::connect(entry)
+        let s = place
+            .connect(entry)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = s.set_nodelay(true);
@@ -153,12 +175,17 @@ pub async fn request_response(
 }
 
 /// `count` times: a new connection, one byte, its echo; returns each time to first byte.
-pub async fn connect_times(entry: SocketAddr, count: usize) -> Result<Vec<Duration>, String> {
+pub async fn connect_times(
+    place: &Place,
+    entry: SocketAddr,
+    count: usize,
+) -> Result<Vec<Duration>, String> {
     let mut times = Vec::with_capacity(count);
     let mut b = [0u8; 1];
     for _ in 0..count {
         let t0 = Instant::now();
-        let mut s = TcpStream::connect(entry)
+        let mut s = place
+            .connect(entry)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = s.set_nodelay(true);
@@ -182,6 +209,7 @@ pub struct ManyOutcome {
 /// `connections` concurrent connections, all open at once, each exchanging `messages` 1 KB
 /// messages `gap` apart; bounded by `limit`.
 pub async fn many(
+    place: &Place,
     entry: SocketAddr,
     connections: usize,
     messages: usize,
@@ -193,8 +221,9 @@ pub async fn many(
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
             let start = start.clone();
+            let place = place.clone();
             tokio::spawn(async move {
-                let connected = TcpStream::connect(entry).await;
+                let connected = place.connect(entry).await;
                 start.wait().await;
                 let mut s = connected.map_err(|e| format!("connect: {e}"))?;
                 let _ = s.set_nodelay(true);
@@ -234,6 +263,46 @@ pub async fn many(
         }
     }
     outcome
+}
+
+/// RTB-like JSON over `connections` keep-alive connections, `per_connection` exchanges each:
+/// a bid request and a bid response (the two kinds of message such a connection carries) go
+/// out together and come back echoed. Returns the payload bytes, both ways together.
+pub async fn rtb(
+    place: &Place,
+    entry: SocketAddr,
+    connections: usize,
+    per_connection: usize,
+) -> Result<u64, String> {
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let mut s = place
+            .connect(entry)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = s.set_nodelay(true);
+        tasks.push(tokio::spawn(async move {
+            let mut g = crate::rtb::Gen(0x5eed_0000 + i as u64);
+            let mut buf = Vec::new();
+            let mut payload = 0u64;
+            for _ in 0..per_connection {
+                let mut message = crate::rtb::bid_request(&mut g);
+                let response = crate::rtb::bid_response(&mut g, &message);
+                message.push(b'\n');
+                message.extend_from_slice(&response);
+                message.push(b'\n');
+                buf.resize(message.len(), 0);
+                exchange(&mut s, &message, &mut buf).await?;
+                payload += 2 * message.len() as u64;
+            }
+            Ok::<_, String>(payload)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
 }
 
 /// Percentile `p` (0-100) of `times`, in milliseconds.

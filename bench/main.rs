@@ -1,52 +1,74 @@
 //! `ferry-bench`: measures Ferry against direct TCP and kcptun on the same work, the way iperf3
-//! measures a link, and prints one comparison table (and, with `--json`, writes the figures).
+//! measures a link, and prints one comparison table per link (and, with `--json`, writes the
+//! figures and a chart).
 //!
-//! Each peer is started in front of the same in-process echo backend on loopback: direct TCP
-//! (the baseline every ratio is against), the real `ferry-agent` and `ferry-gateway` binaries
-//! (found next to this one), and kcptun in fast3 mode when installed (reported as skipped
-//! otherwise, never as zero). Settings match: `--encrypt` runs Ferry with TLS and kcptun with
-//! AES; without it both run unencrypted. Scenarios:
+//! Each peer is started in front of the same in-process echo backend: direct TCP (the baseline
+//! every ratio is against), the real `ferry-agent` and `ferry-gateway` binaries (found next to
+//! this one), and kcptun in fast3 mode when installed (reported as skipped otherwise, never as
+//! zero). Settings match: `--encrypt` runs Ferry with TLS and kcptun with AES; without it both
+//! run unencrypted. The link is loopback, or with `--link` an impaired link between two network
+//! namespaces that all three peers cross alike ([`link`]); `--loss 0,1,5,10` sweeps its loss
+//! rate, one table per rate. Scenarios:
 //!
-//! - `throughput`: 1 and 8 connections of bulk echo; MB/s each way, CPU seconds per GiB of the
-//!   tunnel's processes;
+//! - `throughput`: 1 and 8 connections of bulk echo for `--seconds`; MB/s each way (and the
+//!   share of the link rate), CPU seconds per GiB of the tunnel's processes;
 //! - `latency`: 1 KB request/response, sequential on one connection and on 64 connections at
 //!   once; p50/p90/p99/max;
 //! - `connect`: a new connection to its first echoed byte;
 //! - `many`: N connections (default 3,000) open at once, each exchanging 1 KB messages:
-//!   success rate, p99, and the peak RSS of the tunnel's two processes.
-//!
-//! This version measures on loopback; impaired links (network namespaces joined by a
-//! userspace relay) are the next step of issue 7.
+//!   success rate, p99, and the peak RSS of the tunnel's two processes;
+//! - `compress`: RTB-like JSON over 64 keep-alive connections; bytes on the link per payload
+//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod chart;
+mod link;
 mod load;
+mod netns;
 mod peers;
 mod procfs;
+mod report;
+mod rtb;
 
+use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;
-use peers::{Peer, Settings};
+use peers::{Peer, Settings, Sites};
+use report::{Figures, Outcome, Run};
 
-/// Measures Ferry against direct TCP and kcptun, on loopback.
+/// Measures Ferry against direct TCP and kcptun, on loopback or on an impaired link.
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", version, about)]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, latency, connect, many.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "throughput,latency,connect,many"
-    )]
-    scenarios: Vec<Scenario>,
+    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress.
+    /// Default: throughput, latency, connect, and many on loopback.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<Scenario>>,
 
     /// Peers to measure (comma-separated): tcp, ferry, kcptun.
     #[arg(long, value_delimiter = ',', default_value = "tcp,ferry,kcptun")]
     peers: Vec<Peer>,
+
+    /// The link: `loopback`, or an impaired link between two network namespaces (needs root),
+    /// as key=value pairs: delay (one way), jitter, loss, burst (mean loss burst, packets),
+    /// reorder, reorder-delay, dup, rate, queue (buffer as time at the rate), seed.
+    /// E.g. `delay=20ms,rate=50mbit,loss=5%`.
+    #[arg(long, default_value = "loopback")]
+    link: String,
+
+    /// Loss rates in percent to sweep on the impaired link, one table each (e.g. 0,1,5,10);
+    /// overrides the profile's loss.
+    #[arg(long, value_delimiter = ',')]
+    loss: Vec<f64>,
+
+    /// TCP congestion control in the link's namespaces (direct TCP's, and that of the tunnels'
+    /// local legs). Default cubic: Linux's own default, what most hosts run.
+    #[arg(long, default_value = "cubic")]
+    tcp_cc: String,
 
     /// Encrypt: Ferry with TLS (a development CA made for the run), kcptun with AES.
     #[arg(long)]
@@ -60,19 +82,22 @@ struct Args {
     #[arg(long = "ferry-arg", allow_hyphen_values = true)]
     ferry_args: Vec<String>,
 
-    /// MiB each connection echoes in `throughput`.
-    #[arg(long, default_value_t = 64)]
-    mib: usize,
+    /// Seconds each `throughput` run lasts.
+    #[arg(long, default_value_t = 8.0)]
+    seconds: f64,
 
-    /// Exchanges per connection in `latency` (the concurrent run does a quarter as many).
-    #[arg(long, default_value_t = 2000)]
-    requests: usize,
+    /// Exchanges in the sequential `latency` run (the 64-connection run does a quarter as many
+    /// per connection; `connect` a quarter as many connections). Default 2000 on loopback,
+    /// 400 on an impaired link.
+    #[arg(long)]
+    requests: Option<usize>,
 
     /// Connections in `many`.
     #[arg(long, default_value_t = 3000)]
     connections: usize,
 
-    /// Write the figures as JSON to this file.
+    /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
+    /// it (same name, .svg).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -83,54 +108,78 @@ enum Scenario {
     Latency,
     Connect,
     Many,
-}
-
-/// Figures of one peer, by metric name (insertion order kept for the table).
-#[derive(Default)]
-struct Figures {
-    values: Vec<(String, f64)>,
-    notes: Vec<String>,
-}
-
-impl Figures {
-    fn put(&mut self, name: &str, value: f64) {
-        self.values.push((name.to_owned(), value));
-    }
+    Compress,
 }
 
 fn progress(msg: &str) {
     eprintln!("ferry-bench: {msg}");
 }
 
+/// What one run needs to know about its link.
+struct LinkRun<'a> {
+    sites: Sites,
+    /// The relay, whose counters give bytes on the link (none on loopback).
+    net: Option<&'a NetLink>,
+    rate_bps: Option<u64>,
+}
+
+/// Bytes that crossed the link both ways since `before`.
+fn link_bytes(net: Option<&NetLink>, before: &Traffic) -> Option<u64> {
+    let now = net?.traffic();
+    Some(
+        now.up.bytes_delivered - before.up.bytes_delivered + now.down.bytes_delivered
+            - before.down.bytes_delivered,
+    )
+}
+
 async fn measure(
     peer: Peer,
     args: &Args,
+    scenarios: &[Scenario],
     settings: &Settings,
     certs: &std::path::Path,
+    run: &LinkRun<'_>,
 ) -> Result<Option<Figures>, String> {
-    let backend = load::echo_backend()
+    let sites = &run.sites;
+    let backend_port = sites.port();
+    load::echo_backend(&sites.server, sites.backend_bind(backend_port))
         .await
         .map_err(|e| format!("cannot start the echo backend: {e}"))?;
-    let Some(tunnel) = peers::start(peer, backend, settings, certs).await? else {
+    let Some(tunnel) = peers::start(peer, sites, backend_port, settings, certs).await? else {
         return Ok(None);
     };
     let mut f = Figures::default();
     f.notes.push(tunnel.describe.clone());
+    if run.net.is_some() && peer == Peer::Tcp {
+        f.notes.push(format!("congestion control {}", args.tcp_cc));
+    }
+    let client = &sites.client;
+    let on_link = run.net.is_some();
+    let requests = args.requests.unwrap_or(if on_link { 400 } else { 2000 });
     let pids = tunnel.pids();
     let cpu = || -> Duration { pids.iter().map(|p| procfs::cpu_time(*p)).sum() };
-    for scenario in &args.scenarios {
+    let seconds = Duration::from_secs_f64(args.seconds.clamp(0.5, 600.0));
+    for scenario in scenarios {
+        if let Some(net) = run.net {
+            // Keepalives are seconds apart: 300 ms of silence means the last scenario is over.
+            net.settle(Duration::from_millis(300), Duration::from_secs(20))
+                .await;
+        }
         match scenario {
             Scenario::Throughput => {
                 progress(&format!("{}: throughput", peer.name()));
-                let bytes = args.mib << 20;
                 let cpu0 = cpu();
-                let one = load::bulk(tunnel.entry, 1, bytes).await?;
-                let eight = load::bulk(tunnel.entry, 8, bytes / 4).await?;
+                let (one, one_bytes) = load::bulk(client, tunnel.entry, 1, seconds).await?;
+                let (eight, eight_bytes) = load::bulk(client, tunnel.entry, 8, seconds).await?;
                 f.put("throughput 1 conn, MB/s each way", one);
                 f.put("throughput 8 conns, MB/s each way", eight);
+                if let Some(rate) = run.rate_bps {
+                    let link_mbs = rate as f64 / 8e6;
+                    f.put("throughput 1 conn, % of link", 100.0 * one / link_mbs);
+                    f.put("throughput 8 conns, % of link", 100.0 * eight / link_mbs);
+                }
                 if !pids.is_empty() {
-                    // Bytes each way: one connection's, plus eight quarter-size ones.
-                    let gib = (bytes + 8 * (bytes / 4)) as f64 / (1u64 << 30) as f64;
+                    let gib = (one_bytes + eight_bytes) as f64 / (1u64 << 30) as f64;
                     f.put(
                         "tunnel CPU s per GiB each way",
                         (cpu() - cpu0).as_secs_f64() / gib,
@@ -139,13 +188,13 @@ async fn measure(
             }
             Scenario::Latency => {
                 progress(&format!("{}: latency", peer.name()));
-                let mut seq = load::request_response(tunnel.entry, 1, args.requests).await?;
+                let mut seq = load::request_response(client, tunnel.entry, 1, requests).await?;
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp sequential, p{p} ms").replace("p100", "max");
                     f.put(&name, percentile_ms(&mut seq, p));
                 }
                 let mut conc =
-                    load::request_response(tunnel.entry, 64, (args.requests / 4).max(1)).await?;
+                    load::request_response(client, tunnel.entry, 64, (requests / 4).max(1)).await?;
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp 64 conns, p{p} ms").replace("p100", "max");
                     f.put(&name, percentile_ms(&mut conc, p));
@@ -153,7 +202,8 @@ async fn measure(
             }
             Scenario::Connect => {
                 progress(&format!("{}: connect", peer.name()));
-                let mut times = load::connect_times(tunnel.entry, 500).await?;
+                let mut times =
+                    load::connect_times(client, tunnel.entry, (requests / 4).max(1)).await?;
                 f.put(
                     "connect to first byte, p50 ms",
                     percentile_ms(&mut times, 50.0),
@@ -171,6 +221,7 @@ async fn measure(
                 ));
                 let t0 = Instant::now();
                 let mut out = load::many(
+                    client,
                     tunnel.entry,
                     args.connections,
                     10,
@@ -200,14 +251,97 @@ async fn measure(
                 }
                 progress(&format!("{}: many took {:?}", peer.name(), t0.elapsed()));
             }
+            Scenario::Compress => {
+                let Some(net) = run.net else {
+                    f.notes
+                        .push("compress: needs --link (the link's relay counts the bytes)".into());
+                    continue;
+                };
+                progress(&format!("{}: compress (RTB-like JSON)", peer.name()));
+                let before = net.traffic();
+                let payload = load::rtb(client, tunnel.entry, 64, (requests / 8).max(1)).await?;
+                if let Some(wire) = link_bytes(Some(net), &before) {
+                    f.put(
+                        "RTB JSON: link bytes / payload",
+                        wire as f64 / payload as f64,
+                    );
+                }
+            }
         }
     }
     Ok(Some(f))
 }
 
+/// Runs every peer on one link; `label` names the link in the table.
+async fn run_peers(
+    label: String,
+    loss: Option<f64>,
+    args: &Args,
+    scenarios: &[Scenario],
+    settings: &Settings,
+    certs: &std::path::Path,
+    link: &LinkRun<'_>,
+) -> Run {
+    let mut run = Run {
+        label,
+        loss,
+        peers: Vec::new(),
+        note: None,
+    };
+    for peer in &args.peers {
+        let r = measure(*peer, args, scenarios, settings, certs, link).await;
+        let outcome = match r {
+            Ok(Some(f)) => Outcome::Measured(f),
+            Ok(None) => Outcome::Skipped,
+            Err(e) => {
+                progress(&format!("{}: failed: {e}", peer.name()));
+                Outcome::Failed(e)
+            }
+        };
+        run.peers.push((peer.name(), outcome));
+    }
+    if let Some(net) = link.net {
+        let t = net.traffic();
+        run.note = Some(format!(
+            "link: {} packets offered, {} lost at random, {} dropped at the full queue",
+            t.up.offered + t.down.offered,
+            t.up.dropped_loss + t.down.dropped_loss,
+            t.up.dropped_queue + t.down.dropped_queue,
+        ));
+    }
+    run
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    let on_link = args.link != "loopback";
+    let profile = if on_link {
+        match args.link.parse::<Profile>() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("ferry-bench: error: --link: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    if !args.loss.is_empty() && profile.is_none() {
+        eprintln!("ferry-bench: error: --loss sweeps an impaired link: give --link too");
+        return ExitCode::from(2);
+    }
+    if let Some(bad) = args.loss.iter().find(|l| !(0.0..=100.0).contains(*l)) {
+        eprintln!("ferry-bench: error: --loss {bad}: a percentage from 0 to 100");
+        return ExitCode::from(2);
+    }
+    let scenarios = args.scenarios.clone().unwrap_or_else(|| {
+        let mut s = vec![Scenario::Throughput, Scenario::Latency, Scenario::Connect];
+        if !on_link {
+            s.push(Scenario::Many);
+        }
+        s
+    });
     let certs = std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()));
     if let Err(e) = ferry_certs::generate(&ferry_certs::Options::default())
         .and_then(|set| set.write(&certs, true))
@@ -220,119 +354,102 @@ async fn main() -> ExitCode {
         compress: args.compress.clone(),
         ferry_args: args.ferry_args.clone(),
     };
-    let mut results: BTreeMap<&'static str, Result<Option<Figures>, String>> = BTreeMap::new();
-    let mut order = Vec::new();
-    for peer in &args.peers {
-        let r = measure(*peer, &args, &settings, &certs).await;
-        if let Err(e) = &r {
-            progress(&format!("{}: failed: {e}", peer.name()));
+    let mut runs = Vec::new();
+    match &profile {
+        None => {
+            let link = LinkRun {
+                sites: Sites::host(),
+                net: None,
+                rate_bps: None,
+            };
+            let label = "loopback".to_string();
+            runs.push(run_peers(label, None, &args, &scenarios, &settings, &certs, &link).await);
         }
-        order.push(peer.name());
-        results.insert(peer.name(), r);
+        Some(profile) => {
+            let losses: Vec<Option<f64>> = if args.loss.is_empty() {
+                vec![None]
+            } else {
+                args.loss.iter().map(|l| Some(l / 100.0)).collect()
+            };
+            for loss in losses {
+                let profile = match loss {
+                    Some(l) => profile.clone().with_loss(l),
+                    None => profile.clone(),
+                };
+                progress(&format!("link: {}", profile.describe()));
+                let net = match NetLink::up(&profile, &args.tcp_cc) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!("ferry-bench: error: {e}");
+                        let _ = std::fs::remove_dir_all(&certs);
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let link = LinkRun {
+                    sites: Sites::link(&net),
+                    net: Some(&net),
+                    rate_bps: profile.rate_bps(),
+                };
+                let loss = Some(profile.config.loss);
+                let run = run_peers(
+                    profile.describe(),
+                    loss,
+                    &args,
+                    &scenarios,
+                    &settings,
+                    &certs,
+                    &link,
+                )
+                .await;
+                report::print(&run);
+                runs.push(run);
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&certs);
-    report(&order, &results, &args)
-}
-
-/// Three significant decimals for small values (sub-millisecond latencies), two otherwise.
-fn number(v: f64) -> String {
-    if v.abs() < 1.0 {
-        format!("{v:.3}")
+    if profile.is_none() {
+        report::print(&runs[0]);
     } else {
-        format!("{v:.2}")
+        println!("\n(all runs)");
+        for run in &runs {
+            report::print(run);
+        }
     }
-}
-
-fn report(
-    order: &[&'static str],
-    results: &BTreeMap<&'static str, Result<Option<Figures>, String>>,
-    args: &Args,
-) -> ExitCode {
-    let baseline: BTreeMap<&str, f64> = match results.get("tcp") {
-        Some(Ok(Some(f))) => f.values.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
-        _ => BTreeMap::new(),
-    };
-    // Metric names in first-seen order.
-    let mut metrics: Vec<String> = Vec::new();
-    for r in results.values() {
-        if let Ok(Some(f)) = r {
-            for (k, _) in &f.values {
-                if !metrics.contains(k) {
-                    metrics.push(k.clone());
+    let mut status = ExitCode::SUCCESS;
+    if let Some(path) = &args.json {
+        let doc = report::json(&runs, &args.link, args.encrypt, &args.compress);
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("ferry-bench: error: cannot write {}: {e}", path.display());
+            status = ExitCode::FAILURE;
+        }
+        if runs.len() > 1 {
+            let svg_path = path.with_extension("svg");
+            let rate = profile.as_ref().and_then(Profile::rate_bps);
+            let title = format!(
+                "ferry-bench: {} (loss swept)",
+                profile
+                    .as_ref()
+                    .map(|p| p.clone().with_loss(0.0).describe())
+                    .unwrap_or_default()
+            )
+            .replace(" loss 0%", "");
+            let svg = chart::sweep(&runs, &title, rate);
+            match std::fs::write(&svg_path, svg) {
+                Ok(()) => progress(&format!("chart: {}", svg_path.display())),
+                Err(e) => {
+                    eprintln!(
+                        "ferry-bench: error: cannot write {}: {e}",
+                        svg_path.display()
+                    );
+                    status = ExitCode::FAILURE;
                 }
             }
         }
     }
-    println!();
-    print!("{:<40}", "loopback");
-    for p in order {
-        print!(" {:>22}", p);
-    }
-    println!();
-    for m in &metrics {
-        print!("{m:<40}");
-        for p in order {
-            let cell = match results.get(p) {
-                Some(Ok(Some(f))) => match f.values.iter().find(|(k, _)| k == m) {
-                    Some((_, v)) => match baseline.get(m.as_str()) {
-                        Some(b) if *p != "tcp" && *b > 0.0 && v.is_finite() => {
-                            format!("{} ({:.2}x)", number(*v), v / b)
-                        }
-                        _ => number(*v),
-                    },
-                    None => "-".into(),
-                },
-                Some(Ok(None)) => "skipped".into(),
-                Some(Err(_)) => "error".into(),
-                None => "-".into(),
-            };
-            print!(" {cell:>22}");
-        }
-        println!();
-    }
-    println!();
-    for p in order {
-        match results.get(p) {
-            Some(Ok(Some(f))) => println!("{p}: {}", f.notes.join("; ")),
-            Some(Ok(None)) => println!("{p}: skipped: not installed (apt-get install kcptun)"),
-            Some(Err(e)) => println!("{p}: error: {e}"),
-            None => {}
-        }
-    }
-    println!("(x): ratio to direct TCP");
-    if let Some(path) = &args.json {
-        let mut peers = serde_json::Map::new();
-        for p in order {
-            let value = match results.get(p) {
-                Some(Ok(Some(f))) => {
-                    let values: serde_json::Map<String, serde_json::Value> = f
-                        .values
-                        .iter()
-                        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
-                        .collect();
-                    serde_json::json!({"status": "ok", "settings": f.notes, "figures": values})
-                }
-                Some(Ok(None)) => serde_json::json!({"status": "skipped"}),
-                Some(Err(e)) => serde_json::json!({"status": "error", "error": e}),
-                None => continue,
-            };
-            peers.insert(p.to_string(), value);
-        }
-        let doc = serde_json::json!({
-            "link": "loopback",
-            "encrypt": args.encrypt,
-            "compress": args.compress,
-            "peers": peers,
-        });
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!("ferry-bench: error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    }
-    if results.values().any(|r| r.is_err()) {
+    if runs.iter().any(Run::failed) {
         ExitCode::FAILURE
     } else {
-        ExitCode::SUCCESS
+        status
     }
 }

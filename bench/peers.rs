@@ -1,13 +1,72 @@
-//! The tunnels under test, each between a local client address and the in-process backend:
-//! direct TCP (no tunnel), Ferry (the real `ferry-agent` and `ferry-gateway`), and kcptun
-//! (`kcptun-client`/`kcptun-server` from the Debian package, fast3 mode) when installed.
+//! The tunnels under test, each between the client side and the in-process echo backend on
+//! the server side: direct TCP (no tunnel), Ferry (the real `ferry-agent` and `ferry-gateway`),
+//! and kcptun (`kcptun-client`/`kcptun-server` from the Debian package, fast3 mode) when
+//! installed. The client-side process runs where the load generator is, the server-side one
+//! next to the backend: both on this host for loopback runs, or one in each namespace of an
+//! impaired link, so the tunnel's own traffic is what crosses the link.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use crate::link::{NetLink, SERVER_IP};
+use crate::netns::Place;
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Where the two sides run and how the client side reaches the server side.
+pub struct Sites {
+    /// The load generator and the tunnel's client-side process.
+    pub client: Place,
+    /// The echo backend and the tunnel's server-side process.
+    pub server: Place,
+    /// The server side's address as seen from the client side.
+    pub server_ip: IpAddr,
+    /// Ports in the fresh namespaces of a link are all free: handed out in turn, never reused
+    /// (so no TIME_WAIT leftovers). `None`: find free loopback ports on this host.
+    next_port: Option<AtomicU16>,
+}
+
+impl Sites {
+    /// Both sides on this host's loopback.
+    pub fn host() -> Sites {
+        Sites {
+            client: Place::Host,
+            server: Place::Host,
+            server_ip: LOCALHOST,
+            next_port: None,
+        }
+    }
+
+    /// One side in each namespace of `link`.
+    pub fn link(link: &NetLink) -> Sites {
+        Sites {
+            client: link.client.clone(),
+            server: link.server.clone(),
+            server_ip: SERVER_IP,
+            next_port: Some(AtomicU16::new(20_000)),
+        }
+    }
+
+    /// A port free on both sides.
+    pub fn port(&self) -> u16 {
+        match &self.next_port {
+            Some(next) => next.fetch_add(1, Ordering::Relaxed),
+            None => free_port(),
+        }
+    }
+
+    /// The address the echo backend listens on: every address of the server namespace on a
+    /// link (direct TCP reaches it across the link), loopback on this host.
+    pub fn backend_bind(&self, port: u16) -> SocketAddr {
+        match self.next_port {
+            Some(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+            None => SocketAddr::new(LOCALHOST, port),
+        }
+    }
+}
 
 /// Which tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,8 +156,9 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn spawn(program: &Path, args: &[String]) -> Result<Child, String> {
-    Command::new(program)
+fn spawn(place: &Place, program: &Path, args: &[String]) -> Result<Child, String> {
+    place
+        .command(program)
         .args(args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -107,8 +167,12 @@ fn spawn(program: &Path, args: &[String]) -> Result<Child, String> {
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
-/// Waits until a TCP connection to `entry` and a 1-byte echo through it work.
-async fn wait_ready(entry: SocketAddr, children: &mut [Child]) -> Result<(), String> {
+/// Waits until a TCP connection to `entry` from `place` and a 1-byte echo through it work.
+async fn wait_ready(
+    place: &Place,
+    entry: SocketAddr,
+    children: &mut [Child],
+) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -118,7 +182,7 @@ async fn wait_ready(entry: SocketAddr, children: &mut [Child]) -> Result<(), Str
             }
         }
         if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(entry)).await
+            tokio::time::timeout(Duration::from_secs(1), place.connect(entry)).await
         {
             let mut b = [0u8; 1];
             let probe = async {
@@ -136,22 +200,26 @@ async fn wait_ready(entry: SocketAddr, children: &mut [Child]) -> Result<(), Str
     }
 }
 
-/// Starts `peer` in front of `backend`. `Ok(None)`: the peer is not installed (skipped).
+/// Starts `peer` in front of the echo backend listening on `backend_port` of the server side.
+/// `Ok(None)`: the peer is not installed (skipped).
 pub async fn start(
     peer: Peer,
-    backend: SocketAddr,
+    sites: &Sites,
+    backend_port: u16,
     settings: &Settings,
     certs: &Path,
 ) -> Result<Option<Tunnel>, String> {
+    // The tunnel's server side reaches the backend on its own host or namespace.
+    let backend = SocketAddr::new(LOCALHOST, backend_port);
     match peer {
         Peer::Tcp => Ok(Some(Tunnel {
-            entry: backend,
+            entry: SocketAddr::new(sites.server_ip, backend_port),
             children: Vec::new(),
             describe: "direct".into(),
         })),
         Peer::Ferry => {
-            let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let entry = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let udp = SocketAddr::new(sites.server_ip, sites.port());
+            let entry = SocketAddr::new(LOCALHOST, sites.port());
             let file = |n: &str| certs.join(n).display().to_string();
             // No monitor: its default port (the listen port + 1000) is not known to be free.
             let mut common = vec![
@@ -171,6 +239,7 @@ pub async fn start(
                 agent_tls.extend(["--crypto".into(), "none".into()]);
             }
             let gateway = spawn(
+                &sites.server,
                 &sibling("ferry-gateway")?,
                 &[
                     vec![
@@ -189,6 +258,7 @@ pub async fn start(
                 .concat(),
             )?;
             let agent = spawn(
+                &sites.client,
                 &sibling("ferry-agent")?,
                 &[
                     vec![
@@ -205,7 +275,7 @@ pub async fn start(
                 .concat(),
             )?;
             let mut children = vec![agent, gateway];
-            wait_ready(entry, &mut children).await?;
+            wait_ready(&sites.client, entry, &mut children).await?;
             let crypto = if settings.encrypt { "tls" } else { "none" };
             Ok(Some(Tunnel {
                 entry,
@@ -223,8 +293,8 @@ pub async fn start(
             if !installed {
                 return Ok(None);
             }
-            let udp = free_port();
-            let local = free_port();
+            let udp = SocketAddr::new(sites.server_ip, sites.port());
+            let local = SocketAddr::new(LOCALHOST, sites.port());
             let crypt = if settings.encrypt { "aes" } else { "none" };
             let mut flags: Vec<String> =
                 ["--mode", "fast3", "--crypt", crypt, "--key", "ferry-bench"]
@@ -235,34 +305,31 @@ pub async fn start(
             }
             flags.push("--quiet".into());
             let server = spawn(
+                &sites.server,
                 Path::new("kcptun-server"),
                 &[
                     vec![
                         "-t".into(),
                         backend.to_string(),
                         "-l".into(),
-                        format!("127.0.0.1:{udp}"),
+                        udp.to_string(),
                     ],
                     flags.clone(),
                 ]
                 .concat(),
             )?;
             let client = spawn(
+                &sites.client,
                 Path::new("kcptun-client"),
                 &[
-                    vec![
-                        "-r".into(),
-                        format!("127.0.0.1:{udp}"),
-                        "-l".into(),
-                        format!("127.0.0.1:{local}"),
-                    ],
+                    vec!["-r".into(), udp.to_string(), "-l".into(), local.to_string()],
                     flags,
                 ]
                 .concat(),
             )?;
-            let entry = SocketAddr::from(([127, 0, 0, 1], local));
+            let entry = local;
             let mut children = vec![client, server];
-            wait_ready(entry, &mut children).await?;
+            wait_ready(&sites.client, entry, &mut children).await?;
             let comp = if settings.compress == "none" {
                 "nocomp"
             } else {

@@ -1,5 +1,6 @@
-//! `ferry-bench` end to end, tiny: every scenario against direct TCP and Ferry, and the JSON it
-//! writes holds sane figures.
+//! `ferry-bench` end to end, tiny: every scenario against direct TCP and Ferry on loopback, and
+//! a loss sweep on the impaired link (namespaces, TUN devices and the relay; root only), and the
+//! JSON and chart it writes hold sane figures.
 
 use std::process::Command;
 
@@ -13,8 +14,8 @@ fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
             "--peers",
             "tcp,ferry",
             "--encrypt",
-            "--mib",
-            "2",
+            "--seconds",
+            "1",
             "--requests",
             "40",
             "--connections",
@@ -33,7 +34,7 @@ fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
     assert!(stdout.contains("(x): ratio to direct TCP"), "{stdout}");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let ferry = &doc["peers"]["ferry"];
+    let ferry = &doc["runs"][0]["peers"]["ferry"];
     assert_eq!(ferry["status"], "ok", "{doc}");
     let figures = &ferry["figures"];
     let get = |k: &str| {
@@ -49,5 +50,89 @@ fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
         .as_str()
         .unwrap()
         .contains("crypto tls"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether this process may build network namespaces and TUN devices.
+fn can_build_links() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && std::path::Path::new("/dev/net/tun").exists()
+}
+
+#[test]
+fn ferry_bench_sweeps_loss_on_the_impaired_link() {
+    if !can_build_links() {
+        eprintln!("skipped: the impaired link needs root and /dev/net/tun");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-bench-link-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("sweep.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args([
+            "--link",
+            "delay=5ms,rate=20mbit,seed=3",
+            "--loss",
+            "0,10",
+            "--peers",
+            "tcp,ferry",
+            "--scenarios",
+            "throughput,latency,compress",
+            "--compress",
+            "zstd:3",
+            "--seconds",
+            "1",
+            "--requests",
+            "40",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = doc["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{doc}");
+    assert_eq!(runs[1]["loss"], 0.1);
+    for run in runs {
+        for peer in ["tcp", "ferry"] {
+            let p = &run["peers"][peer];
+            assert_eq!(p["status"], "ok", "{peer}: {run}");
+            let get = |k: &str| {
+                p["figures"][k]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{k}: {p}"))
+            };
+            // Everything crossed the link: a round trip costs at least its two 5 ms delays,
+            // and no peer moves more than the 20 Mbit/s (2.5 MB/s) it allows.
+            assert!(
+                get("1 KB req/resp sequential, p50 ms") >= 10.0,
+                "{peer}: {p}"
+            );
+            let mbs = get("throughput 8 conns, MB/s each way");
+            assert!(mbs > 0.05 && mbs <= 2.5, "{peer}: {mbs} MB/s");
+        }
+    }
+    // The relay really dropped packets at 10% (and none at random at 0%).
+    let relay = |i: usize| runs[i]["relay"].as_str().unwrap_or_default().to_owned();
+    assert!(relay(0).contains(" 0 lost at random"), "{}", relay(0));
+    assert!(!relay(1).contains(" 0 lost at random"), "{}", relay(1));
+    // Compression shrinks JSON on the link for Ferry (zstd), not for direct TCP.
+    let ratio = |peer: &str| {
+        runs[0]["peers"][peer]["figures"]["RTB JSON: link bytes / payload"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(ratio("ferry") < 0.5, "ferry {}", ratio("ferry"));
+    assert!(ratio("tcp") > 1.0, "tcp {}", ratio("tcp"));
+    let svg = std::fs::read_to_string(json.with_extension("svg")).expect("chart written");
+    assert!(svg.starts_with("<svg") && svg.contains("ferry") && svg.contains("10%"));
     let _ = std::fs::remove_dir_all(&dir);
 }
