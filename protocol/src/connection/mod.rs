@@ -303,8 +303,9 @@ pub struct Connection {
     close_frame: Option<(u64, String)>,
     close_pending: bool,
     graceful_close: Option<String>,
-    /// The previous packet was a tail duplicate (do not duplicate the duplicate).
-    duplicating: bool,
+    /// Stream frames (stream, offset) owed again as tail duplicates: the packet that carries
+    /// them does not duplicate them once more, but may duplicate fresh data riding with them.
+    duplicating: Vec<(StreamId, u64)>,
 
     // Encryption (TLS mode only).
     /// The TLS handshake, until both ends hold the keys.
@@ -397,7 +398,7 @@ impl Connection {
             close_frame: None,
             close_pending: false,
             graceful_close: None,
-            duplicating: false,
+            duplicating: Vec::new(),
             tls,
             keys: None,
             keys_confirmed: false,
@@ -1683,13 +1684,11 @@ impl Connection {
     /// If packet `pn` ends a small burst, owes its stream frames once more, so that they leave
     /// again in the next packet (see [`TransportConfig::tail_duplication`]).
     fn maybe_duplicate_tail(&mut self, pn: u64) {
-        let was_duplicate = std::mem::replace(&mut self.duplicating, false);
-        if !self.config.tail_duplication || was_duplicate {
+        let copies = std::mem::take(&mut self.duplicating);
+        if !self.config.tail_duplication {
             return;
         }
-        if self.sent.bytes_in_flight() > 3 * self.max_datagram as u64
-            || self.streams.has_pending_data()
-        {
+        if self.streams.has_pending_data() {
             return;
         }
         let Some(frames) = self.sent.frames_of(pn) else {
@@ -1697,10 +1696,24 @@ impl Connection {
         };
         let streams: Vec<SentFrame> = frames
             .iter()
-            .filter(|f| matches!(f, SentFrame::Stream { .. }))
+            .filter(|f| match f {
+                SentFrame::Stream { id, offset, .. } => !copies.contains(&(*id, *offset)),
+                _ => false,
+            })
             .cloned()
             .collect();
         if streams.is_empty() {
+            return;
+        }
+        // A small burst: little in flight on the whole connection, or (many connections each
+        // sending a small message at once) only small messages on the streams in this packet.
+        let small = 3 * self.max_datagram;
+        let quiet_connection = self.sent.bytes_in_flight() <= small as u64;
+        let small_messages = streams.iter().all(|f| match f {
+            SentFrame::Stream { id, .. } => self.streams.unacknowledged(*id) <= small,
+            _ => true,
+        });
+        if !quiet_connection && !small_messages {
             return;
         }
         for f in streams {
@@ -1712,8 +1725,8 @@ impl Connection {
             } = f
             {
                 self.streams.on_stream_lost(id, offset, len, fin);
+                self.duplicating.push((id, offset));
             }
         }
-        self.duplicating = true;
     }
 }

@@ -603,6 +603,11 @@ impl StreamSet {
         }
     }
 
+    /// Bytes written to stream `id` and not yet acknowledged (none for an unknown stream).
+    pub fn unacknowledged(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.send.buffered())
+    }
+
     /// Stream bytes were lost: queue them again.
     pub fn on_stream_lost(&mut self, id: StreamId, offset: u64, len: u32, fin: bool) {
         let Some(s) = self.streams.get_mut(&id) else {
