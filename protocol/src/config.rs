@@ -61,7 +61,7 @@ pub struct TransportConfig {
     /// Send the last packet of a small burst twice: when nothing else is pending and either at
     /// most three datagrams are in flight, or every stream in the packet has at most three
     /// datagrams' worth unacknowledged (many connections each sending a small message at
-    /// once). Default on: an interactive message costs one extra packet, and a single loss no
+    /// once) and the path lost a packet in the last 10 seconds. Default on: an interactive message costs one extra packet, and a single loss no
     /// longer costs it a repair round trip. Bulk transfers are unaffected (their packets are
     /// never the tail of a small burst, and their streams hold more unacknowledged data).
     pub tail_duplication: bool,

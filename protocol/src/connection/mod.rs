@@ -101,6 +101,10 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 /// Consecutive RTO expiries after which the congestion controller is told of persistent congestion.
 const PERSISTENT_CONGESTION_RTOS: u32 = 3;
 
+/// How long after a loss a path counts as lossy, for tail duplication of many streams' small
+/// messages (see [`TransportConfig::tail_duplication`]).
+const LOSSY_PATH_MEMORY: Duration = Duration::from_secs(10);
+
 /// Why a connection ended. Each carries a reason fit for one log line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionError {
@@ -306,6 +310,9 @@ pub struct Connection {
     /// Stream frames (stream, offset) owed again as tail duplicates: the packet that carries
     /// them does not duplicate them once more, but may duplicate fresh data riding with them.
     duplicating: Vec<(StreamId, u64)>,
+    /// When a packet was last declared lost: copies for many streams' small messages are only
+    /// worth their bandwidth on a path that has been losing packets lately.
+    last_loss: Option<Instant>,
 
     // Encryption (TLS mode only).
     /// The TLS handshake, until both ends hold the keys.
@@ -399,6 +406,7 @@ impl Connection {
             close_pending: false,
             graceful_close: None,
             duplicating: Vec::new(),
+            last_loss: None,
             tls,
             keys: None,
             keys_confirmed: false,
@@ -1245,6 +1253,9 @@ impl Connection {
             }
         }
         self.stats.packets_lost += lost.len() as u64;
+        if !lost.is_empty() {
+            self.last_loss = Some(now);
+        }
         trace!(side = %self.side, count = lost.len(), "packets lost");
         if let Some(t) = latest {
             self.cc.on_loss(now, bytes, t, self.sent.bytes_in_flight());
@@ -1706,13 +1717,18 @@ impl Connection {
             return;
         }
         // A small burst: little in flight on the whole connection, or (many connections each
-        // sending a small message at once) only small messages on the streams in this packet.
+        // sending a small message at once, on a path that lost packets in the last seconds)
+        // only small messages on the streams in this packet.
         let small = 3 * self.max_datagram;
         let quiet_connection = self.sent.bytes_in_flight() <= small as u64;
-        let small_messages = streams.iter().all(|f| match f {
-            SentFrame::Stream { id, .. } => self.streams.unacknowledged(*id) <= small,
-            _ => true,
-        });
+        let lossy = self
+            .last_loss
+            .is_some_and(|t| self.last_sent.saturating_duration_since(t) < LOSSY_PATH_MEMORY);
+        let small_messages = lossy
+            && streams.iter().all(|f| match f {
+                SentFrame::Stream { id, .. } => self.streams.unacknowledged(*id) <= small,
+                _ => true,
+            });
         if !quiet_connection && !small_messages {
             return;
         }
