@@ -61,6 +61,13 @@ pub enum SentFrame {
         /// Byte count.
         len: u32,
     },
+    /// An ACK frame acknowledging packets up to `largest`. Recorded only in ack-eliciting
+    /// packets (it does not make a packet one); once the peer acknowledges such a packet, those
+    /// packets need no acknowledging again.
+    Ack {
+        /// Largest packet number the frame acknowledged.
+        largest: u64,
+    },
 }
 
 /// An ack-eliciting packet in flight.

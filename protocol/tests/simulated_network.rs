@@ -495,3 +495,67 @@ fn small_messages_of_many_streams_at_once_are_repaired_without_a_round_trip() {
     assert!(with < 0.025, "repaired with duplication: {with}");
     assert!(without > 0.06, "repaired without: {without}");
 }
+
+/// Mean and largest number of ranges in the ACK frames each direction sends late in a bulk
+/// transfer at 3% random loss: (to the server, to the client).
+fn ack_ranges_in_a_lossy_transfer(both_ways: bool) -> [(f64, usize); 2] {
+    let link = LinkConfig::default()
+        .with_delay(20 * MS)
+        .with_rate(20_000_000, 100_000)
+        .with_loss(0.03);
+    let mut pair = Pair::symmetric(17, ServerConfig::default(), link);
+    let (ch, sh) = pair.establish(TransportConfig::default()).unwrap();
+    let back = if both_ways { u64::MAX / 4 } else { 0 };
+    let mut client = BulkSide::new(ch, true, 17, 1, u64::MAX / 4);
+    let mut server = BulkSide::new(sh, false, 17, 0, back);
+    // Long enough for hundreds of gaps; only the last seconds are looked at.
+    pair.run_until(Duration::from_secs(3), |p| {
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        false
+    });
+    pair.capture = Some(Vec::new());
+    pair.run_until(Duration::from_secs(2), |p| {
+        client.pump(&mut p.client);
+        server.pump(&mut p.server);
+        false
+    });
+    assert!(client.closed.is_none() && server.closed.is_none());
+    let mut ranges = [Vec::new(), Vec::new()];
+    for c in pair.capture.take().unwrap() {
+        let Ok(packet) = Packet::decode(&c.datagram) else {
+            continue;
+        };
+        for f in FrameIter::new(packet.payload) {
+            if let Ok(Frame::Ack(ack)) = f {
+                let way = usize::from(c.direction == Direction::ToClient);
+                ranges[way].push(ack.ranges.len());
+            }
+        }
+    }
+    ranges.map(|r| {
+        assert!(r.len() > 1000, "too few ACK frames: {}", r.len());
+        let mean = r.iter().sum::<usize>() as f64 / r.len() as f64;
+        (mean, r.into_iter().max().unwrap_or(0))
+    })
+}
+
+#[test]
+fn ack_frames_stop_repeating_gaps_the_peer_has_already_seen() {
+    // Otherwise every gap that loss leaves in the packet numbers would ride in every later ACK
+    // frame (up to 32 ranges, some 60-100 bytes of each data packet) for the whole connection.
+    // Once the peer acknowledges a packet carrying an ACK, the gaps below it are dropped; a
+    // receiver that only acknowledges makes one ACK per round trip ack-eliciting to learn the
+    // same (without that, its ACKs carry 32 ranges here).
+    for both_ways in [true, false] {
+        for (way, (mean, max)) in ack_ranges_in_a_lossy_transfer(both_ways)
+            .into_iter()
+            .enumerate()
+        {
+            assert!(
+                mean < 16.0,
+                "both ways {both_ways}, direction {way}: mean {mean:.2} ranges, max {max}"
+            );
+        }
+    }
+}

@@ -215,13 +215,13 @@ pub struct Bbr {
 
 impl Bbr {
     /// A controller for a connection starting at `now` whose datagrams are at most
-    /// `max_datagram` bytes.
-    pub fn new(now: Instant, max_datagram: u64) -> Self {
+    /// `max_datagram` bytes. `seed` picks the PROBE_BW starting phase: connections get
+    /// different seeds so that their cycles do not line up, and a simulation that replays a
+    /// seed replays the phase too (a start time would not: simulations start at the real now).
+    pub fn new(now: Instant, max_datagram: u64, seed: u64) -> Self {
         let max_datagram = max_datagram.max(1);
-        // Deterministic for a given start time (so simulations replay), different between
-        // connections (so their PROBE_BW cycles do not line up).
         let mut hasher = DefaultHasher::new();
-        now.hash(&mut hasher);
+        seed.hash(&mut hasher);
         Self {
             mode: Mode::Startup,
             max_datagram,
@@ -664,7 +664,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let t0 = Instant::now();
         let end = t0 + duration;
-        let mut bbr = Bbr::new(t0, MTU);
+        let mut bbr = Bbr::new(t0, MTU, 1);
         let mut rtt = RttEstimator::new(100 * MS);
         let mut pacer = Pacer::new(t0, MTU);
         // pn -> (sent time, delivery state)
@@ -979,7 +979,7 @@ mod tests {
     #[test]
     fn app_limited_samples_do_not_lower_the_bandwidth_estimate() {
         let t0 = Instant::now();
-        let mut bbr = Bbr::new(t0, 1000);
+        let mut bbr = Bbr::new(t0, 1000, 1);
         let rtt = RttEstimator::new(10 * MS);
         bbr.bw_filter.update(1, 1_000_000);
         bbr.min_rtt = Some(10 * MS);
@@ -1005,7 +1005,7 @@ mod tests {
     #[test]
     fn app_limited_is_ignored_when_the_window_is_full() {
         let t0 = Instant::now();
-        let mut bbr = Bbr::new(t0, 1000);
+        let mut bbr = Bbr::new(t0, 1000, 1);
         bbr.on_app_limited(bbr.window());
         assert!(!bbr.rate.is_app_limited());
         bbr.on_app_limited(0);
@@ -1015,7 +1015,7 @@ mod tests {
     #[test]
     fn startup_ends_after_three_rounds_without_growth() {
         let t0 = Instant::now();
-        let mut bbr = Bbr::new(t0, 1000);
+        let mut bbr = Bbr::new(t0, 1000, 1);
         let rtt = RttEstimator::new(10 * MS);
         // A flat 1 MB/s: ten 1000-byte packets per 10 ms round.
         let mut now = t0;
@@ -1046,7 +1046,7 @@ mod tests {
     #[test]
     fn starts_with_a_32_datagram_window_and_startup_pacing() {
         let t0 = Instant::now();
-        let bbr = Bbr::new(t0, 1350);
+        let bbr = Bbr::new(t0, 1350, 1);
         assert_eq!(bbr.window(), 32 * 1350);
         assert_eq!(bbr.name(), "bbr");
         assert_eq!(bbr.mode_name(), "startup");
@@ -1058,7 +1058,7 @@ mod tests {
     #[test]
     fn persistent_congestion_shrinks_the_window_but_keeps_the_model() {
         let now = Instant::now();
-        let mut bbr = Bbr::new(now, 1000);
+        let mut bbr = Bbr::new(now, 1000, 1);
         bbr.bw_filter.update(1, 1_000_000);
         bbr.min_rtt = Some(40 * MS);
         bbr.filled_pipe = true;
@@ -1093,7 +1093,7 @@ mod tests {
         let t0 = Instant::now();
         let rtt = RttEstimator::new(MS);
         for mtu in [0, 1, u64::MAX] {
-            let mut bbr = Bbr::new(t0, mtu);
+            let mut bbr = Bbr::new(t0, mtu, 1);
             let d = bbr.on_sent(t0, u64::MAX, u64::MAX);
             let huge = AckedPacket {
                 sent_time: t0,

@@ -93,10 +93,11 @@ pub enum CongestionConfig {
 }
 
 impl CongestionConfig {
-    /// Makes a controller for a connection whose datagrams are at most `max_datagram` bytes.
-    pub fn build(&self, now: Instant, max_datagram: u64) -> Box<dyn Controller> {
+    /// Makes a controller for a connection whose datagrams are at most `max_datagram` bytes;
+    /// `seed` (from the connection's) drives whatever the controller randomises.
+    pub fn build(&self, now: Instant, max_datagram: u64, seed: u64) -> Box<dyn Controller> {
         match *self {
-            CongestionConfig::Bbr => Box::new(bbr::Bbr::new(now, max_datagram)),
+            CongestionConfig::Bbr => Box::new(bbr::Bbr::new(now, max_datagram, seed)),
             CongestionConfig::Fixed { rate_bps } => {
                 Box::new(fixed::Fixed::new(rate_bps, max_datagram))
             }

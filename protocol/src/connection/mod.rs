@@ -87,6 +87,9 @@ pub mod close_code {
     pub const APPLICATION: u64 = 0x100;
 }
 
+/// Mixed into the connection's seed for its congestion controller, so that the two do not draw
+/// the same numbers.
+const CONGESTION_SEED_SALT: u64 = 0x6262_725f_7068_6173;
 /// Most ACK ranges sent in one ACK frame.
 const MAX_ACK_RANGES_SENT: usize = 32;
 /// Most packet-number ranges remembered as received.
@@ -290,6 +293,14 @@ pub struct Connection {
     largest_acked: Option<u64>,
     received: RangeSet,
     largest_received: Option<(u64, Instant)>,
+    /// Packets up to this number are no longer acknowledged: the peer acknowledged a packet of
+    /// ours whose ACK frame covered them (RFC 9000 section 13.2.4), so it already knows. Without
+    /// this, every gap that losses leave behind would ride in every ACK frame (up to
+    /// [`MAX_ACK_RANGES_SENT`] ranges) for as long as the connection lives.
+    ack_floor: Option<u64>,
+    /// When an ACK-only packet last carried a PING so that the peer would acknowledge it (see
+    /// [`Connection::ack_needs_confirming`]).
+    ack_ping_sent: Option<Instant>,
     ack_pending: bool,
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
@@ -390,9 +401,13 @@ impl Connection {
             largest_acked: None,
             received: RangeSet::new(),
             largest_received: None,
+            ack_floor: None,
+            ack_ping_sent: None,
             ack_pending: false,
             rtt: RttEstimator::new(config.initial_rtt),
-            cc: config.congestion.build(now, max_datagram as u64),
+            cc: config
+                .congestion
+                .build(now, max_datagram as u64, seed ^ CONGESTION_SEED_SALT),
             pacer: Pacer::new(now, max_datagram as u64),
             rto_count: 0,
             loss_time: None,
@@ -1202,6 +1217,9 @@ impl Connection {
                     tls.on_acked(offset, len);
                 }
             }
+            SentFrame::Ack { largest } => {
+                self.ack_floor = Some(self.ack_floor.map_or(largest, |f| f.max(largest)));
+            }
             _ => {}
         }
     }
@@ -1247,7 +1265,8 @@ impl Connection {
                             tls.on_lost(offset, len);
                         }
                     }
-                    SentFrame::Ping => {}
+                    // An ACK is never resent: later packets carry newer ones.
+                    SentFrame::Ping | SentFrame::Ack { .. } => {}
                     ref other => self.streams.on_control_lost(other),
                 }
             }
@@ -1424,13 +1443,48 @@ impl Connection {
         }
     }
 
-    fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>) {
-        if let Some((_, at)) = self.largest_received {
-            let delay = now.saturating_duration_since(at).as_micros() as u64;
-            AckFrame::encode(self.received.iter().rev(), delay, MAX_ACK_RANGES_SENT, out);
-            self.ack_pending = false;
-            self.ack_held_since = None;
+    /// Writes an ACK frame for the packets received above the [`ack_floor`](Self::ack_floor)
+    /// (the largest range whatever the floor, so there is always one). Returns the largest
+    /// packet number it acknowledges, if it wrote one.
+    fn write_ack(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<u64> {
+        let (_, at) = self.largest_received?;
+        let top = self.received.iter().next_back()?;
+        let delay = now.saturating_duration_since(at).as_micros() as u64;
+        let lowest = self.ack_floor.map_or(0, |f| f.saturating_add(1));
+        let written = if top.end > lowest {
+            let above = self.received.iter().rev();
+            let above = above
+                .take_while(|r| r.end > lowest)
+                .map(|r| r.start.max(lowest)..r.end);
+            AckFrame::encode(above, delay, MAX_ACK_RANGES_SENT, out)
+        } else {
+            AckFrame::encode(std::iter::once(top.clone()), delay, 1, out)
+        };
+        self.ack_pending = false;
+        self.ack_held_since = None;
+        written.then(|| top.end - 1)
+    }
+
+    /// Whether the ACK about to leave in a packet with nothing else should carry a PING: a
+    /// receiver that only ever acknowledges would otherwise never learn that its ACKs arrived, so
+    /// its [`ack_floor`](Self::ack_floor) would never rise and old gaps would stay in its ACK
+    /// frames. Only when there is such a gap, and at most once per round trip (RFC 9000 section
+    /// 13.2.4 suggests the same).
+    fn ack_needs_confirming(&self, now: Instant) -> bool {
+        if self.state != State::Established {
+            return false;
         }
+        let lowest = self.ack_floor.map_or(0, |f| f.saturating_add(1));
+        let gaps = self
+            .received
+            .iter()
+            .rev()
+            .take_while(|r| r.end > lowest)
+            .nth(1)
+            .is_some();
+        gaps && self
+            .ack_ping_sent
+            .is_none_or(|at| now >= at + self.rtt.smoothed())
     }
 
     fn wants_to_send_eliciting(&self) -> bool {
@@ -1632,10 +1686,21 @@ impl Connection {
             || (tls && may_elicit && self.hello_pending && self.side == Side::Server);
         let layout = self.header(pn, long, buf);
         let limit = self.packet_limit(&layout);
-        if self.ack_pending {
-            self.write_ack(now, buf);
-        }
+        let confirm_ack = !wants && self.ack_pending && !long && self.ack_needs_confirming(now);
+        // Packets that elicit an acknowledgement always carry an ACK (a few bytes once old gaps
+        // are dropped): most ACKs otherwise leave at once in packets the peer never
+        // acknowledges, and the ACK floor would only rise when one happened to be pending.
+        let acked_up_to = if self.ack_pending || may_elicit {
+            self.write_ack(now, buf)
+        } else {
+            None
+        };
         let mut frames = Vec::new();
+        if confirm_ack && acked_up_to.is_some() {
+            buf.put_varint(frame::types::PING);
+            frames.push(SentFrame::Ping);
+            self.ack_ping_sent = Some(now);
+        }
         if may_elicit {
             if self.hello_pending {
                 buf.put_varint(frame::types::HELLO);
@@ -1670,6 +1735,10 @@ impl Connection {
         if frames.is_empty() {
             self.sent.push(pn, None);
         } else {
+            // Only packets the peer acknowledges can tell that the ACK arrived.
+            if let Some(largest) = acked_up_to {
+                frames.push(SentFrame::Ack { largest });
+            }
             self.probe_credit = self.probe_credit.saturating_sub(1);
             let delivery = self
                 .cc
