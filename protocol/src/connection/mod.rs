@@ -298,9 +298,9 @@ pub struct Connection {
     /// this, every gap that losses leave behind would ride in every ACK frame (up to
     /// [`MAX_ACK_RANGES_SENT`] ranges) for as long as the connection lives.
     ack_floor: Option<u64>,
-    /// When an ACK-only packet last carried a PING so that the peer would acknowledge it (see
+    /// When an ACK last left in a packet the peer will acknowledge because of it (see
     /// [`Connection::ack_needs_confirming`]).
-    ack_ping_sent: Option<Instant>,
+    ack_confirm_sent: Option<Instant>,
     ack_pending: bool,
     rtt: RttEstimator,
     cc: Box<dyn Controller>,
@@ -402,7 +402,7 @@ impl Connection {
             received: RangeSet::new(),
             largest_received: None,
             ack_floor: None,
-            ack_ping_sent: None,
+            ack_confirm_sent: None,
             ack_pending: false,
             rtt: RttEstimator::new(config.initial_rtt),
             cc: config
@@ -1465,11 +1465,12 @@ impl Connection {
         written.then(|| top.end - 1)
     }
 
-    /// Whether the ACK about to leave in a packet with nothing else should carry a PING: a
-    /// receiver that only ever acknowledges would otherwise never learn that its ACKs arrived, so
-    /// its [`ack_floor`](Self::ack_floor) would never rise and old gaps would stay in its ACK
-    /// frames. Only when there is such a gap, and at most once per round trip (RFC 9000 section
-    /// 13.2.4 suggests the same).
+    /// Whether an ACK should now leave in a packet the peer acknowledges (a data packet, or an
+    /// ACK-only one given a PING). ACK-only packets are never acknowledged, so without this a
+    /// connection whose ACKs all leave that way would never learn that they arrived: its
+    /// [`ack_floor`](Self::ack_floor) would not rise and old gaps would stay in its ACK frames.
+    /// Only while there is such a gap, and at most once per round trip (RFC 9000 section
+    /// 13.2.4 suggests the same for receivers that only acknowledge).
     fn ack_needs_confirming(&self, now: Instant) -> bool {
         if self.state != State::Established {
             return false;
@@ -1483,7 +1484,7 @@ impl Connection {
             .nth(1)
             .is_some();
         gaps && self
-            .ack_ping_sent
+            .ack_confirm_sent
             .is_none_or(|at| now >= at + self.rtt.smoothed())
     }
 
@@ -1686,20 +1687,23 @@ impl Connection {
             || (tls && may_elicit && self.hello_pending && self.side == Side::Server);
         let layout = self.header(pn, long, buf);
         let limit = self.packet_limit(&layout);
-        let confirm_ack = !wants && self.ack_pending && !long && self.ack_needs_confirming(now);
-        // Packets that elicit an acknowledgement always carry an ACK (a few bytes once old gaps
-        // are dropped): most ACKs otherwise leave at once in packets the peer never
-        // acknowledges, and the ACK floor would only rise when one happened to be pending.
-        let acked_up_to = if self.ack_pending || may_elicit {
+        // Most ACKs leave at once in ACK-only packets, which the peer never acknowledges, so
+        // once per round trip (while old gaps are still being reported) an ACK rides in a packet
+        // that will be acknowledged: a data packet, or an ACK-only one given a PING.
+        let confirm_ack =
+            !long && (may_elicit || (!wants && self.ack_pending)) && self.ack_needs_confirming(now);
+        let acked_up_to = if self.ack_pending || confirm_ack {
             self.write_ack(now, buf)
         } else {
             None
         };
         let mut frames = Vec::new();
         if confirm_ack && acked_up_to.is_some() {
-            buf.put_varint(frame::types::PING);
-            frames.push(SentFrame::Ping);
-            self.ack_ping_sent = Some(now);
+            if !may_elicit {
+                buf.put_varint(frame::types::PING);
+                frames.push(SentFrame::Ping);
+            }
+            self.ack_confirm_sent = Some(now);
         }
         if may_elicit {
             if self.hello_pending {
