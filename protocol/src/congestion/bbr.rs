@@ -30,8 +30,12 @@
 //!   probe queued) and six phases of 1, each one minimum RTT long, starting at a random phase
 //!   other than 0.75 so that competing flows do not probe in lockstep.
 //! - PROBE_RTT: when the minimum RTT has not been seen again for 10 seconds, the window drops to
-//!   4 datagrams for 200 ms (and at least one round trip) so that queues drain and the true
-//!   propagation delay can be measured again (a route may have changed).
+//!   half a BDP (at least 4 datagrams) for 200 ms and at least one round trip, so that queues
+//!   drain and the true propagation delay can be measured again (a route may have changed).
+//!   BBR v1 dropped to 4 datagrams; half a BDP is what BBR v2 and v3 use
+//!   (draft-cardwell-iccrg-bbr-congestion-control-02, `ProbeRTTCwndGain`): it empties the queue
+//!   just the same, but keeps half the rate, and a burst of requests that arrives during the
+//!   probe (64 connections' 1 KB requests at once) is not held to 4 datagrams per round trip.
 //!
 //! # Simplifications and choices
 //!
@@ -90,8 +94,10 @@ const FULL_BW_GROWTH: f64 = 1.25;
 const FULL_BW_ROUNDS: u32 = 3;
 /// Initial window, in datagrams.
 const INITIAL_WINDOW_DATAGRAMS: u64 = 32;
-/// Smallest window, in datagrams (also the PROBE_RTT window).
+/// Smallest window, in datagrams (also the smallest PROBE_RTT window).
 const MIN_WINDOW_DATAGRAMS: u64 = 4;
+/// Window in PROBE_RTT, as a fraction of the BDP.
+const PROBE_RTT_CWND_GAIN: f64 = 0.5;
 /// Headroom added to the window target, in datagrams.
 const WINDOW_HEADROOM_DATAGRAMS: u64 = 3;
 /// Shortest RTT the window is sized for (see `Bbr::inflight_target_bytes`).
@@ -276,6 +282,12 @@ impl Bbr {
         self.max_datagram.saturating_mul(MIN_WINDOW_DATAGRAMS)
     }
 
+    /// The window in PROBE_RTT: half a BDP, at least the smallest window.
+    fn probe_rtt_window_bytes(&self) -> u64 {
+        self.bdp_bytes(PROBE_RTT_CWND_GAIN)
+            .max(self.min_window_bytes())
+    }
+
     fn initial_window_bytes(&self) -> u64 {
         self.max_datagram.saturating_mul(INITIAL_WINDOW_DATAGRAMS)
     }
@@ -435,11 +447,11 @@ impl Bbr {
     }
 
     fn handle_probe_rtt(&mut self, now: Instant, bytes_in_flight: u64) {
-        // What is delivered now measures the 4-datagram window, not the path.
+        // What is delivered now measures the reduced window, not the path.
         self.rate.on_app_limited(bytes_in_flight);
         match self.probe_rtt_done {
             None => {
-                if bytes_in_flight <= self.min_window_bytes() {
+                if bytes_in_flight <= self.probe_rtt_window_bytes() {
                     self.probe_rtt_done = Some(now.checked_add(PROBE_RTT_DURATION).unwrap_or(now));
                     self.probe_rtt_round_done = false;
                     self.next_round_delivered_bytes = self.rate.delivered_bytes();
@@ -489,7 +501,7 @@ impl Bbr {
         }
         self.window_bytes = self.window_bytes.max(self.min_window_bytes());
         if self.mode == Mode::ProbeRtt {
-            self.window_bytes = self.window_bytes.min(self.min_window_bytes());
+            self.window_bytes = self.window_bytes.min(self.probe_rtt_window_bytes());
         }
     }
 }
@@ -944,17 +956,21 @@ mod tests {
         report("route change", &run, 3 * SECOND, 18 * SECOND);
         let min = run.bbr.min_rtt().expect("measured");
         assert!(min >= 80 * MS && min < 90 * MS, "min RTT {min:?}");
-        // PROBE_RTT ran, briefly: about 200 ms plus a round trip.
-        let probe = run
+        // PROBE_RTT ran, briefly: about 200 ms plus a round trip...
+        let (start, end) = run
             .modes
             .windows(2)
             .find(|w| w[0].1 == Mode::ProbeRtt)
-            .map(|w| w[1].0 - w[0].0)
+            .map(|w| (w[0].0, w[1].0))
             .expect("PROBE_RTT ran and ended");
+        let probe = end - start;
         assert!(
             probe >= 200 * MS && probe < 500 * MS,
             "PROBE_RTT took {probe:?}"
         );
+        // ...at half a BDP, so a good part of the rate (a 4-datagram window would deliver 2%).
+        let during = run.goodput(start + 100 * MS, end, LINK_BYTES_PER_S);
+        assert!(during > 0.25, "goodput {during} during PROBE_RTT");
         assert!(run.goodput(12 * SECOND, 18 * SECOND, LINK_BYTES_PER_S) > 0.85);
     }
 
