@@ -102,10 +102,15 @@ impl Place {
         socket.connect(addr).await
     }
 
-    /// A TCP listener at `addr` in this place.
+    /// A TCP listener at `addr` in this place, with room for `many`'s thousands of
+    /// connections arriving at once in its accept queue (as the agent's listeners have).
     pub async fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
         let std_listener = match self {
-            Place::Host => return TcpListener::bind(addr).await,
+            Place::Host => {
+                let listener = TcpListener::bind(addr).await?;
+                widen_backlog(listener.as_raw_fd())?;
+                return Ok(listener);
+            }
             Place::Netns(ns) => {
                 let listener = ns.run(|| std::net::TcpListener::bind(addr))?;
                 if let Some(cc) = &ns.tcp_cc {
@@ -114,6 +119,7 @@ impl Place {
                 listener
             }
         };
+        widen_backlog(std_listener.as_raw_fd())?;
         std_listener.set_nonblocking(true)?;
         TcpListener::from_std(std_listener)
     }
@@ -159,6 +165,20 @@ impl Place {
             ))
         }
     }
+}
+
+/// Accept-queue length asked of the kernel (capped by `net.core.somaxconn`): the default
+/// listeners' 128 or 1024 overflow when `many` connects thousands of clients at once, and each
+/// dropped SYN costs a one-second retransmission that would be charged to the peer.
+const LISTEN_BACKLOG: libc::c_int = 8192;
+
+/// Raises the backlog of a listening socket: Linux lets `listen` be called again to change it.
+fn widen_backlog(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: `fd` is a listening socket owned by the caller.
+    if unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sets `TCP_CONGESTION` on a socket.

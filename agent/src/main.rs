@@ -219,7 +219,7 @@ async fn run(args: Args) -> Result<(), String> {
         let task = match &l.address {
             Address::Tcp { .. } => {
                 let target = l.address.tcp_target().unwrap_or_default();
-                let listener = tokio::net::TcpListener::bind(&target)
+                let listener = listen_tcp(&target)
                     .await
                     .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
                 info!(listen = %l.address, service = %l.service, "accepting clients");
@@ -228,7 +228,7 @@ async fn run(args: Args) -> Result<(), String> {
             #[cfg(unix)]
             Address::Unix(path) => {
                 remove_stale_socket(path)?;
-                let listener = tokio::net::UnixListener::bind(path)
+                let listener = listen_unix(path)
                     .map_err(|e| format!("cannot listen on {}: {e}", l.address))?;
                 unix_paths.push(path.clone());
                 info!(listen = %l.address, service = %l.service, "accepting clients");
@@ -264,6 +264,48 @@ async fn run(args: Args) -> Result<(), String> {
 /// A Unix socket path left by a previous run is removed; one that something still listens on
 /// is an error.
 #[cfg(unix)]
+/// Connections the kernel may queue for `accept` on a client listener. tokio's `bind` asks for
+/// 1024: 3,000 clients connecting at once overflowed it (`ListenOverflows` in
+/// /proc/net/netstat), and each dropped SYN cost its client a one-second retransmission. The
+/// kernel caps the figure at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// A TCP listener on the first address `target` resolves to that can be bound, with
+/// [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets it).
+async fn listen_tcp(target: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(target).await? {
+        let attempt = (|| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
+/// A Unix-socket listener at `path` with [`LISTEN_BACKLOG`].
+#[cfg(unix)]
+fn listen_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let socket = tokio::net::UnixSocket::new_stream()?;
+    socket.bind(path)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
