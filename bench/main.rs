@@ -157,7 +157,7 @@ async fn measure(
     let on_link = run.net.is_some();
     let requests = args.requests.unwrap_or(if on_link { 400 } else { 2000 });
     let pids = tunnel.pids();
-    let cpu = || -> Duration { pids.iter().map(|p| procfs::cpu_time(*p)).sum() };
+    let cpu = || -> Vec<Duration> { pids.iter().map(|p| procfs::cpu_time(*p)).collect() };
     let seconds = Duration::from_secs_f64(args.seconds.clamp(0.5, 600.0));
     for scenario in scenarios {
         if let Some(net) = run.net {
@@ -178,11 +178,12 @@ async fn measure(
                     f.put("throughput 1 conn, % of link", 100.0 * one / link_mbs);
                     f.put("throughput 8 conns, % of link", 100.0 * eight / link_mbs);
                 }
-                if !pids.is_empty() {
-                    let gib = (one_bytes + eight_bytes) as f64 / (1u64 << 30) as f64;
+                let gib = (one_bytes + eight_bytes) as f64 / (1u64 << 30) as f64;
+                for (i, (after, before)) in cpu().into_iter().zip(cpu0).enumerate() {
+                    let side = if i == 0 { "client side" } else { "server side" };
                     f.put(
-                        "tunnel CPU s per GiB each way",
-                        (cpu() - cpu0).as_secs_f64() / gib,
+                        &format!("CPU s per GiB each way, {side}"),
+                        after.saturating_sub(before).as_secs_f64() / gib,
                     );
                 }
             }
