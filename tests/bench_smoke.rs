@@ -2,15 +2,35 @@
 //! a loss sweep on the impaired link (namespaces, TUN devices and the relay; root only), and the
 //! JSON and chart it writes hold sane figures.
 
+use std::path::Path;
 use std::process::Command;
+
+/// Runs `ferry-bench` with `args` and `--json json`, checks that it succeeded, and returns its
+/// standard output and the JSON it wrote.
+fn run_bench(args: &[&str], json: &Path) -> (String, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (stdout, doc)
+}
 
 #[test]
 fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
     let dir = std::env::temp_dir().join(format!("ferry-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
-        .args([
+    let (stdout, doc) = run_bench(
+        &[
             "--peers",
             "tcp,ferry",
             "--encrypt",
@@ -20,20 +40,10 @@ fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
             "40",
             "--connections",
             "50",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &json,
     );
     assert!(stdout.contains("(x): ratio to direct TCP"), "{stdout}");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let ferry = &doc["runs"][0]["peers"]["ferry"];
     assert_eq!(ferry["status"], "ok", "{doc}");
     let figures = &ferry["figures"];
@@ -46,6 +56,9 @@ fn ferry_bench_runs_every_scenario_and_writes_sane_json() {
     assert!(get("1 KB req/resp sequential, p99 ms") > 0.0);
     assert_eq!(get("50 conns: success %"), 100.0);
     assert!(get("peak RSS MiB, server side") > 1.0);
+    for side in ["client", "server"] {
+        assert!(get(&format!("CPU s per GiB each way, {side} side")) > 0.0);
+    }
     assert!(ferry["settings"][0]
         .as_str()
         .unwrap()
@@ -69,8 +82,8 @@ fn ferry_bench_sweeps_loss_on_the_impaired_link() {
     let dir = std::env::temp_dir().join(format!("ferry-bench-link-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("sweep.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
-        .args([
+    let (_, doc) = run_bench(
+        &[
             "--link",
             "delay=5ms,rate=20mbit,seed=3",
             "--loss",
@@ -85,19 +98,9 @@ fn ferry_bench_sweeps_loss_on_the_impaired_link() {
             "1",
             "--requests",
             "40",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &json,
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = doc["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "{doc}");
     assert_eq!(runs[1]["loss"], 0.1);
