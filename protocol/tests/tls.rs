@@ -189,6 +189,23 @@ fn tls_sessions_carry_streams_intact_through_loss_and_reordering() {
     }
 }
 
+/// Sealed packets are padded to the full datagram size as well, so bulk data leaves in GSO
+/// batches under TLS, and batches cut at their segment size open intact.
+#[test]
+fn sealed_bulk_data_leaves_in_full_gso_batches() {
+    let setup = Setup::new();
+    let link = LinkConfig::default().with_delay(5 * MS).with_loss(0.02);
+    let mut pair = pair(4, setup.server.clone(), link);
+    pair.max_batch = 16;
+    pair.tick = Some(MS);
+    bulk(&mut pair, setup.client(), 4, 2 << 20, 4);
+    let per_transmit = pair.datagrams as f64 / pair.transmits as f64;
+    assert!(
+        per_transmit > 3.0,
+        "{per_transmit:.2} datagrams per transmit"
+    );
+}
+
 #[test]
 fn the_handshake_completes_through_heavy_loss() {
     let setup = Setup::new();

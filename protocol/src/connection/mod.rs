@@ -53,7 +53,9 @@ use crate::ranges::RangeSet;
 use crate::recovery::{SentFrame, SentPacket, SentPackets};
 use crate::rtt::RttEstimator;
 use crate::settings::Settings;
-use crate::streams::{ReadOutcome, StreamError, StreamEvent, StreamLimits, StreamSet};
+use crate::streams::{
+    ReadOutcome, StreamError, StreamEvent, StreamLimits, StreamSet, SMALLEST_USEFUL_STREAM_FRAME,
+};
 
 mod timer;
 use timer::{Timer, TimerTable};
@@ -1732,6 +1734,16 @@ impl Connection {
                     }
                 }
             }
+        }
+        // Frames that filled a packet to within one frame of its limit leave it a few bytes
+        // short: padded to the limit, every full packet is `max_datagram` long, so a run of
+        // them leaves as one GSO batch (`poll_transmit` ends a batch at a shorter packet).
+        if may_elicit
+            && !long
+            && buf.len() < limit
+            && limit - buf.len() < SMALLEST_USEFUL_STREAM_FRAME
+        {
+            buf.resize(limit, 0);
         }
         self.finish_packet(pn, &layout, buf);
         let len = buf.len() - start;

@@ -81,6 +81,17 @@ pub struct Pair {
     /// When set, called for every datagram that passed the filter; may change its bytes (an
     /// on-path tamperer for tests).
     pub tamper: Option<Tamper>,
+    /// Datagrams each `poll_transmit` may return as one GSO batch (default 1); batches are cut
+    /// into datagrams at their segment size, as the kernel does.
+    pub max_batch: usize,
+    /// When set, the clock moves in whole ticks (each event rounded up to the next one), as
+    /// under a real driver whose timers have this resolution and fire late: what became due
+    /// meanwhile is handled, and sent, together.
+    pub tick: Option<Duration>,
+    /// Transmits taken from both endpoints, and the datagrams they held.
+    pub transmits: u64,
+    /// See [`Pair::transmits`].
+    pub datagrams: u64,
     buf: Vec<u8>,
 }
 
@@ -112,6 +123,10 @@ impl Pair {
             misaddressed: 0,
             filter: None,
             tamper: None,
+            max_batch: 1,
+            tick: None,
+            transmits: 0,
+            datagrams: 0,
             buf: Vec::with_capacity(65536),
         }
     }
@@ -158,9 +173,15 @@ impl Pair {
     pub fn flush(&mut self) {
         loop {
             let mut progressed = false;
-            while let Some(t) = self.client.poll_transmit(self.now, &mut self.buf, 1) {
+            while let Some(t) = self
+                .client
+                .poll_transmit(self.now, &mut self.buf, self.max_batch)
+            {
                 progressed = true;
-                for mut d in Self::segments(&self.buf, &t) {
+                let datagrams = Self::segments(&self.buf, &t);
+                self.transmits += 1;
+                self.datagrams += datagrams.len() as u64;
+                for mut d in datagrams {
                     if !self.record(Direction::ToServer, &d) {
                         continue;
                     }
@@ -174,9 +195,15 @@ impl Pair {
                     }
                 }
             }
-            while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf, 1) {
+            while let Some(t) = self
+                .server
+                .poll_transmit(self.now, &mut self.buf, self.max_batch)
+            {
                 progressed = true;
-                for mut d in Self::segments(&self.buf, &t) {
+                let datagrams = Self::segments(&self.buf, &t);
+                self.transmits += 1;
+                self.datagrams += datagrams.len() as u64;
+                for mut d in datagrams {
                     if !self.record(Direction::ToClient, &d) {
                         continue;
                     }
@@ -209,9 +236,15 @@ impl Pair {
     /// Returns false when nothing at all is scheduled.
     pub fn step(&mut self) -> bool {
         self.flush();
-        let Some(next) = self.next_event() else {
+        let Some(mut next) = self.next_event() else {
             return false;
         };
+        if let Some(tick) = self.tick.filter(|t| !t.is_zero()) {
+            let since = next.saturating_duration_since(self.start).as_nanos();
+            let tick_ns = tick.as_nanos();
+            let ticks = since.div_ceil(tick_ns);
+            next = self.start + Duration::from_nanos((ticks * tick_ns) as u64);
+        }
         if next > self.now {
             self.now = next;
         }

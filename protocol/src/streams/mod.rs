@@ -24,6 +24,10 @@ pub mod send;
 use recv::RecvAssembler;
 use send::SendBuffer;
 
+/// Bytes of the smallest stream frame worth writing: type, stream ID, offset and length at
+/// their widest, and one byte of data. A packet with less room than this left is full.
+pub const SMALLEST_USEFUL_STREAM_FRAME: usize = 1 + 8 + 8 + 4 + 1;
+
 /// Why a stream operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -759,8 +763,7 @@ impl StreamSet {
         let mut visited = 0;
         let queued = self.send_queue.len();
         while visited < queued {
-            // Smallest useful frame: type, id, offset, length, one byte.
-            if buf.len() + 1 + 8 + 8 + 4 + 1 > limit {
+            if buf.len() + SMALLEST_USEFUL_STREAM_FRAME > limit {
                 return;
             }
             let Some(id) = self.send_queue.pop_front() else {
@@ -777,9 +780,11 @@ impl StreamSet {
             let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
             let max_offset = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
             let room = limit - buf.len();
-            // Header size with the largest plausible offset and length fields.
-            let header = 1 + varint_len(id.0) + 8 + varint_len(room as u64);
+            // Header size with the largest offset this chunk can have (new data starts at the
+            // highest offset sent; repairs lie below it) and the largest length: exact enough
+            // that a packet limited by room ends within a few bytes of the limit.
             let before = s.send.max_sent_offset();
+            let header = 1 + varint_len(id.0) + varint_len(before) + varint_len(room as u64);
             let Some(chunk) = s.send.next_chunk(room.saturating_sub(header), max_offset) else {
                 continue;
             };
