@@ -67,7 +67,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use super::delivery_rate::{DeliveryRateEstimator, RateSample};
-use super::{AckedPacket, Controller, DeliveryState};
+use super::{AckedPacket, Controller, DeliveryState, LossKind};
 use crate::rtt::RttEstimator;
 
 /// 2/ln(2): the smallest pacing gain that still doubles the delivery rate each round in STARTUP.
@@ -551,9 +551,16 @@ impl Controller for Bbr {
         lost_bytes: u64,
         _largest_lost_sent: Instant,
         _bytes_in_flight: u64,
+        kind: LossKind,
     ) {
         // Loss does not touch the model (see the module docs); it is only counted for the
         // heavy-loss STARTUP exit and to end a bandwidth probe that has reached the bottleneck.
+        // Timeouts are not counted: when the other direction's STARTUP queues up this one's
+        // ACKs, timers fire on packets that arrived, and counting them ended STARTUP at a small
+        // fraction of the link (seconds of 1.25x probing to climb back; ferry-bench, 5% loss).
+        if kind == LossKind::Timeout {
+            return;
+        }
         self.round_lost_bytes = self.round_lost_bytes.saturating_add(lost_bytes);
         self.loss_in_phase = true;
     }
@@ -744,7 +751,13 @@ mod tests {
                         in_flight.remove(pn);
                     }
                     bytes_in_flight -= MTU * lost.len() as u64;
-                    bbr.on_loss(now, MTU * lost.len() as u64, last_sent, bytes_in_flight);
+                    bbr.on_loss(
+                        now,
+                        MTU * lost.len() as u64,
+                        last_sent,
+                        bytes_in_flight,
+                        LossKind::Detected,
+                    );
                 }
             }
             // Retransmission timeout.
@@ -756,7 +769,7 @@ mod tests {
                 in_flight.clear();
                 bytes_in_flight = 0;
                 timeouts_in_a_row += 1;
-                bbr.on_loss(now, lost, last_sent, 0);
+                bbr.on_loss(now, lost, last_sent, 0, LossKind::Timeout);
                 if timeouts_in_a_row >= 2 {
                     bbr.on_persistent_congestion(now);
                 }
@@ -1059,6 +1072,58 @@ mod tests {
         assert_ne!(bbr.mode, Mode::Startup);
     }
 
+    /// One STARTUP round at a rate that doubles each round: ten 1000-byte packets sent, then
+    /// `lost` of them declared lost as `kind` and the rest acknowledged.
+    fn startup_round(
+        bbr: &mut Bbr,
+        now: &mut Instant,
+        rtt: &RttEstimator,
+        lost: u64,
+        kind: LossKind,
+    ) {
+        let mut flight = Vec::new();
+        for i in 0..10u64 {
+            let at = *now + MS * i as u32;
+            flight.push(AckedPacket {
+                sent_time: at,
+                bytes: 1000,
+                delivery: bbr.on_sent(at, 1000, i * 1000),
+            });
+        }
+        *now += 10 * MS;
+        if lost > 0 {
+            bbr.on_loss(*now, lost * 1000, *now, (10 - lost) * 1000, kind);
+        }
+        for (i, p) in flight.iter().enumerate().skip(lost as usize) {
+            let at = *now + MS * i as u32 / 8;
+            bbr.on_ack(at, std::slice::from_ref(p), rtt, (9 - i as u64) * 1000);
+        }
+        *now += 10 * MS;
+    }
+
+    #[test]
+    fn timeouts_do_not_end_startup_but_heavy_detected_loss_does() {
+        let rtt = RttEstimator::new(10 * MS);
+        for (kind, ends) in [(LossKind::Timeout, false), (LossKind::Detected, true)] {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut bbr = Bbr::new(t0, 1000, 1);
+            bbr.min_rtt = Some(10 * MS);
+            startup_round(&mut bbr, &mut now, &rtt, 0, kind);
+            // Nine of ten declared lost, in two rounds running.
+            startup_round(&mut bbr, &mut now, &rtt, 9, kind);
+            startup_round(&mut bbr, &mut now, &rtt, 9, kind);
+            startup_round(&mut bbr, &mut now, &rtt, 0, kind);
+            assert_eq!(bbr.filled_pipe, ends, "{kind:?}");
+            assert_eq!(
+                bbr.mode == Mode::Startup,
+                !ends,
+                "{kind:?}: {}",
+                bbr.mode_name()
+            );
+        }
+    }
+
     #[test]
     fn starts_with_a_32_datagram_window_and_startup_pacing() {
         let t0 = Instant::now();
@@ -1119,8 +1184,8 @@ mod tests {
             bbr.on_ack(t0 + MS, &[huge, huge], &rtt, u64::MAX);
             bbr.on_ack(t0, &[huge], &rtt, 0); // time going backwards
             bbr.on_ack(t0 + 2 * MS, &[], &rtt, 0);
-            bbr.on_loss(t0, u64::MAX, t0, u64::MAX);
-            bbr.on_loss(t0, u64::MAX, t0, u64::MAX);
+            bbr.on_loss(t0, u64::MAX, t0, u64::MAX, LossKind::Detected);
+            bbr.on_loss(t0, u64::MAX, t0, u64::MAX, LossKind::Timeout);
             bbr.on_app_limited(u64::MAX);
             bbr.on_persistent_congestion(t0);
             assert!(bbr.window() > 0);

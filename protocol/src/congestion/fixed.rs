@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{AckedPacket, Controller, DeliveryState};
+use super::{AckedPacket, Controller, DeliveryState, LossKind};
 use crate::rtt::RttEstimator;
 
 /// RTT assumed for the window before the first RTT sample.
@@ -75,6 +75,7 @@ impl Controller for Fixed {
         _lost_bytes: u64,
         _largest_lost_sent: Instant,
         _bytes_in_flight: u64,
+        _kind: LossKind,
     ) {
         // Loss is not a congestion signal on a dedicated link.
     }
@@ -117,7 +118,7 @@ mod tests {
         rtt.update(40 * MS, Duration::ZERO);
         f.on_ack(now, &[], &rtt, 0);
         let window = f.window();
-        f.on_loss(now, 1_000_000, now, 0);
+        f.on_loss(now, 1_000_000, now, 0, LossKind::Detected);
         f.on_persistent_congestion(now);
         assert_eq!(f.pacing_rate(&rtt), 6_250_000);
         assert_eq!(f.window(), window);

@@ -37,6 +37,17 @@ pub struct AckedPacket {
     pub delivery: DeliveryState,
 }
 
+/// How packets came to be declared lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Later packets were acknowledged and these were not (reorder or time threshold): the
+    /// path dropped them.
+    Detected,
+    /// The retransmission timer expired: nothing was heard for a timeout, which says as little
+    /// about the path's drops as about ACKs held up behind a queue the other way.
+    Timeout,
+}
+
 /// A congestion controller. All sizes are UDP payload bytes.
 pub trait Controller: Send + fmt::Debug {
     /// A packet of `bytes` that counts toward bytes in flight is being sent; `bytes_in_flight`
@@ -57,13 +68,15 @@ pub trait Controller: Send + fmt::Debug {
         bytes_in_flight: u64,
     );
 
-    /// Packets sent up to `largest_lost_sent` were declared lost, `lost_bytes` in all.
+    /// Packets sent up to `largest_lost_sent` were declared lost, `lost_bytes` in all, in the
+    /// way `kind` says.
     fn on_loss(
         &mut self,
         now: Instant,
         lost_bytes: u64,
         largest_lost_sent: Instant,
         bytes_in_flight: u64,
+        kind: LossKind,
     );
 
     /// The retransmission timer expired with nothing acknowledged for several RTOs in a row.

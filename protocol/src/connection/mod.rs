@@ -44,7 +44,7 @@ use tracing::{debug, trace};
 use crate::coding::BufMutExt;
 use crate::config::TransportConfig;
 use crate::congestion::pacing::Pacer;
-use crate::congestion::{AckedPacket, Controller};
+use crate::congestion::{AckedPacket, Controller, LossKind};
 use crate::crypto::{PacketKeys, TlsFailure, TlsHandshake, TAG_LEN};
 use crate::frame::{self, AckFrame, Frame, FrameIter};
 use crate::ids::{ConnectionId, Side, StreamId};
@@ -1241,10 +1241,10 @@ impl Connection {
             self.sent
                 .detect_lost(largest, self.config.reorder_threshold, deadline, delay);
         self.loss_time = next;
-        self.on_packets_lost(now, lost);
+        self.on_packets_lost(now, lost, LossKind::Detected);
     }
 
-    fn on_packets_lost(&mut self, now: Instant, lost: Vec<SentPacket>) {
+    fn on_packets_lost(&mut self, now: Instant, lost: Vec<SentPacket>, kind: LossKind) {
         if lost.is_empty() {
             return;
         }
@@ -1279,7 +1279,8 @@ impl Connection {
         }
         trace!(side = %self.side, count = lost.len(), "packets lost");
         if let Some(t) = latest {
-            self.cc.on_loss(now, bytes, t, self.sent.bytes_in_flight());
+            self.cc
+                .on_loss(now, bytes, t, self.sent.bytes_in_flight(), kind);
         }
     }
 
@@ -1374,7 +1375,7 @@ impl Connection {
         if self.rto_count >= PERSISTENT_CONGESTION_RTOS {
             self.cc.on_persistent_congestion(now);
         }
-        self.on_packets_lost(now, lost);
+        self.on_packets_lost(now, lost, LossKind::Timeout);
     }
 
     // ----- Sending -----------------------------------------------------------------------------
