@@ -380,6 +380,7 @@ fn graceful_close_and_abort_are_reported_with_their_reasons() {
         })
     );
 }
+
 /// Full packets are all exactly `max_datagram_size` long, so a bulk sender's packets leave in
 /// GSO batches (a batch ends at its first shorter packet), and batches cut at their segment size
 /// still deliver every byte, repairs of lost packets included. The stream frame header was once
@@ -403,11 +404,7 @@ fn bulk_data_leaves_in_full_gso_batches() {
             limit,
         )
         .unwrap();
-        let per_transmit = pair.datagrams as f64 / pair.transmits as f64;
-        eprintln!(
-            "loss {loss}: {} datagrams in {} transmits",
-            pair.datagrams, pair.transmits
-        );
+        let per_transmit = pair.datagrams_per_transmit();
         assert!(
             per_transmit > 3.0,
             "seed {seed}, loss {loss}: {per_transmit:.2} datagrams per transmit"

@@ -199,7 +199,7 @@ fn sealed_bulk_data_leaves_in_full_gso_batches() {
     pair.max_batch = 16;
     pair.tick = Some(MS);
     bulk(&mut pair, setup.client(), 4, 2 << 20, 4);
-    let per_transmit = pair.datagrams as f64 / pair.transmits as f64;
+    let per_transmit = pair.datagrams_per_transmit();
     assert!(
         per_transmit > 3.0,
         "{per_transmit:.2} datagrams per transmit"

@@ -1072,8 +1072,8 @@ mod tests {
         assert_ne!(bbr.mode, Mode::Startup);
     }
 
-    /// One STARTUP round at a rate that doubles each round: ten 1000-byte packets sent, then
-    /// `lost` of them declared lost as `kind` and the rest acknowledged.
+    /// One STARTUP round: ten 1000-byte packets sent 1 ms apart, then `lost` of them declared
+    /// lost as `kind` and the rest acknowledged.
     fn startup_round(
         bbr: &mut Bbr,
         now: &mut Instant,

@@ -88,10 +88,10 @@ pub struct Pair {
     /// under a real driver whose timers have this resolution and fire late: what became due
     /// meanwhile is handled, and sent, together.
     pub tick: Option<Duration>,
-    /// Transmits taken from both endpoints, and the datagrams they held.
-    pub transmits: u64,
-    /// See [`Pair::transmits`].
-    pub datagrams: u64,
+    /// Transmits taken from both endpoints, and the datagrams they held (see
+    /// [`Pair::datagrams_per_transmit`]).
+    transmits: u64,
+    datagrams: u64,
     buf: Vec<u8>,
 }
 
@@ -161,12 +161,21 @@ impl Pair {
         !self.filter.as_mut().is_some_and(|f| f(direction, datagram))
     }
 
-    fn segments(buf: &[u8], t: &Transmit) -> Vec<Vec<u8>> {
-        let data = &buf[..t.size];
-        match t.segment_size {
+    /// Cuts the transmit in `buf` into its datagrams, counting both.
+    fn segments(&mut self, t: &Transmit) -> Vec<Vec<u8>> {
+        let data = &self.buf[..t.size];
+        let datagrams: Vec<Vec<u8>> = match t.segment_size {
             Some(s) if s > 0 => data.chunks(s).map(<[u8]>::to_vec).collect(),
             _ => vec![data.to_vec()],
-        }
+        };
+        self.transmits += 1;
+        self.datagrams += datagrams.len() as u64;
+        datagrams
+    }
+
+    /// Mean datagrams per transmit so far (GSO batch size), both endpoints together.
+    pub fn datagrams_per_transmit(&self) -> f64 {
+        self.datagrams as f64 / self.transmits.max(1) as f64
     }
 
     /// Moves everything both endpoints want to send now onto the links.
@@ -178,10 +187,7 @@ impl Pair {
                 .poll_transmit(self.now, &mut self.buf, self.max_batch)
             {
                 progressed = true;
-                let datagrams = Self::segments(&self.buf, &t);
-                self.transmits += 1;
-                self.datagrams += datagrams.len() as u64;
-                for mut d in datagrams {
+                for mut d in self.segments(&t) {
                     if !self.record(Direction::ToServer, &d) {
                         continue;
                     }
@@ -200,10 +206,7 @@ impl Pair {
                 .poll_transmit(self.now, &mut self.buf, self.max_batch)
             {
                 progressed = true;
-                let datagrams = Self::segments(&self.buf, &t);
-                self.transmits += 1;
-                self.datagrams += datagrams.len() as u64;
-                for mut d in datagrams {
+                for mut d in self.segments(&t) {
                     if !self.record(Direction::ToClient, &d) {
                         continue;
                     }
