@@ -51,7 +51,10 @@ pub struct TransportConfig {
     /// Lower bound of the retransmission timeout. Default 30 ms (KCP nodelay uses 30 ms too):
     /// a low floor repairs tail losses in about one RTT on short paths.
     pub rto_floor: Duration,
-    /// Upper bound of the retransmission timeout after backoff. Default 10 s.
+    /// Upper bound of the retransmission timeout after backoff (never below the timeout
+    /// before backoff). Default 1 s: a link that comes back after an outage is probed within a
+    /// second, so the session (or a handshake in progress) recovers at once rather than after
+    /// a backed-off timeout of many seconds; one probe a second costs nothing.
     pub rto_ceiling: Duration,
     /// Multiplier applied to the timeout after each consecutive expiry. Default 1.5 (KCP nodelay),
     /// gentler than TCP's 2 so a burst of loss does not stall the link for seconds.
@@ -93,7 +96,7 @@ impl Default for TransportConfig {
             reorder_threshold: 2,
             time_threshold: 1.125,
             rto_floor: Duration::from_millis(30),
-            rto_ceiling: Duration::from_secs(10),
+            rto_ceiling: Duration::from_secs(1),
             rto_backoff: 1.5,
             congestion: CongestionConfig::Bbr,
             tail_duplication: true,
@@ -233,11 +236,39 @@ impl TransportConfig {
 pub struct ServerConfig {
     /// Transport settings for accepted connections.
     pub transport: TransportConfig,
-    /// How long an address-validation token stays valid. Default 10 s: long enough for a client's
+    /// How long a Retry token stays valid. Default 10 s: long enough for a client's
     /// retransmitted Initial on a slow path, short enough that a stolen token is soon useless.
     pub retry_token_lifetime: Duration,
+    /// How long an address token (handed to a client for its next connection, so that a
+    /// reconnect skips the Retry round trip) stays valid. Default 24 h: an agent that
+    /// reconnects after a gateway restart or a link outage of a day still saves the round trip.
+    pub address_token_lifetime: Duration,
     /// Most connections at once; further clients are refused with a reason. Default 10,000.
     pub max_connections: usize,
+    /// The secret the keys of stateless resets and address tokens derive from (see
+    /// [`crate::fleet`]). Give every gateway of a fleet, and every restart of one, the same
+    /// secret, so a packet for a connection this process does not know is answered with a
+    /// reset the client can verify, and tokens stay valid. `None` (the default): a random
+    /// secret for this process only.
+    pub static_secret: Option<StaticSecret>,
+    /// The server ID written into the connection IDs this server chooses (see
+    /// [`crate::fleet`]), for load balancers that route by it. Default none.
+    pub server_id: Option<u16>,
+    /// Stateless resets sent per second at most, on average (a flood of datagrams for unknown
+    /// connections is answered at this rate, the rest dropped and counted); a second's worth
+    /// may leave at once. Default 1,000: a restarted gateway resets a thousand agents'
+    /// sessions a second, at under 50 KB/s of replies.
+    pub stateless_reset_rate: u32,
+}
+
+/// A secret kept out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for StaticSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticSecret({} bytes)", self.0.len())
+    }
 }
 
 impl Default for ServerConfig {
@@ -245,7 +276,11 @@ impl Default for ServerConfig {
         Self {
             transport: TransportConfig::default(),
             retry_token_lifetime: Duration::from_secs(10),
+            address_token_lifetime: Duration::from_secs(24 * 3600),
             max_connections: 10_000,
+            static_secret: None,
+            server_id: None,
+            stateless_reset_rate: 1000,
         }
     }
 }

@@ -19,10 +19,12 @@ use tracing::{debug, trace, warn};
 
 use crate::config::{ServerConfig, TransportConfig};
 use crate::connection::{close_code, Connection, Event, Transmit};
-use crate::cookie::TokenKey;
+use crate::cookie::{TokenKey, TokenKind};
+use crate::fleet::{self, FleetKeys};
 use crate::frame;
 use crate::ids::{ConnectionId, Side};
 use crate::packet::{self, encode_header, Header, Packet};
+use crate::stateless_reset::{ResetKey, ResetLimiter, MAX_RESET_LEN, MIN_RESET_LEN};
 
 /// Identifies a connection within its endpoint. Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +67,16 @@ pub struct EndpointStats {
     pub stateless_replies_dropped: u64,
     /// Server connections whose handshake failed (TLS refused, settings differ, timeout).
     pub handshakes_failed: u64,
+    /// Stateless resets sent, for datagrams addressed to connections this server does not know.
+    pub stateless_resets_sent: u64,
+    /// Stateless resets not sent because of the rate limit.
+    pub stateless_resets_limited: u64,
+    /// Client: valid stateless resets received (each ended a connection).
+    pub stateless_resets_received: u64,
+    /// Server: connections whose first Initial carried a valid address token (no Retry).
+    pub address_tokens_accepted: u64,
+    /// Server: address tokens that were stale or foreign (answered with a Retry).
+    pub address_tokens_rejected: u64,
 }
 
 /// Handshake-failure warnings are logged at most this often; the rest are counted.
@@ -80,6 +92,9 @@ pub enum ConnectError {
 
 /// Most stateless replies queued at once; beyond that they are dropped (and counted).
 const MAX_STATELESS_QUEUED: usize = 256;
+
+/// Client: servers whose address tokens are remembered at once (an agent has a few gateways).
+const MAX_ADDRESS_TOKENS: usize = 64;
 
 struct Slot {
     conn: Connection,
@@ -98,7 +113,14 @@ pub struct Endpoint {
     server: Option<ServerConfig>,
     address_filter: Option<AddressFilter>,
     rng: ChaCha20Rng,
+    /// The secret the token and reset keys come from, kept to re-key on `set_wall_clock`.
+    token_secret: [u8; 32],
     token_key: TokenKey,
+    /// Server: computes the reset tokens of its connection IDs.
+    reset_key: ResetKey,
+    reset_limiter: ResetLimiter,
+    /// Client: the latest address token of each server, for the next connection to it.
+    address_tokens: HashMap<SocketAddr, Vec<u8>>,
     slots: HashMap<ConnectionHandle, Slot>,
     by_cid: HashMap<ConnectionId, ConnectionHandle>,
     by_initial_dcid: HashMap<ConnectionId, ConnectionHandle>,
@@ -129,15 +151,27 @@ impl Endpoint {
     /// An endpoint; with a `server` configuration it accepts connections. `seed` seeds every
     /// random choice (connection IDs, token key, challenges): pass 32 bytes from the operating
     /// system's generator in production, a fixed value in simulations.
+    ///
+    /// Token times are wall-clock times (tokens outlive the process); until
+    /// [`Endpoint::set_wall_clock`] says otherwise, `now` stands for the Unix epoch.
     pub fn new(server: Option<ServerConfig>, seed: [u8; 32], now: Instant) -> Self {
         let mut rng = ChaCha20Rng::from_seed(seed);
-        let mut secret = [0u8; 32];
-        rng.fill_bytes(&mut secret);
+        let mut random = [0u8; 32];
+        rng.fill_bytes(&mut random);
+        let keys = match server.as_ref().and_then(|s| s.static_secret.as_ref()) {
+            Some(secret) => FleetKeys::derive(&secret.0),
+            None => FleetKeys::derive(&random),
+        };
+        let reset_rate = server.as_ref().map_or(0, |s| s.stateless_reset_rate);
         Self {
             server,
             address_filter: None,
             rng,
-            token_key: TokenKey::new(secret, now),
+            token_secret: keys.token,
+            token_key: TokenKey::new(keys.token, now, std::time::Duration::ZERO),
+            reset_key: ResetKey::new(keys.reset),
+            reset_limiter: ResetLimiter::new(reset_rate, reset_rate),
+            address_tokens: HashMap::new(),
             slots: HashMap::new(),
             by_cid: HashMap::new(),
             by_initial_dcid: HashMap::new(),
@@ -152,6 +186,13 @@ impl Endpoint {
             now,
             handshake_warning: None,
         }
+    }
+
+    /// Tells the endpoint that the wall clock read `unix` (time since the Unix epoch) at `now`,
+    /// so that address tokens carry times another process (a restart, a fleet member) reads
+    /// the same way. Tokens issued before the call become invalid.
+    pub fn set_wall_clock(&mut self, now: Instant, unix: std::time::Duration) {
+        self.token_key = TokenKey::new(self.token_secret, now, unix);
     }
 
     /// Restricts which source addresses may connect (and migrate) to this server.
@@ -176,10 +217,18 @@ impl Endpoint {
         v
     }
 
+    /// A fresh connection ID: random for a client; for a server, with the fleet layout and
+    /// its server ID (see [`crate::fleet`]).
     fn new_cid(&mut self) -> ConnectionId {
+        let server_id = self.server.as_ref().and_then(|s| s.server_id);
         loop {
-            let mut cid = ConnectionId::default();
-            self.rng.fill_bytes(&mut cid.0);
+            let mut nonce = [0u8; ConnectionId::LEN];
+            self.rng.fill_bytes(&mut nonce);
+            let cid = if self.server.is_some() {
+                fleet::server_cid(server_id, nonce)
+            } else {
+                ConnectionId(nonce)
+            };
             if !self.by_cid.contains_key(&cid) {
                 return cid;
             }
@@ -217,7 +266,8 @@ impl Endpoint {
         let local = self.new_cid();
         let initial = self.new_cid();
         let seed = self.rng.next_u64();
-        let conn = Connection::new_client(now, remote, config, local, initial, seed);
+        let token = self.address_tokens.get(&remote).cloned();
+        let conn = Connection::new_client(now, remote, config, local, initial, seed, token);
         Ok(self.insert(conn))
     }
 
@@ -301,8 +351,79 @@ impl Endpoint {
                 scid,
                 token,
             ),
+            Header::Short { dcid, .. } => self.handle_unknown_short(now, remote, dcid, datagram),
             _ => {
                 self.stats.unknown_connection_dropped += 1;
+            }
+        }
+    }
+
+    /// A short-header datagram for no connection we know: a client checks whether it is a
+    /// stateless reset of one of its connections; a server answers it with one (see
+    /// [`crate::stateless_reset`]). Anything else is dropped and counted.
+    fn handle_unknown_short(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        dcid: ConnectionId,
+        datagram: &[u8],
+    ) {
+        let reset = self
+            .slots
+            .iter()
+            .find(|(_, slot)| {
+                slot.conn
+                    .peer_reset_token()
+                    .is_some_and(|t| t.matches(datagram))
+            })
+            .map(|(h, _)| *h);
+        if let Some(handle) = reset {
+            if let Some(slot) = self.slots.get_mut(&handle) {
+                slot.conn.on_stateless_reset();
+                self.touched.insert(handle);
+                self.stats.stateless_resets_received += 1;
+            }
+            return;
+        }
+        self.stats.unknown_connection_dropped += 1;
+        if self.server.is_none() || datagram.len() <= MIN_RESET_LEN {
+            return;
+        }
+        if self.address_filter.as_ref().is_some_and(|f| !f(&remote)) {
+            self.stats.address_rejected += 1;
+            return;
+        }
+        if !self.reset_limiter.allow(now) {
+            self.stats.stateless_resets_limited += 1;
+            return;
+        }
+        let extra = (self.rng.next_u32() as usize) % (MAX_RESET_LEN - MIN_RESET_LEN + 1);
+        let rng = &mut self.rng;
+        if let Some(reset) = self
+            .reset_key
+            .reset_for(dcid, datagram.len(), extra, |b| rng.fill_bytes(b))
+        {
+            trace!(%remote, %dcid, "answering a packet for an unknown connection with a stateless reset");
+            self.stats.stateless_resets_sent += 1;
+            self.queue_stateless(remote, reset);
+        }
+    }
+
+    /// The socket reported that nothing listens at `remote` (ICMP port unreachable, seen on a
+    /// connected socket): handshakes with it fail at once, and established connections to it
+    /// that have heard nothing lately end (see [`Connection`]).
+    pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
+        self.now = self.now.max(now);
+        let handles: Vec<ConnectionHandle> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.conn.remote() == remote)
+            .map(|(h, _)| *h)
+            .collect();
+        for handle in handles {
+            if let Some(slot) = self.slots.get_mut(&handle) {
+                slot.conn.on_peer_unreachable(now);
+                self.touched.insert(handle);
             }
         }
     }
@@ -351,7 +472,30 @@ impl Endpoint {
             self.queue_stateless(remote, out);
             return;
         }
-        if token.is_empty() {
+        let address_token_ok = match TokenKey::kind_of(token) {
+            Some(TokenKind::Address) => {
+                let lifetime = server.address_token_lifetime;
+                match self
+                    .token_key
+                    .validate_address_token(now, token, remote, lifetime)
+                {
+                    Ok(()) => {
+                        self.stats.address_tokens_accepted += 1;
+                        true
+                    }
+                    Err(e) => {
+                        // Stale, or from a server with another key: a Retry, as for no token.
+                        debug!(%remote, error = %e, "address token not accepted: sending a Retry");
+                        self.stats.address_tokens_rejected += 1;
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        if !address_token_ok
+            && (token.is_empty() || TokenKey::kind_of(token) == Some(TokenKind::Address))
+        {
             let token = self.token_key.issue(now, remote, scid, dcid);
             let mut out = Vec::with_capacity(64);
             encode_header(
@@ -368,10 +512,13 @@ impl Endpoint {
             return;
         }
         let lifetime = server.retry_token_lifetime;
-        if let Err(e) = self
-            .token_key
-            .validate(now, token, remote, scid, dcid, lifetime)
-        {
+        let retry_token_check = if address_token_ok {
+            Ok(())
+        } else {
+            self.token_key
+                .validate(now, token, remote, scid, dcid, lifetime)
+        };
+        if let Err(e) = retry_token_check {
             debug!(%remote, error = %e, "refusing Initial");
             self.refuse(
                 remote,
@@ -394,7 +541,11 @@ impl Endpoint {
         let config = server.transport.clone();
         let local = self.new_cid();
         let seed = self.rng.next_u64();
-        let conn = Connection::new_server(now, remote, config, local, scid, dcid, seed);
+        let mut conn = Connection::new_server(now, remote, config, local, scid, dcid, seed);
+        conn.set_tokens_for_peer(
+            self.reset_key.token(local),
+            self.token_key.issue_address_token(now, remote).to_vec(),
+        );
         let handle = self.insert(conn);
         self.by_initial_dcid.insert(dcid, handle);
         if let Some(slot) = self.slots.get_mut(&handle) {
@@ -456,6 +607,14 @@ impl Endpoint {
             self.incoming.push_back(handle);
         }
         Self::reschedule(&mut self.timers, handle, slot);
+        if let Some(token) = slot.conn.take_new_address_token() {
+            let server = slot.conn.remote();
+            if self.address_tokens.len() < MAX_ADDRESS_TOKENS
+                || self.address_tokens.contains_key(&server)
+            {
+                self.address_tokens.insert(server, token);
+            }
+        }
         if slot.conn.is_drained() {
             self.remove(handle);
         }

@@ -22,6 +22,8 @@
 //! | 0x1c        | CLOSE            | error code, reason (length-prefixed UTF-8)              |
 //! | 0x30        | HELLO            | handshake settings (length-prefixed, see `settings`)    |
 //! | 0x31        | CRYPTO           | offset, TLS handshake bytes (length-prefixed)           |
+//! | 0x32        | RESET_TOKEN      | 16 bytes: the client's stateless reset token            |
+//! | 0x33        | NEW_TOKEN        | address token for the client's next connection (length-prefixed) |
 
 use std::ops::Range;
 
@@ -49,6 +51,8 @@ pub mod types {
     pub const CLOSE: u64 = 0x1c;
     pub const HELLO: u64 = 0x30;
     pub const CRYPTO: u64 = 0x31;
+    pub const RESET_TOKEN: u64 = 0x32;
+    pub const NEW_TOKEN: u64 = 0x33;
 }
 
 /// At most this many ACK ranges are decoded from one frame; more is treated as malformed.
@@ -103,6 +107,10 @@ pub enum Frame<'a> {
         /// The bytes.
         data: &'a [u8],
     },
+    /// Server to client: the token of a stateless reset of this connection.
+    ResetToken([u8; 16]),
+    /// Server to client: an address-validation token for the client's next connection.
+    NewToken(&'a [u8]),
 }
 
 /// Stream data at an offset.
@@ -310,6 +318,14 @@ impl<'a> Frame<'a> {
                 }
                 Frame::Crypto { offset, data }
             }
+            types::RESET_TOKEN => Frame::ResetToken(r.array()?),
+            types::NEW_TOKEN => {
+                let token = r.length_prefixed()?;
+                if token.is_empty() || token.len() > crate::packet::MAX_TOKEN_LEN {
+                    return Err(DecodeError::Invalid("address token length"));
+                }
+                Frame::NewToken(token)
+            }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
     }
@@ -360,6 +376,14 @@ impl<'a> Frame<'a> {
                 out.put_length_prefixed(body);
             }
             Frame::Crypto { offset, data } => encode_crypto(*offset, data, out),
+            Frame::ResetToken(token) => {
+                out.put_varint(types::RESET_TOKEN);
+                out.put_slice(token);
+            }
+            Frame::NewToken(token) => {
+                out.put_varint(types::NEW_TOKEN);
+                out.put_length_prefixed(token);
+            }
         }
     }
 }
@@ -469,6 +493,18 @@ mod tests {
             offset: 1200,
             data: b"\x16\x03\x01",
         });
+        round_trip(Frame::ResetToken([7; 16]));
+        round_trip(Frame::NewToken(&[2; 25]));
+    }
+
+    #[test]
+    fn an_empty_or_oversized_address_token_is_malformed() {
+        for len in [0, crate::packet::MAX_TOKEN_LEN + 1] {
+            let mut buf = Vec::new();
+            buf.put_varint(types::NEW_TOKEN);
+            buf.put_length_prefixed(&vec![1u8; len]);
+            assert!(decode_all(&buf).is_err(), "{len}");
+        }
     }
 
     #[test]

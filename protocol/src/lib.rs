@@ -9,6 +9,8 @@
 //! Map of the crate (wire code never imports logic code):
 //! - wire: [`coding`] (varints, bounds-checked reader), [`packet`] (headers), [`frame`] (frames),
 //!   [`settings`] (handshake settings), [`cookie`] (stateless address-validation tokens),
+//!   [`stateless_reset`] (reset tokens and packets), [`fleet`] (keys and connection-ID layout
+//!   shared by a fleet of servers),
 //!   [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
 //!   [`congestion`] (controllers and pacing);
@@ -25,6 +27,7 @@ pub mod connection;
 pub mod cookie;
 pub mod crypto;
 pub mod endpoint;
+pub mod fleet;
 pub mod frame;
 pub mod ids;
 pub mod packet;
@@ -33,6 +36,7 @@ pub mod recovery;
 pub mod rtt;
 pub mod settings;
 pub mod sim;
+pub mod stateless_reset;
 pub mod streams;
 
 pub use ids::{ConnectionId, Side, StreamId};

@@ -54,6 +54,8 @@ pub enum SentFrame {
     Ping,
     /// The handshake HELLO.
     Hello,
+    /// Server to client: the reset token and the address token (RESET_TOKEN, NEW_TOKEN).
+    PeerTokens,
     /// TLS handshake bytes `[offset, offset + len)`.
     Crypto {
         /// First byte.

@@ -53,6 +53,7 @@ use crate::ranges::RangeSet;
 use crate::recovery::{SentFrame, SentPacket, SentPackets};
 use crate::rtt::RttEstimator;
 use crate::settings::Settings;
+use crate::stateless_reset::{ResetToken, MIN_RESET_LEN, RESET_TOKEN_LEN};
 use crate::streams::{
     ReadOutcome, StreamError, StreamEvent, StreamLimits, StreamSet, SMALLEST_USEFUL_STREAM_FRAME,
 };
@@ -138,6 +139,14 @@ pub enum ConnectionError {
         /// Reason given.
         reason: String,
     },
+    /// The peer answered with a valid stateless reset: it has no state for this connection
+    /// (it restarted, or a load balancer sent our packets to another server of its fleet).
+    #[error("the peer reset the session: it has no state for it (restarted, or another server of its fleet)")]
+    StatelessReset,
+    /// The peer's host reported that nothing listens on its port (ICMP port unreachable),
+    /// during the handshake or after nothing had been heard from the peer for a while.
+    #[error("the peer is unreachable: {0}")]
+    Unreachable(String),
     /// The peer broke the protocol; we closed the connection.
     #[error("protocol error (code {code:#x}): {reason}")]
     ProtocolError {
@@ -264,6 +273,8 @@ struct PacketLayout {
     payload: usize,
     /// A client Initial: padded to the minimum Initial size.
     initial: bool,
+    /// A client's short-header packet: padded so that a stateless reset can answer it.
+    resettable: bool,
     /// Sealed with the packet keys when complete.
     sealed: bool,
 }
@@ -283,6 +294,19 @@ pub struct Connection {
     remote: SocketAddr,
     /// Client: token from a Retry, echoed in Initials.
     retry_token: Option<Vec<u8>>,
+    /// Client: an address token from an earlier session with this server, sent in Initials
+    /// until a Retry replaces it.
+    address_token: Option<Vec<u8>>,
+    /// Client: the token with which the server may reset this connection statelessly.
+    peer_reset_token: Option<ResetToken>,
+    /// Client: an address token the server gave for the next connection, not yet taken by
+    /// the endpoint.
+    new_address_token: Option<Vec<u8>>,
+    /// Server: the client's reset token and address token, sent once established.
+    tokens_for_peer: Option<(ResetToken, Vec<u8>)>,
+    tokens_pending: bool,
+    /// When an authenticated packet last arrived from the peer.
+    last_received: Option<Instant>,
     /// Server: the client has sent a short packet or acknowledged our HELLO.
     handshake_confirmed: bool,
     max_datagram: usize,
@@ -394,6 +418,12 @@ impl Connection {
             initial_dcid,
             remote,
             retry_token: None,
+            address_token: None,
+            peer_reset_token: None,
+            new_address_token: None,
+            tokens_for_peer: None,
+            tokens_pending: false,
+            last_received: None,
             handshake_confirmed: false,
             max_datagram,
             idle_timeout: None,
@@ -456,13 +486,16 @@ impl Connection {
         local_cid: ConnectionId,
         initial_dcid: ConnectionId,
         seed: u64,
+        address_token: Option<Vec<u8>>,
     ) -> Self {
         let ids = Ids {
             local: local_cid,
             remote: initial_dcid,
             initial_dcid,
         };
-        Self::new(Side::Client, now, remote, config, ids, seed)
+        let mut conn = Self::new(Side::Client, now, remote, config, ids, seed);
+        conn.address_token = address_token;
+        conn
     }
 
     /// A server connection for a client whose address was validated.
@@ -481,6 +514,60 @@ impl Connection {
             initial_dcid,
         };
         Self::new(Side::Server, now, remote, config, ids, seed)
+    }
+
+    /// Server: what to hand the client once established: its stateless reset token and an
+    /// address token for its next connection.
+    pub(crate) fn set_tokens_for_peer(&mut self, reset: ResetToken, address: Vec<u8>) {
+        self.tokens_for_peer = Some((reset, address));
+        self.tokens_pending = self.state == State::Established;
+    }
+
+    /// Client: the token a stateless reset of this connection carries, once the server sent
+    /// it, while the connection is open.
+    pub fn peer_reset_token(&self) -> Option<ResetToken> {
+        self.peer_reset_token.filter(|_| !self.is_closed())
+    }
+
+    /// Client: the address token the server gave for the next connection, once.
+    pub(crate) fn take_new_address_token(&mut self) -> Option<Vec<u8>> {
+        self.new_address_token.take()
+    }
+
+    /// The peer answered with a valid stateless reset: the connection is gone at once (the
+    /// peer has nothing to close), its streams fail.
+    pub(crate) fn on_stateless_reset(&mut self) {
+        if matches!(self.state, State::Closed | State::Draining) {
+            return;
+        }
+        debug!(side = %self.side, remote = %self.remote, "stateless reset received");
+        self.state = State::Closed;
+        self.timers.clear();
+        self.streams.abandon_all();
+        self.sent.drain_all();
+        self.finish_with(ConnectionError::StatelessReset);
+    }
+
+    /// The socket reported that the peer's port is unreachable (ICMP). A handshake fails at
+    /// once; an established connection ends only if nothing was heard from the peer for a
+    /// retransmission timeout, since the report may concern a datagram sent before the peer
+    /// came (back).
+    pub(crate) fn on_peer_unreachable(&mut self, now: Instant) {
+        let silent_for = self
+            .last_received
+            .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        let reason = format!("nothing listens on {} (ICMP port unreachable)", self.remote);
+        match self.state {
+            State::Handshake => {}
+            State::Established if silent_for >= self.current_rto() => {}
+            _ => return,
+        }
+        debug!(side = %self.side, %reason, "peer unreachable");
+        self.state = State::Closed;
+        self.timers.clear();
+        self.streams.abandon_all();
+        self.sent.drain_all();
+        self.finish_with(ConnectionError::Unreachable(reason));
     }
 
     // ----- Application API -------------------------------------------------------------------
@@ -868,6 +955,7 @@ impl Connection {
         if ack_eliciting {
             self.ack_pending = true;
         }
+        self.last_received = Some(now);
         if let Some(idle) = self.idle_timeout {
             if self.state == State::Established {
                 self.timers.set(Timer::Idle, now + idle);
@@ -1030,6 +1118,18 @@ impl Connection {
                 code,
                 final_size,
             } => self.streams.on_reset(*id, *code, *final_size),
+            Frame::ResetToken(token) => {
+                if self.side == Side::Client {
+                    self.peer_reset_token = Some(ResetToken(*token));
+                }
+                Ok(())
+            }
+            Frame::NewToken(token) => {
+                if self.side == Side::Client {
+                    self.new_address_token = Some(token.to_vec());
+                }
+                Ok(())
+            }
             Frame::MaxData(max) => {
                 self.streams.on_max_data(*max);
                 Ok(())
@@ -1128,6 +1228,7 @@ impl Connection {
             self.tls = None;
         }
         self.state = State::Established;
+        self.tokens_pending = self.tokens_for_peer.is_some();
         self.timers.stop(Timer::Idle);
         if let Some(idle) = self.idle_timeout {
             self.timers.set(Timer::Idle, now + idle);
@@ -1262,6 +1363,7 @@ impl Connection {
                         fin,
                     } => self.streams.on_stream_lost(id, offset, len, fin),
                     SentFrame::Hello => self.hello_pending = true,
+                    SentFrame::PeerTokens => self.tokens_pending = true,
                     SentFrame::Crypto { offset, len } => {
                         if let Some(tls) = &mut self.tls {
                             tls.on_lost(offset, len);
@@ -1289,7 +1391,8 @@ impl Connection {
     fn current_rto(&self) -> Duration {
         let base = self.rtt.rto(self.config.rto_floor, GRANULARITY);
         let factor = self.config.rto_backoff.powi(self.rto_count.min(64) as i32);
-        base.mul_f64(factor.min(1e6)).min(self.config.rto_ceiling)
+        base.mul_f64(factor.min(1e6))
+            .min(self.config.rto_ceiling.max(base))
     }
 
     fn update_loss_timer(&mut self) {
@@ -1402,7 +1505,11 @@ impl Connection {
                 version: packet::VERSION,
                 dcid: self.remote_cid,
                 scid: self.local_cid,
-                token: self.retry_token.as_deref().unwrap_or(&[]),
+                token: self
+                    .retry_token
+                    .as_deref()
+                    .or(self.address_token.as_deref())
+                    .unwrap_or(&[]),
                 pn: pn32,
             },
             (true, Side::Server) => Header::Handshake {
@@ -1421,6 +1528,7 @@ impl Connection {
             start,
             payload: out.len(),
             initial: long && self.side == Side::Client,
+            resettable: !long && self.side == Side::Client,
             sealed: !long && self.config.crypto.is_tls(),
         }
     }
@@ -1435,6 +1543,17 @@ impl Connection {
     fn finish_packet(&mut self, pn: u64, layout: &PacketLayout, buf: &mut Vec<u8>) {
         if layout.initial {
             let min = layout.start + packet::MIN_INITIAL_SIZE;
+            if buf.len() < min {
+                buf.resize(min, 0);
+            }
+        }
+        if layout.resettable {
+            // A reset must be shorter than the packet that causes it, and no shorter than
+            // `MIN_RESET_LEN`: a client's packets are at least one byte longer, so a server
+            // that lost the connection can always answer (ACK-only packets of the plaintext
+            // mode pay a few bytes of PADDING for it).
+            let tag = if layout.sealed { TAG_LEN } else { 0 };
+            let min = layout.start + MIN_RESET_LEN + 1 - tag;
             if buf.len() < min {
                 buf.resize(min, 0);
             }
@@ -1499,6 +1618,7 @@ impl Connection {
             State::Established => {
                 self.hello_pending
                     || self.ping_pending
+                    || self.tokens_pending
                     || self.streams.has_pending_control()
                     || self.streams.has_pending_data()
             }
@@ -1619,6 +1739,7 @@ impl Connection {
         let urgent = self.state != State::Established
             || self.hello_pending
             || self.ping_pending
+            || self.tokens_pending
             || self.probe_credit > 0
             || self.streams.has_pending_control();
         // Room for stream data in one packet: the datagram less headers, frame headers and tag.
@@ -1657,6 +1778,24 @@ impl Connection {
             }
             Some(since) => now < since + delay,
         }
+    }
+
+    /// Server: the client's reset and address tokens, if owed and there is room.
+    fn write_tokens(&mut self, buf: &mut Vec<u8>, limit: usize, frames: &mut Vec<SentFrame>) {
+        if !self.tokens_pending {
+            return;
+        }
+        let Some((reset, address)) = &self.tokens_for_peer else {
+            return;
+        };
+        let needed = 2 + RESET_TOKEN_LEN + 3 + address.len();
+        if buf.len() + needed > limit {
+            return;
+        }
+        Frame::ResetToken(reset.0).encode(buf);
+        Frame::NewToken(address).encode(buf);
+        frames.push(SentFrame::PeerTokens);
+        self.tokens_pending = false;
     }
 
     /// Appends one packet to `buf` if there is anything to send; returns whether it did.
@@ -1722,6 +1861,7 @@ impl Connection {
             }
             // Stream and control frames only ever travel sealed under TLS.
             if self.state == State::Established && !(tls && long) {
+                self.write_tokens(buf, limit, &mut frames);
                 self.streams.write_control(buf, limit, &mut frames);
                 if self.ping_pending {
                     buf.put_varint(frame::types::PING);
