@@ -1,6 +1,12 @@
 //! The agent's sessions to its gateways: `--links` per gateway, each on its own UDP endpoint
 //! (so several cores can drive them), each reconnecting with backoff when it is lost, and the
 //! choice of the least-loaded live session for every new client connection.
+//!
+//! A lost session is noticed fast: a restarted gateway (or another gateway of a fleet)
+//! answers with a stateless reset, and a gateway that is down makes its host answer with an
+//! ICMP port unreachable, which the endpoint's connected socket reports. Reconnection then
+//! retries at most a second apart, so a gateway that comes back is found within a second, and
+//! the reconnect skips the Retry round trip with the address token of the previous session.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,12 +18,17 @@ use ferry_transport::{Connection, Endpoint, TransportConfig};
 use ferry_tunnel::registry::Registry;
 use ferry_tunnel::splice::Meter;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// First pause before reconnecting.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between reconnection attempts. A handshake that gets no answer already takes
+/// its timeout (seconds, probing at most a second apart); one that is refused at once (ICMP)
+/// costs one 1200-byte datagram. So a second between attempts finds a returning gateway
+/// within a second at a negligible cost.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause after an attempt the gateway's host refused at once (ICMP port unreachable).
+const REFUSED_MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// One link to one gateway.
 struct Slot {
@@ -68,14 +79,7 @@ impl Sessions {
         let mut endpoints = Vec::new();
         for (gateway, config) in gateways {
             for _ in 0..links.max(1) {
-                let bind: SocketAddr = if gateway.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                }
-                .parse()
-                .expect("literal");
-                endpoints.push((Endpoint::client(bind)?, config.clone()));
+                endpoints.push((Endpoint::client_to(*gateway)?, config.clone()));
                 slots.push(Arc::new(Slot {
                     gateway: *gateway,
                     conn: Mutex::new(None),
@@ -105,10 +109,18 @@ impl Sessions {
     ) {
         let slot = self.slots[index].clone();
         let mut backoff = FIRST_BACKOFF;
+        // Failed attempts in a row: the first is a warning, the rest only debug lines, so a
+        // gateway that stays down for an hour logs one line, not thousands.
+        let mut failures = 0u64;
         while !self.stopping.load(Ordering::SeqCst) {
             match endpoint.connect(slot.gateway, config.clone()).await {
                 Ok(conn) => {
-                    info!(gateway = %slot.gateway, link = index, "session up");
+                    if failures > 0 {
+                        info!(gateway = %slot.gateway, link = index, failed_attempts = failures, "session up again");
+                    } else {
+                        info!(gateway = %slot.gateway, link = index, "session up");
+                    }
+                    failures = 0;
                     let meter = self.registry.add(&conn);
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((conn.clone(), meter));
@@ -129,9 +141,24 @@ impl Sessions {
                     ) {
                         self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                     }
-                    warn!(gateway = %slot.gateway, link = index, error = %e, retry_in = ?backoff, "cannot reach gateway");
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(gateway = %slot.gateway, link = index, error = %e, "cannot reach gateway; retrying at most a second apart");
+                    } else {
+                        debug!(gateway = %slot.gateway, link = index, error = %e, attempt = failures, "cannot reach gateway");
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Refused at once (ICMP): the gateway's host is up and its process is
+                    // not, usually for a restart of a second or two. Try again soon: an attempt
+                    // costs one datagram, and a report about an earlier attempt's datagram
+                    // can fail a later one, which should cost little.
+                    let cap = match e {
+                        ConnectError::Connection(ConnectionError::Unreachable(_)) => {
+                            REFUSED_MAX_BACKOFF
+                        }
+                        _ => MAX_BACKOFF,
+                    };
+                    backoff = (backoff * 2).min(cap);
                 }
             }
         }

@@ -74,6 +74,18 @@ struct Args {
     #[command(flatten)]
     tls: ferry_tunnel::tls::GatewayTlsArgs,
 
+    /// Secret for stateless resets and address tokens, so that after a restart (and on every
+    /// gateway of a fleet that shares the file) agents of a lost session are told at once.
+    /// Default: with TLS, derived from --tls-key; without, a file in the state directory
+    /// ($STATE_DIRECTORY, $XDG_STATE_HOME/ferry or ~/.local/state/ferry), created on first start.
+    #[arg(long, env = "FERRY_GATEWAY_RESET_KEY_FILE", value_name = "FILE")]
+    reset_key_file: Option<std::path::PathBuf>,
+
+    /// This gateway's ID in a fleet (0-65535), written into every connection ID it chooses
+    /// (QUIC-LB layout: bytes 1-2), for load balancers that route by it.
+    #[arg(long, env = "FERRY_GATEWAY_SERVER_ID")]
+    server_id: Option<u16>,
+
     /// HTTP monitor (dashboard, /health, /ready, /metrics, /stats, /connections,
     /// /stats-history): IP:PORT, or off. Default: 127.0.0.1 and the UDP port + 1000.
     #[arg(long, env = "FERRY_GATEWAY_MONITOR", value_name = "ADDR|off")]
@@ -168,8 +180,16 @@ async fn run(args: Args) -> Result<(), String> {
         crypto,
         ..TransportConfig::default()
     };
+    let tls_key = match args.tls.crypto {
+        ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),
+        ferry_tunnel::tls::CryptoMode::None => None,
+    };
+    let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
+    info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
     let server = ServerConfig {
         max_connections: args.max_connections,
+        static_secret: Some(secret.secret),
+        server_id: args.server_id,
         ..ServerConfig::new(transport)
     };
     let endpoint = Endpoint::server(args.listen, server).map_err(|e| match e.kind() {

@@ -72,7 +72,19 @@ impl Endpoint {
     /// An endpoint that only makes outgoing connections, bound to `addr` (use port 0).
     /// Must be called within a tokio runtime.
     pub fn client(addr: SocketAddr) -> io::Result<Self> {
-        Self::bind(addr, None)
+        Self::with_socket(BatchSocket::bind(addr)?, None)
+    }
+
+    /// A client endpoint for connections to `remote` only: its socket is connected, so an
+    /// ICMP port unreachable (nothing listens there: the server is down) fails a handshake at
+    /// once and ends a session that has gone silent, instead of a timeout later.
+    pub fn client_to(remote: SocketAddr) -> io::Result<Self> {
+        let local: SocketAddr = if remote.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        Self::with_socket(BatchSocket::bind_connected(local, remote)?, None)
     }
 
     /// An endpoint that accepts connections on `addr`. Must be called within a tokio runtime.
@@ -81,13 +93,17 @@ impl Endpoint {
             .transport
             .validate_for(ferry_protocol::Side::Server)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Self::bind(addr, Some(config))
+        Self::with_socket(BatchSocket::bind(addr)?, Some(config))
     }
 
-    fn bind(addr: SocketAddr, server: Option<ServerConfig>) -> io::Result<Self> {
-        let socket = BatchSocket::bind(addr)?;
+    fn with_socket(socket: BatchSocket, server: Option<ServerConfig>) -> io::Result<Self> {
         let local_addr = socket.local_addr()?;
-        let endpoint = ProtoEndpoint::new(server, os_seed()?, Instant::now());
+        let now = Instant::now();
+        let mut endpoint = ProtoEndpoint::new(server, os_seed()?, now);
+        // Address tokens carry wall-clock times, so a restarted or another gateway can judge them.
+        if let Ok(unix) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            endpoint.set_wall_clock(now, unix);
+        }
         let shared = Shared::new(State {
             endpoint,
             conns: Default::default(),
@@ -198,6 +214,17 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// ICMP port unreachable on a connected socket: tells the connections to that peer.
+    fn report_unreachable(&self, state: &mut State) {
+        if self.socket.take_refused() > 0 {
+            if let Some(peer) = self.socket.peer_addr() {
+                state.endpoint.handle_unreachable(Instant::now(), peer);
+            }
+        }
+    }
+}
+
 impl Future for Driver {
     type Output = ();
 
@@ -231,6 +258,8 @@ impl Future for Driver {
                 Poll::Pending => break,
             }
         }
+
+        this.report_unreachable(&mut state);
 
         // Timers.
         let now = Instant::now();
@@ -273,6 +302,7 @@ impl Future for Driver {
                 Poll::Pending => break,
             }
         }
+        this.report_unreachable(&mut state);
         state.dispatch_events();
 
         // Sleep until the next protocol timer.

@@ -58,6 +58,9 @@ pub struct BatchSocket {
     state: UdpSocketState,
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
+    /// ICMP port-unreachable reports (`ECONNREFUSED`) not yet taken by
+    /// [`take_refused`](Self::take_refused): nothing listens where a datagram went.
+    refused: AtomicU64,
     /// Test hook: if non-zero, what `max_gso_segments` reports instead of quinn-udp's value.
     #[cfg(test)]
     gso_override: std::sync::atomic::AtomicUsize,
@@ -72,6 +75,27 @@ impl BatchSocket {
         let sock = Self::from_std(std::net::UdpSocket::bind(addr)?)?;
         sock.enlarge_buffers(SOCKET_BUFFER_BYTES);
         Ok(sock)
+    }
+
+    /// Like [`bind`](Self::bind), and connects the socket to `remote`: the kernel then reports
+    /// ICMP errors about datagrams sent to it (port unreachable as `ECONNREFUSED`, seen by
+    /// [`take_refused`](Self::take_refused)), and drops datagrams from anyone else.
+    pub fn bind_connected(local: SocketAddr, remote: SocketAddr) -> io::Result<Self> {
+        let std = std::net::UdpSocket::bind(local)?;
+        std.connect(remote)?;
+        let sock = Self::from_std(std)?;
+        sock.enlarge_buffers(SOCKET_BUFFER_BYTES);
+        Ok(sock)
+    }
+
+    /// The address the socket is connected to, if it is.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.io.peer_addr().ok()
+    }
+
+    /// How many port-unreachable reports arrived since the last call (connected sockets only).
+    pub fn take_refused(&self) -> u64 {
+        self.refused.swap(0, Ordering::Relaxed)
     }
 
     /// Wraps an already bound std socket, e.g. one configured by the caller. The socket is made
@@ -92,6 +116,7 @@ impl BatchSocket {
             state,
             send_errors: AtomicU64::new(0),
             recv_errors: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             #[cfg(test)]
             gso_override: std::sync::atomic::AtomicUsize::new(0),
         };
@@ -323,6 +348,9 @@ impl BatchSocket {
     }
 
     fn count_earlier_failures(&self, e: &io::Error, datagrams: u64) {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
         if datagrams > 0 {
             self.send_errors.fetch_add(datagrams, Ordering::Relaxed);
             tracing::debug!(error = %e, datagrams, "UDP error reported for earlier datagrams; skipped");
@@ -330,6 +358,9 @@ impl BatchSocket {
     }
 
     fn count_send_drop(&self, e: &io::Error, destination: SocketAddr, datagrams: usize) {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
         self.send_errors
             .fetch_add(datagrams as u64, Ordering::Relaxed);
         tracing::debug!(error = %e, %destination, datagrams, "UDP send failed; datagrams dropped");

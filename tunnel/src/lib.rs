@@ -8,6 +8,8 @@
 //! - [`preamble`]: the few bytes that open every tunnelled stream: which service, which client.
 //! - [`process`]: logging set-up, the shutdown signal, and draining work in progress.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers so backends see the real client address.
+//! - [`static_secret`]: the gateway's secret for stateless resets and address tokens (its TLS
+//!   key, or a key file), the same across restarts and a fleet.
 //! - [`tls`]: the `--crypto` and `--tls-*` flags, read into the protocol's crypto configuration.
 //! - [`registry`]: live sessions, totals of closed ones and the last 100, for the monitor.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
@@ -25,4 +27,5 @@ pub mod process;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod splice;
+pub mod static_secret;
 pub mod tls;
