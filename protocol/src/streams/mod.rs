@@ -1051,4 +1051,158 @@ mod tests {
         // Only now is the stream forgotten.
         assert!(streams.is_empty());
     }
+
+    const KIB: u64 = 1 << 10;
+    const RTT: Duration = Duration::from_millis(40);
+
+    fn tuned_set(initial: u64, largest: u64, budget: u64) -> StreamSet {
+        let limits = StreamLimits {
+            initial_stream_window: initial,
+            stream_window: largest,
+            growth_budget: budget,
+            send_buffer: 1 << 16,
+            max_concurrent: 16,
+        };
+        StreamSet::new(Side::Server, limits)
+    }
+
+    /// The peer fills stream `id` up to its credit; returns how many bytes that took.
+    fn fill(streams: &mut StreamSet, id: StreamId) -> u64 {
+        let s = &streams.streams.get(&id);
+        let (from, to) = s.map_or((0, 64 * KIB), |s| (s.recv.highest(), s.recv_limit));
+        let data = vec![7u8; (to - from) as usize];
+        streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: from,
+                fin: false,
+                data: &data,
+            })
+            .expect("within credit");
+        to - from
+    }
+
+    /// The application reads everything readable on `id` at `now`.
+    fn drain(streams: &mut StreamSet, id: StreamId, now: Instant) {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(ReadOutcome::Data(_)) = streams.read(now, RTT, id, &mut buf) {}
+    }
+
+    fn window(streams: &StreamSet, id: StreamId) -> u64 {
+        streams.streams[&id].recv_window
+    }
+
+    #[test]
+    fn a_window_doubles_while_the_reader_keeps_up_and_stays_when_it_is_slow() {
+        let mut streams = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        let mut now = Instant::now();
+        // A reader that drains every window within a millisecond: 64 -> 128 -> 256, no more.
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            fill(&mut streams, id);
+            drain(&mut streams, id, now);
+            windows.push(window(&streams, id) / KIB);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(windows, [64, 128, 256, 256, 256]);
+        assert_eq!(streams.growth_used, 192 * KIB);
+        // A slow reader (renewals 5 RTTs apart) keeps the window it has and earns no more.
+        let mut slow = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
+        for _ in 0..4 {
+            fill(&mut slow, id);
+            drain(&mut slow, id, now);
+            now += RTT * 5;
+        }
+        assert_eq!(window(&slow, id), 64 * KIB);
+        assert_eq!(slow.growth_used, 0);
+    }
+
+    #[test]
+    fn a_stream_nobody_reads_holds_only_its_initial_window() {
+        let mut streams = tuned_set(64 * KIB, 4 << 20, 16 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        assert_eq!(fill(&mut streams, id), 64 * KIB);
+        // More is a flow-control violation.
+        let err = streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: 64 * KIB,
+                fin: false,
+                data: b"x",
+            })
+            .unwrap_err();
+        assert_eq!(err.code, codes::FLOW_CONTROL);
+        assert_eq!(streams.recv_buffered() as u64, 64 * KIB);
+    }
+
+    #[test]
+    fn growth_stops_at_the_shared_budget_and_comes_back_when_a_stream_is_reset() {
+        // Budget for one stream to grow from 64 KiB to 256 KiB, not two.
+        let mut streams = tuned_set(64 * KIB, 256 * KIB, 192 * KIB);
+        let (a, b) = (
+            StreamId::new(Side::Client, 0),
+            StreamId::new(Side::Client, 1),
+        );
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            for id in [a, b] {
+                fill(&mut streams, id);
+                drain(&mut streams, id, now);
+            }
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(
+            window(&streams, a) + window(&streams, b),
+            64 * KIB * 2 + 192 * KIB
+        );
+        assert_eq!(
+            streams.growth_used,
+            192 * KIB,
+            "the budget is spent, not exceeded"
+        );
+        // A reset gives the stream's growth back; the other stream can grow with it.
+        let bigger = if window(&streams, a) > 64 * KIB { a } else { b };
+        let other = if bigger == a { b } else { a };
+        streams.reset(bigger, 0).unwrap();
+        assert_eq!(streams.growth_used, window(&streams, other) - 64 * KIB);
+        for _ in 0..4 {
+            fill(&mut streams, other);
+            drain(&mut streams, other, now);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(window(&streams, other), 256 * KIB);
+    }
+
+    /// The connection credit stays above every stream's initial window plus the growth budget,
+    /// for the peer's streams and for streams we open, so stalled streams never exhaust it.
+    #[test]
+    fn connection_credit_covers_every_initial_window_and_the_growth_budget() {
+        let (initial, budget) = (64 * KIB, 1 << 20);
+        let mut streams = tuned_set(initial, 256 * KIB, budget);
+        streams.apply_peer_settings(1 << 30, 1 << 16, 64);
+        let covered = |s: &StreamSet| {
+            s.conn_recv_limit >= s.conn_consumed + initial * (16 + s.local_live) + budget
+        };
+        assert!(covered(&streams));
+        // All 16 streams the peer may open stall with their initial windows full.
+        for i in 0..16 {
+            fill(&mut streams, StreamId::new(Side::Client, i));
+        }
+        assert_eq!(streams.recv_buffered() as u64, 16 * initial);
+        // Streams we open reserve their own initial windows too.
+        for _ in 0..40 {
+            streams.open().unwrap();
+            assert!(covered(&streams));
+        }
+        // A MAX_DATA was owed only once the slack ran out, not for every stream.
+        let mut buf = Vec::new();
+        let mut sent = Vec::new();
+        streams.write_control(&mut buf, 1200, &mut sent);
+        let max_data = sent
+            .iter()
+            .filter(|f| matches!(f, SentFrame::MaxData))
+            .count();
+        assert_eq!(max_data, 1);
+    }
 }
