@@ -18,11 +18,12 @@
 //! - **Windows start small and grow while the reader keeps up** (receive-window auto-tuning, as
 //!   Chromium's QUIC does). Every stream starts with I. Credit is renewed (MAX_STREAM_DATA to
 //!   read offset + window) once the reader has consumed half the window; if that renewal comes
-//!   less than [`WINDOW_GROWTH_RTTS`] round trips after the previous one, the reader drains
+//!   less than [`WINDOW_GROWTH_RTTS`] (4) round trips after the previous one, the reader drains
 //!   faster than the window refills and the window doubles, up to M. A stream moving at rate R
-//!   renews every window/(2R), so it settles at about 4 x R x RTT (four bandwidth-delay
-//!   products: room to repair a loss without stalling), and a stream nobody reads never renews:
-//!   it holds I and no more.
+//!   renews every window/(2R), so it settles near 8 x R x RTT (eight bandwidth-delay products:
+//!   room to repair losses, even lost repairs, without stalling; the constant says why 4 and
+//!   not Chromium's 2), a slow reader gets a window in proportion to its own rate, and a stream
+//!   nobody reads never renews: it holds I and no more.
 //! - **Growth is paid from a shared budget**, C: the sum over open streams of
 //!   (window - I) never exceeds it (a doubling that does not fit grows only by what is left).
 //!   The budget comes back when a stream closes or is reset. C = 16 MiB lets four streams grow
@@ -71,9 +72,13 @@ use send::SendBuffer;
 pub const SMALLEST_USEFUL_STREAM_FRAME: usize = 1 + 8 + 8 + 4 + 1;
 
 /// A stream's receive window doubles when its credit is renewed sooner than this many smoothed
-/// round trips after the previous renewal (Chromium's QUIC uses 2 as well): the reader drains
-/// the window faster than one window per two round trips, so a larger one would carry more.
-pub const WINDOW_GROWTH_RTTS: u32 = 2;
+/// round trips after the previous renewal: the reader drains half the window in less than four
+/// round trips, so a larger window would carry more. Renewals come every window / (2 x rate),
+/// so windows settle near 8 bandwidth-delay products. Chromium's QUIC uses 2 (4 BDPs); under
+/// loss, holes stall the reader and space renewals out, and with 2 a single stream through a
+/// 50 Mbit/s, 40 ms path at 10% loss reached 82.5-88.2% of the link (three seeds) against
+/// 88.5-88.7% with fixed 16 MiB windows; with 4 it reaches 88.7-89.0%.
+pub const WINDOW_GROWTH_RTTS: u32 = 4;
 
 /// The connection credit keeps a slack of the growth budget divided by this (4: a quarter, 4 MiB
 /// by default) above what the streams may hold, and MAX_DATA is renewed once that much has been
