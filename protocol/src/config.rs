@@ -155,7 +155,8 @@ impl TransportConfig {
         self
     }
 
-    /// Sets the per-stream and connection receive windows, in bytes.
+    /// Sets the largest per-stream receive window and the connection's growth budget (see
+    /// [`Self::connection_receive_window`]), in bytes.
     pub fn receive_windows(mut self, stream: u64, connection: u64) -> Self {
         self.stream_receive_window = stream;
         self.connection_receive_window = connection;
@@ -329,5 +330,47 @@ impl ServerConfig {
             transport,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_credit_reserves_an_initial_window_per_stream_plus_the_growth_budget() {
+        let config = TransportConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        // 1,024 x 64 KiB + 16 MiB + 4 MiB of slack.
+        assert_eq!(config.connection_credit_window(), 84 << 20);
+        let settings = config.settings();
+        assert_eq!(settings.initial_max_data, 84 << 20);
+        assert_eq!(settings.initial_max_stream_data, 64 << 10);
+    }
+
+    #[test]
+    fn an_initial_window_above_the_largest_is_clamped_to_it() {
+        let config = TransportConfig::default()
+            .receive_windows(256 << 10, 1 << 20)
+            .stream_initial_receive_window(1 << 20);
+        assert_eq!(config.stream_limits().initial_stream_window, 256 << 10);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn more_credit_than_a_connection_may_hold_is_refused_with_the_fields_named() {
+        let mut config = TransportConfig {
+            max_concurrent_streams: 100_000,
+            ..TransportConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("max_concurrent_streams x stream_initial_receive_window"),
+            "{err}"
+        );
+        config.max_concurrent_streams = u64::MAX;
+        assert!(config.validate().unwrap_err().contains("above"));
+        let tiny = TransportConfig::default().stream_initial_receive_window(512);
+        assert!(tiny.validate().is_err());
     }
 }
