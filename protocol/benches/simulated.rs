@@ -39,8 +39,8 @@ fn goodput(cc: CongestionConfig, loss: f64, seed: u64) -> f64 {
     let mut at_warmup = None;
     let start = pair.now;
     pair.run_until(WARMUP + MEASURE, |p| {
-        sender.pump(&mut p.client);
-        receiver.pump(&mut p.server);
+        sender.pump(p.now, &mut p.client);
+        receiver.pump(p.now, &mut p.server);
         if at_warmup.is_none() && p.now - start >= WARMUP {
             at_warmup = Some((p.now, receiver.received_bytes()));
         }
@@ -80,9 +80,10 @@ fn request_response(
         let mut server_got = 0;
         let mut client_got = 0;
         let done = pair.run_until(Duration::from_secs(30), |p| {
+            let now = p.now;
             let server = p.server.connection(sh).unwrap();
             while server_got < 1024 {
-                match server.read(id, &mut buf) {
+                match server.read(now, id, &mut buf) {
                     Ok(ReadOutcome::Data(n)) => {
                         server_got += n;
                         if server_got == 1024 {
@@ -93,7 +94,7 @@ fn request_response(
                 }
             }
             let client = p.client.connection(ch).unwrap();
-            while let Ok(ReadOutcome::Data(n)) = client.read(id, &mut buf) {
+            while let Ok(ReadOutcome::Data(n)) = client.read(now, id, &mut buf) {
                 client_got += n;
             }
             client_got == 1024

@@ -11,6 +11,17 @@ use crate::congestion::CongestionConfig;
 use crate::crypto::CryptoConfig;
 use crate::ids::Side;
 use crate::settings::Settings;
+use crate::streams::StreamLimits;
+
+/// Most streams a configuration may let the peer have open at once: 2^20. With 64 KiB initial
+/// windows that is 64 GiB of credit, beyond [`MAX_CONNECTION_CREDIT`] already; the cap only keeps
+/// the credit arithmetic far from overflow.
+pub const MAX_CONCURRENT_STREAMS_LIMIT: u64 = 1 << 20;
+
+/// Most bytes one connection may be configured to hold for the peer (its MAX_DATA window), in
+/// bytes: 4 GiB. A configuration whose stream count times initial window goes beyond it is
+/// refused rather than silently promising more memory than a tunnel host has.
+pub const MAX_CONNECTION_CREDIT: u64 = 4 << 30;
 
 /// Per-connection transport settings. Build with [`TransportConfig::default`] and the setters.
 #[derive(Debug, Clone)]
@@ -26,18 +37,32 @@ pub struct TransportConfig {
     pub keepalive_interval: Option<Duration>,
     /// Give up a handshake that has not completed after this long. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Bytes the peer may send on one stream beyond what the application has read. Default 4 MiB:
-    /// a 50 Mbit/s x 40 ms path needs its 250 KB bandwidth-delay product several times over
-    /// to keep one stream moving while a loss is repaired (with 1 MiB a single echo stream
-    /// reached 56-73% of such a link at 5% loss, with 4 MiB 80-84%: `ferry-bench --link`).
-    /// Memory stays bounded by `connection_receive_window` for all streams together.
+    /// Receive window every stream starts with, in bytes: what a stream whose reader never reads
+    /// can hold. Default 64 KiB: a request, a reply or a burst of messages fits, and 1,024 stalled
+    /// streams hold 64 MiB at most. A stream whose reader keeps up doubles its window (see
+    /// [`crate::streams`]) up to `stream_receive_window`. Announced to the peer as its initial
+    /// credit per stream; values above `stream_receive_window` are clamped to it.
+    pub stream_initial_receive_window: u64,
+    /// Largest receive window of one stream, in bytes (windows grow to it from
+    /// `stream_initial_receive_window` while the reader keeps up). Default 4 MiB: a 50 Mbit/s x
+    /// 40 ms path needs its 250 KB bandwidth-delay product several times over to keep one stream
+    /// moving while a loss is repaired (with 1 MiB a single echo stream reached 56-73% of such a
+    /// link at 5% loss, with 4 MiB 80-84%: `ferry-bench --link`).
     pub stream_receive_window: u64,
-    /// Bytes the peer may send on all streams together beyond what has been read. Default 16 MiB.
+    /// Growth budget, in bytes: how much all streams together may hold beyond their initial
+    /// windows. Default 16 MiB: four streams grown to the full 4 MiB. The connection's credit
+    /// (MAX_DATA) adds every stream's initial window to it, so stalled streams can never take
+    /// it from streams that drain; memory per connection is bounded by
+    /// [`TransportConfig::connection_credit_window`] (84 MiB with the defaults).
     pub connection_receive_window: u64,
     /// Bytes the application may write to one stream before it has been acknowledged. Default
     /// 2 MiB: 320 ms at 50 Mbit/s, room for a repair round trip or two behind a full window.
     pub stream_send_buffer: usize,
-    /// How many streams the peer may have open at once. Default 1024.
+    /// How many streams the peer may have open at once. Default 1024. Each reserves
+    /// `stream_initial_receive_window` of connection credit (64 MiB for 1,024 streams by
+    /// default), so that streams nobody reads cannot starve the others; at most
+    /// [`MAX_CONCURRENT_STREAMS_LIMIT`], and with the initial window within
+    /// [`MAX_CONNECTION_CREDIT`].
     pub max_concurrent_streams: u64,
     /// RTT assumed before the first sample. Default 100 ms.
     pub initial_rtt: Duration,
@@ -88,6 +113,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(5)),
             handshake_timeout: Duration::from_secs(10),
+            stream_initial_receive_window: 64 << 10,
             stream_receive_window: 4 << 20,
             connection_receive_window: 16 << 20,
             stream_send_buffer: 2 << 20,
@@ -132,11 +158,41 @@ impl TransportConfig {
         self
     }
 
-    /// Sets the per-stream and connection receive windows, in bytes.
+    /// Sets the largest per-stream receive window and the connection's growth budget (see
+    /// [`Self::connection_receive_window`]), in bytes.
     pub fn receive_windows(mut self, stream: u64, connection: u64) -> Self {
         self.stream_receive_window = stream;
         self.connection_receive_window = connection;
         self
+    }
+
+    /// Sets the receive window every stream starts with, in bytes.
+    pub fn stream_initial_receive_window(mut self, bytes: u64) -> Self {
+        self.stream_initial_receive_window = bytes;
+        self
+    }
+
+    /// The stream limits this configuration gives a connection's [`StreamSet`].
+    ///
+    /// [`StreamSet`]: crate::streams::StreamSet
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            initial_stream_window: self
+                .stream_initial_receive_window
+                .min(self.stream_receive_window),
+            stream_window: self.stream_receive_window,
+            growth_budget: self.connection_receive_window,
+            send_buffer: self.stream_send_buffer,
+            max_concurrent: self.max_concurrent_streams,
+        }
+    }
+
+    /// Connection credit (MAX_DATA window) announced in the handshake, in bytes: the bound on
+    /// what the peer can make this end hold, whatever it does, as long as our own application
+    /// opens no streams (each stream it opens adds `stream_initial_receive_window`). See
+    /// [`StreamLimits::connection_window`].
+    pub fn connection_credit_window(&self) -> u64 {
+        self.stream_limits().connection_window(0)
     }
 
     /// Sets the per-stream send buffer, in bytes.
@@ -200,6 +256,23 @@ impl TransportConfig {
                     .into(),
             );
         }
+        if self.stream_initial_receive_window < 1024 {
+            return Err("stream_initial_receive_window must be at least 1 KiB".into());
+        }
+        if self.max_concurrent_streams > MAX_CONCURRENT_STREAMS_LIMIT {
+            return Err(format!(
+                "max_concurrent_streams {} is above {MAX_CONCURRENT_STREAMS_LIMIT}",
+                self.max_concurrent_streams
+            ));
+        }
+        let credit = self.connection_credit_window();
+        if credit > MAX_CONNECTION_CREDIT {
+            return Err(format!(
+                "max_concurrent_streams x stream_initial_receive_window + connection_receive_window \
+                 is {credit} bytes, above the {MAX_CONNECTION_CREDIT}-byte bound on what one \
+                 connection may hold"
+            ));
+        }
         if self.batch_delay > Duration::from_secs(1) {
             return Err("batch_delay must be at most 1 s".into());
         }
@@ -219,8 +292,8 @@ impl TransportConfig {
         Settings {
             idle_timeout: self.idle_timeout,
             max_datagram_size: self.max_datagram_size,
-            initial_max_data: self.connection_receive_window,
-            initial_max_stream_data: self.stream_receive_window,
+            initial_max_data: self.connection_credit_window(),
+            initial_max_stream_data: self.stream_limits().initial_stream_window,
             initial_max_streams: self.max_concurrent_streams,
             required: {
                 let mut required = self.required_settings.clone();
@@ -292,5 +365,47 @@ impl ServerConfig {
             transport,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_credit_reserves_an_initial_window_per_stream_plus_the_growth_budget() {
+        let config = TransportConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        // 1,024 x 64 KiB + 16 MiB + 4 MiB of slack.
+        assert_eq!(config.connection_credit_window(), 84 << 20);
+        let settings = config.settings();
+        assert_eq!(settings.initial_max_data, 84 << 20);
+        assert_eq!(settings.initial_max_stream_data, 64 << 10);
+    }
+
+    #[test]
+    fn an_initial_window_above_the_largest_is_clamped_to_it() {
+        let config = TransportConfig::default()
+            .receive_windows(256 << 10, 1 << 20)
+            .stream_initial_receive_window(1 << 20);
+        assert_eq!(config.stream_limits().initial_stream_window, 256 << 10);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn more_credit_than_a_connection_may_hold_is_refused_with_the_fields_named() {
+        let mut config = TransportConfig {
+            max_concurrent_streams: 100_000,
+            ..TransportConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.contains("max_concurrent_streams x stream_initial_receive_window"),
+            "{err}"
+        );
+        config.max_concurrent_streams = u64::MAX;
+        assert!(config.validate().unwrap_err().contains("above"));
+        let tiny = TransportConfig::default().stream_initial_receive_window(512);
+        assert!(tiny.validate().is_err());
     }
 }

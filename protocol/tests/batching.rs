@@ -71,7 +71,7 @@ fn read_all(
             continue;
         }
         loop {
-            match conn.read(*id, &mut buf) {
+            match conn.read(now, *id, &mut buf) {
                 Ok(ReadOutcome::Data(n)) if n > 0 => continue,
                 Ok(ReadOutcome::Finished) => {
                     finished[i] = true;

@@ -151,8 +151,8 @@ fn corrupted_datagrams_never_panic_and_never_corrupt_accepted_streams_silently()
         let mut server = BulkSide::new(sh, false, seed, 0, 64 << 10);
         let mut fed = 0;
         pair.run_until(Duration::from_secs(60), |p| {
-            client.pump(&mut p.client);
-            server.pump(&mut p.server);
+            client.pump(p.now, &mut p.client);
+            server.pump(p.now, &mut p.server);
             if let Some(captured) = p.capture.as_mut() {
                 for c in captured.drain(..) {
                     let mut d = c.datagram;

@@ -31,8 +31,8 @@ fn bulk_transfer(
     let mut client = BulkSide::new(ch, true, seed, streams, bytes);
     let mut server = BulkSide::new(sh, false, seed, 0, bytes);
     let done = pair.run_until(limit, |p| {
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         client.is_done() && server.is_done() && server.streams.len() == streams
     });
     if !done {
@@ -141,8 +141,8 @@ fn five_second_blackout_is_reported_as_idle_timeout_on_both_ends_when_it_is_shor
     let mut client = BulkSide::new(ch, true, 2, 1, 64 << 20);
     let mut server = BulkSide::new(sh, false, 2, 0, 64 << 20);
     pair.run_until(Duration::from_secs(30), |p| {
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         client.closed.is_some() && server.closed.is_some()
     });
     assert_eq!(client.closed, Some(ConnectionError::IdleTimeout(idle)));
@@ -202,16 +202,17 @@ fn lost_packet_stalls_only_its_own_stream() {
     let mut b_delivered_at = None;
     let mut a_delivered_at = None;
     pair.run_until(Duration::from_secs(5), |p| {
+        let now = p.now;
         let server = p.server.connection(sh).unwrap();
         if b_delivered_at.is_none() {
-            if let Ok(ReadOutcome::Data(n)) = server.read(b, &mut buf) {
+            if let Ok(ReadOutcome::Data(n)) = server.read(now, b, &mut buf) {
                 assert_eq!(&buf[..n], b"stream B's later message");
                 // At this moment A's data has not arrived: its retransmission is still due.
-                assert_eq!(server.read(a, &mut buf), Ok(ReadOutcome::Blocked));
+                assert_eq!(server.read(now, a, &mut buf), Ok(ReadOutcome::Blocked));
                 b_delivered_at = Some(p.now);
             }
         }
-        if let Ok(ReadOutcome::Data(n)) = server.read(a, &mut buf) {
+        if let Ok(ReadOutcome::Data(n)) = server.read(now, a, &mut buf) {
             assert_eq!(&buf[..n], b"stream A's first message");
             a_delivered_at = Some(p.now);
         }
@@ -227,12 +228,16 @@ fn lost_packet_stalls_only_its_own_stream() {
     );
 }
 
+/// A stream nobody reads never renews its credit, so its window never grows: the receiver holds
+/// only the initial window, however large the stream's largest window is.
 #[test]
 fn receiver_that_never_reads_keeps_sender_buffers_under_the_flow_control_bound() {
-    let window = 256 << 10;
+    let largest_window = 256 << 10;
+    let window = 32 << 10;
     let send_buffer = 128 << 10;
     let config = TransportConfig::default()
-        .receive_windows(window, 4 * window)
+        .receive_windows(largest_window, 4 * largest_window)
+        .stream_initial_receive_window(window)
         .stream_send_buffer(send_buffer);
     let link = LinkConfig::default().with_delay(10 * MS);
     let mut pair = Pair::symmetric(4, ServerConfig::new(config.clone()), link);
@@ -243,8 +248,8 @@ fn receiver_that_never_reads_keeps_sender_buffers_under_the_flow_control_bound()
     let mut max_sender_buffered = 0;
     let mut max_receiver_buffered = 0;
     pair.run_until(Duration::from_secs(20), |p| {
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         let (sent_buf, _) = p.client.connection_ref(ch).unwrap().buffered_bytes();
         let (_, recv_buf) = p.server.connection_ref(sh).unwrap().buffered_bytes();
         max_sender_buffered = max_sender_buffered.max(sent_buf);
@@ -320,8 +325,8 @@ fn client_address_change_is_validated_before_the_server_follows_it() {
             p.client_addr = "127.0.0.2:40001".parse().unwrap();
             rebound = true;
         }
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         client.is_done() && server.is_done()
     });
     assert!(done, "transfer across the rebinding completed");
@@ -431,8 +436,8 @@ fn bottleneck_goodput(cc: ferry_protocol::congestion::CongestionConfig, loss: f6
     let mut mark = None;
     let start = pair.now;
     pair.run_until(Duration::from_secs(8), |p| {
-        sender.pump(&mut p.client);
-        receiver.pump(&mut p.server);
+        sender.pump(p.now, &mut p.client);
+        receiver.pump(p.now, &mut p.server);
         if mark.is_none() && p.now - start >= Duration::from_secs(2) {
             mark = Some((p.now, receiver.received_bytes()));
         }
@@ -491,15 +496,16 @@ fn many_small_messages_repaired(tail_duplication: bool) -> f64 {
                     assert_eq!(c.write(*id, &message).unwrap(), message.len());
                     sent_at[i] = Some(pair.now);
                 }
+                let now = pair.now;
                 let s = pair.server.connection(sh).unwrap();
-                while let Ok(ReadOutcome::Data(n)) = s.read(*id, &mut buf) {
+                while let Ok(ReadOutcome::Data(n)) = s.read(now, *id, &mut buf) {
                     at_server[i] += n;
                     if at_server[i] == message.len() {
                         s.write(*id, &message).unwrap();
                     }
                 }
                 let c = pair.client.connection(ch).unwrap();
-                while let Ok(ReadOutcome::Data(n)) = c.read(*id, &mut buf) {
+                while let Ok(ReadOutcome::Data(n)) = c.read(now, *id, &mut buf) {
                     back[i] += n;
                     if back[i] == message.len() {
                         latencies.push(pair.now - sent_at[i].unwrap());
@@ -541,14 +547,14 @@ fn ack_ranges_in_a_lossy_transfer(both_ways: bool) -> [(f64, usize); 2] {
     let mut server = BulkSide::new(sh, false, 17, 0, back);
     // Long enough for hundreds of gaps; only the last seconds are looked at.
     pair.run_until(Duration::from_secs(3), |p| {
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         false
     });
     pair.capture = Some(Vec::new());
     pair.run_until(Duration::from_secs(2), |p| {
-        client.pump(&mut p.client);
-        server.pump(&mut p.server);
+        client.pump(p.now, &mut p.client);
+        server.pump(p.now, &mut p.server);
         false
     });
     assert!(client.closed.is_none() && server.closed.is_none());

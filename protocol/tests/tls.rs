@@ -159,8 +159,8 @@ fn bulk(pair: &mut Pair, client: CryptoConfig, streams: usize, bytes: u64, seed:
     let mut a = BulkSide::new(ch, true, seed, streams, bytes);
     let mut b = BulkSide::new(sh, false, seed, 0, bytes);
     let done = pair.run_until(Duration::from_secs(120), |p| {
-        a.pump(&mut p.client);
-        b.pump(&mut p.server);
+        a.pump(p.now, &mut p.client);
+        b.pump(p.now, &mut p.server);
         a.is_done() && b.is_done() && b.streams.len() == streams
     });
     assert!(
@@ -343,7 +343,7 @@ fn an_observer_never_sees_the_plaintext() {
         }
         let mut buf = [0u8; 4096];
         while let Ok(ferry_protocol::streams::ReadOutcome::Data(n)) =
-            p.server.connection(sh).unwrap().read(id, &mut buf)
+            p.server.connection(sh).unwrap().read(p.now, id, &mut buf)
         {
             received.extend_from_slice(&buf[..n]);
         }
@@ -396,8 +396,8 @@ fn an_on_path_tamperer_cannot_change_inject_or_replay_stream_bytes() {
         let mut rounds = 0u64;
         let (client_addr, server_addr) = (pair.client_addr, pair.server_addr);
         let done = pair.run_until(Duration::from_secs(60), |p| {
-            a.pump(&mut p.client);
-            b.pump(&mut p.server);
+            a.pump(p.now, &mut p.client);
+            b.pump(p.now, &mut p.server);
             rounds += 1;
             if rounds % 5 == 0 {
                 // Replay a captured datagram, and inject a forged one with its header.
@@ -502,8 +502,8 @@ fn only_authenticated_packets_from_a_new_address_start_a_migration() {
             p.client_addr = "127.0.0.2:40001".parse().unwrap();
             phase = 2;
         }
-        a.pump(&mut p.client);
-        b.pump(&mut p.server);
+        a.pump(p.now, &mut p.client);
+        b.pump(p.now, &mut p.server);
         a.is_done() && b.is_done()
     });
     assert!(done && phase == 2);

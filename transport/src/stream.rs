@@ -13,6 +13,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use ferry_protocol::connection::ConnectionError;
 use ferry_protocol::streams::{ReadOutcome, StreamError};
@@ -103,7 +104,7 @@ impl AsyncRead for Stream {
         let mut state = this.conn.shared.lock();
         let handle = this.conn.handle;
         let result = match state.endpoint.connection(handle) {
-            Some(conn) => conn.read(this.id, buf.initialize_unfilled()),
+            Some(conn) => conn.read(Instant::now(), this.id, buf.initialize_unfilled()),
             None => Err(StreamError::ConnectionClosed),
         };
         match result {

@@ -55,7 +55,7 @@ use crate::rtt::RttEstimator;
 use crate::settings::Settings;
 use crate::stateless_reset::{ResetToken, MIN_RESET_LEN, RESET_TOKEN_LEN};
 use crate::streams::{
-    ReadOutcome, StreamError, StreamEvent, StreamLimits, StreamSet, SMALLEST_USEFUL_STREAM_FRAME,
+    ReadOutcome, StreamError, StreamEvent, StreamSet, SMALLEST_USEFUL_STREAM_FRAME,
 };
 
 mod timer;
@@ -393,12 +393,7 @@ impl Connection {
             initial_dcid,
         } = ids;
         let max_datagram = usize::from(config.max_datagram_size);
-        let limits = StreamLimits {
-            stream_window: config.stream_receive_window,
-            connection_window: config.connection_receive_window,
-            send_buffer: config.stream_send_buffer,
-            max_concurrent: config.max_concurrent_streams,
-        };
+        let limits = config.stream_limits();
         let mut timers = TimerTable::default();
         timers.set(Timer::Idle, now + config.handshake_timeout);
         let local_settings = config.settings();
@@ -680,10 +675,16 @@ impl Connection {
         self.streams.finish(id)
     }
 
-    /// Reads bytes the peer sent on a stream.
-    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<ReadOutcome, StreamError> {
+    /// Reads bytes the peer sent on a stream. `now` times the reads, so that a stream whose
+    /// reader keeps up gets a larger receive window (see [`crate::streams`]).
+    pub fn read(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        buf: &mut [u8],
+    ) -> Result<ReadOutcome, StreamError> {
         self.check_open()?;
-        let r = self.streams.read(id, buf);
+        let r = self.streams.read(now, self.rtt.smoothed(), id, buf);
         self.drain_stream_events();
         r
     }

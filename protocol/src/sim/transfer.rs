@@ -3,6 +3,7 @@
 //! order by comparing SHA-256 digests.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -112,9 +113,9 @@ impl BulkSide {
         self.streams.values().map(|s| s.received).sum()
     }
 
-    /// Reacts to events and moves data: opens streams, writes what fits, reads what arrived.
-    /// Events for other connections of the endpoint are dropped.
-    pub fn pump(&mut self, endpoint: &mut Endpoint) {
+    /// Reacts to events and moves data at time `now`: opens streams, writes what fits, reads
+    /// what arrived. Events for other connections of the endpoint are dropped.
+    pub fn pump(&mut self, now: Instant, endpoint: &mut Endpoint) {
         while let Some((h, ev)) = endpoint.poll_event() {
             if h != self.handle {
                 continue;
@@ -180,7 +181,7 @@ impl BulkSide {
             }
             // Read.
             while self.read_enabled && !s.recv_done {
-                match conn.read(*id, &mut self.scratch) {
+                match conn.read(now, *id, &mut self.scratch) {
                     Ok(ReadOutcome::Data(n)) => {
                         s.recv_hash.update(&self.scratch[..n]);
                         s.received += n as u64;

@@ -2,9 +2,53 @@
 //!
 //! Each stream is bidirectional and ordered on its own: a lost packet delays only the streams
 //! whose bytes it carried (no cross-stream head-of-line blocking). Either end may open streams,
-//! up to the count the other end allows (MAX_STREAMS). Memory is bounded under any peer
-//! behaviour: a stream buffers at most `stream_send_buffer` bytes the application wrote and at
-//! most its receive window of bytes the peer sent; the connection window bounds the sum.
+//! up to the count the other end allows (MAX_STREAMS). A stream buffers at most
+//! `stream_send_buffer` bytes the application wrote and at most its receive window of bytes the
+//! peer sent.
+//!
+//! # Flow control: stalled streams cannot starve the others
+//!
+//! Head-of-line blocking must not come back through flow control. With fixed windows (4 MiB per
+//! stream, 16 MiB per connection) four streams whose reader never reads held the whole
+//! connection window, and every other stream froze: on loopback, 50 clients that never read
+//! their replies took four echo clients from 80.7 MiB/s to 1.1 MiB/s. The design, with the
+//! defaults (I = `stream_initial_receive_window` = 64 KiB, M = `stream_receive_window` = 4 MiB,
+//! C = `connection_receive_window` = 16 MiB, N = `max_concurrent_streams` = 1024):
+//!
+//! - **Windows start small and grow while the reader keeps up** (receive-window auto-tuning, as
+//!   Chromium's QUIC does). Every stream starts with I. Credit is renewed (MAX_STREAM_DATA to
+//!   read offset + window) once the reader has consumed half the window; if that renewal comes
+//!   less than [`WINDOW_GROWTH_RTTS`] (4) round trips after the previous one, the reader drains
+//!   faster than the window refills and the window doubles, up to M. A stream moving at rate R
+//!   renews every window/(2R), so it settles near 8 x R x RTT (eight bandwidth-delay products:
+//!   room to repair losses, even lost repairs, without stalling; the constant says why 4 and
+//!   not Chromium's 2), a slow reader gets a window in proportion to its own rate, and a stream
+//!   nobody reads never renews: it holds I and no more.
+//! - **Growth is paid from a shared budget**, C: the sum over open streams of
+//!   (window - I) never exceeds it (a doubling that does not fit grows only by what is left).
+//!   The budget comes back when a stream closes or is reset, and as soon as the peer's FIN fixes
+//!   a stream's length (beyond its unread bytes). C = 16 MiB lets four streams grow to the full
+//!   4 MiB at once. A stream that grew and then stalled keeps its window (credit given cannot
+//!   be taken back), so the budget bounds what such streams hold, and once a few of them have
+//!   spent it the others cannot grow: they still move I per round trip (1.6 MB/s at 40 ms,
+//!   650 MB/s on loopback), slowed but never frozen.
+//! - **The connection credit (MAX_DATA) covers every stream's initial window**, so it never
+//!   binds before the stream windows do: its window is
+//!   `I x (N + streams we opened) + C + C/4` = 84 MiB with no streams of our own. Each of the
+//!   N streams the peer may open reserves I; each stream our application opens reserves I more;
+//!   C covers growth; and C/4 ([`CONNECTION_CREDIT_SLACK_DIVISOR`]) is slack: MAX_DATA is
+//!   renewed (to read + window) only once it could rise by the slack, i.e. once per 4 MiB read or
+//!   per 64 streams opened, so the credit never falls below read + I x (N + L) + C, above all
+//!   that the streams may hold. Stalled streams hold at most I x N = 64 MiB of it; streams that
+//!   drain always find the rest.
+//!
+//! Memory bound, whatever the peer does: the receive side holds at most the connection credit
+//! window, `I x (N + L) + 5C/4` bytes, where L is the most streams our own application had open at
+//! once: 84 MiB per connection with the defaults and L = 0 (the gateway opens no streams; an agent
+//! with 1,024 streams of its own: 148 MiB). Tighter, it holds at most
+//! `I x (streams open) + C` (each stream at most its window, the windows' growth at most C):
+//! 80 MiB with 1,024 streams, 16.06 MiB with one. The peer's frames beyond the credit it was
+//! given close the connection with a flow-control error.
 //!
 //! A RESET aborts a stream in both directions (a tunnel maps it to a TCP reset). Its sender
 //! states how many bytes it had sent; the receiver answers with its own RESET carrying its own
@@ -12,6 +56,7 @@
 //! be read. Until that answer arrives the resetting end keeps a small tombstone of the stream.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use crate::coding::{varint_len, BufMutExt};
 use crate::frame::{types, StreamFrame};
@@ -27,6 +72,20 @@ use send::SendBuffer;
 /// Bytes of the smallest stream frame worth writing: type, stream ID, offset and length at
 /// their widest, and one byte of data. A packet with less room than this left is full.
 pub const SMALLEST_USEFUL_STREAM_FRAME: usize = 1 + 8 + 8 + 4 + 1;
+
+/// A stream's receive window doubles when its credit is renewed sooner than this many smoothed
+/// round trips after the previous renewal: the reader drains half the window in less than four
+/// round trips, so a larger window would carry more. Renewals come every window / (2 x rate),
+/// so windows settle near 8 bandwidth-delay products. Chromium's QUIC uses 2 (4 BDPs); under
+/// loss, holes stall the reader and space renewals out, and with 2 a single stream through a
+/// 50 Mbit/s, 40 ms path at 10% loss reached 82.5-88.2% of the link (three seeds) against
+/// 88.5-88.7% with fixed 16 MiB windows; with 4 it reaches 88.7-89.0%.
+pub const WINDOW_GROWTH_RTTS: u32 = 4;
+
+/// The connection credit keeps a slack of the growth budget divided by this (4: a quarter, 4 MiB
+/// by default) above what the streams may hold, and MAX_DATA is renewed once that much has been
+/// read: often enough never to bind, rarely enough to cost nothing (one 9-byte frame per 4 MiB).
+pub const CONNECTION_CREDIT_SLACK_DIVISOR: u64 = 4;
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,17 +147,36 @@ pub struct FlowViolation {
     pub reason: String,
 }
 
-/// Tunables of a stream set.
+/// Tunables of a stream set (see the module documentation for how they combine).
 #[derive(Debug, Clone, Copy)]
 pub struct StreamLimits {
-    /// Receive window per stream, bytes.
+    /// Receive window every stream starts with, bytes (at most `stream_window`).
+    pub initial_stream_window: u64,
+    /// Largest receive window of one stream, bytes.
     pub stream_window: u64,
-    /// Receive window of the connection, bytes.
-    pub connection_window: u64,
+    /// What all streams together may hold beyond their initial windows, bytes.
+    pub growth_budget: u64,
     /// Send buffer per stream, bytes.
     pub send_buffer: usize,
     /// Streams the peer may have open at once.
     pub max_concurrent: u64,
+}
+
+impl StreamLimits {
+    /// Slack of connection credit above what the streams may hold, bytes.
+    pub fn credit_slack(&self) -> u64 {
+        self.growth_budget / CONNECTION_CREDIT_SLACK_DIVISOR
+    }
+
+    /// Connection credit window, bytes, with `local_streams` streams of our own open: an initial
+    /// window for each of those and of the peer's `max_concurrent`, the growth budget and the
+    /// slack. Saturating, so no configuration can overflow it.
+    pub fn connection_window(&self, local_streams: u64) -> u64 {
+        self.initial_stream_window
+            .saturating_mul(self.max_concurrent.saturating_add(local_streams))
+            .saturating_add(self.growth_budget)
+            .saturating_add(self.credit_slack())
+    }
 }
 
 #[derive(Debug)]
@@ -109,6 +187,12 @@ struct Stream {
     send_limit: u64,
     /// Highest offset we allow the peer to send (our last MAX_STREAM_DATA).
     recv_limit: u64,
+    /// Receive window: credit is renewed to the read offset plus this. Starts at the initial
+    /// window and grows while the reader keeps up; what it exceeds the initial window by is
+    /// charged to the connection's growth budget.
+    recv_window: u64,
+    /// When credit was last renewed (for window growth).
+    last_credit_at: Option<Instant>,
     /// The application's write was refused for lack of room.
     write_blocked: bool,
     /// A Readable event is outstanding (cleared when the application reads until blocked).
@@ -158,6 +242,10 @@ pub struct StreamSet {
     conn_received: u64,
     /// Bytes read by the application or discarded by resets.
     conn_consumed: u64,
+    /// Growth budget in use: the sum over streams of (receive window - initial window).
+    growth_used: u64,
+    /// Streams we opened that are still kept (each reserves an initial window of credit).
+    local_live: u64,
     /// Round-robin of streams that may have something to send.
     send_queue: VecDeque<StreamId>,
     /// Control frames owed to the peer.
@@ -190,9 +278,11 @@ impl StreamSet {
             peer_initial_stream_data: 0,
             conn_send_limit: 0,
             conn_sent: 0,
-            conn_recv_limit: limits.connection_window,
+            conn_recv_limit: limits.connection_window(0),
             conn_received: 0,
             conn_consumed: 0,
+            growth_used: 0,
+            local_live: 0,
             send_queue: VecDeque::new(),
             pending_max_data: false,
             pending_max_streams: false,
@@ -224,7 +314,9 @@ impl StreamSet {
             send: SendBuffer::new(self.limits.send_buffer),
             recv: RecvAssembler::new(),
             send_limit: self.peer_initial_stream_data,
-            recv_limit: self.limits.stream_window,
+            recv_limit: self.limits.initial_stream_window,
+            recv_window: self.limits.initial_stream_window,
+            last_credit_at: None,
             write_blocked: false,
             readable_signalled: false,
             acked_signalled: false,
@@ -255,6 +347,12 @@ impl StreamSet {
         self.local_opened += 1;
         let stream = self.new_stream();
         self.streams.insert(id, stream);
+        // The new stream's initial window must not come out of the credit the others rely on:
+        // it is added to the connection window. The slack covers it until a MAX_DATA is due
+        // (one per slack / initial window = 64 opens by default, so opening streams does not
+        // defeat batching), and that MAX_DATA leaves before the peer can answer the stream.
+        self.local_live += 1;
+        self.update_conn_credit();
         Ok(id)
     }
 
@@ -311,9 +409,27 @@ impl StreamSet {
         Ok(())
     }
 
-    /// Copies received bytes into `buf`.
-    pub fn read(&mut self, id: StreamId, buf: &mut [u8]) -> Result<ReadOutcome, StreamError> {
-        let window = self.limits.stream_window;
+    /// Copies received bytes into `buf`. `now` and the smoothed round-trip time `rtt` decide
+    /// whether the stream's receive window grows (see the module documentation).
+    pub fn read(
+        &mut self,
+        now: Instant,
+        rtt: Duration,
+        id: StreamId,
+        buf: &mut [u8],
+    ) -> Result<ReadOutcome, StreamError> {
+        self.read_tuned(id, buf, Some((now, rtt)))
+    }
+
+    /// [`StreamSet::read`]; with `tuning` `None` (bytes discarded, not read by the
+    /// application) the window keeps its size.
+    fn read_tuned(
+        &mut self,
+        id: StreamId,
+        buf: &mut [u8],
+        tuning: Option<(Instant, Duration)>,
+    ) -> Result<ReadOutcome, StreamError> {
+        let limits = self.limits;
         let s = Self::live(&mut self.streams, id)?;
         let n = s.recv.read(buf);
         if n == 0 {
@@ -327,12 +443,29 @@ impl StreamSet {
             }
             return Ok(ReadOutcome::Blocked);
         }
-        // Grant more credit once half the window has been consumed.
+        // Renew credit once half the window has been consumed; grow the window first if the
+        // previous renewal was less than WINDOW_GROWTH_RTTS round trips ago.
         let read_offset = s.recv.read_offset();
-        if s.recv.final_size().is_none() && s.recv_limit - read_offset < window / 2 {
-            s.recv_limit = read_offset + window;
+        if s.recv.final_size().is_none()
+            && s.recv_limit.saturating_sub(read_offset) < s.recv_window / 2
+        {
+            if let Some((now, rtt)) = tuning {
+                let quick = s
+                    .last_credit_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < rtt * WINDOW_GROWTH_RTTS);
+                if quick && s.recv_window < limits.stream_window {
+                    let wanted = s.recv_window.saturating_mul(2).min(limits.stream_window);
+                    let free = limits.growth_budget.saturating_sub(self.growth_used);
+                    let grown = wanted.min(s.recv_window.saturating_add(free));
+                    self.growth_used += grown - s.recv_window;
+                    s.recv_window = grown;
+                }
+                s.last_credit_at = Some(now);
+            }
+            s.recv_limit = s.recv_limit.max(read_offset.saturating_add(s.recv_window));
             self.pending_max_stream_data.insert(id);
         }
+        Self::fit_window_to_final_size(&mut self.growth_used, limits.initial_stream_window, s);
         self.conn_consumed += n as u64;
         self.update_conn_credit();
         Ok(ReadOutcome::Data(n))
@@ -351,7 +484,7 @@ impl StreamSet {
     fn discard_readable(&mut self, id: StreamId) {
         let mut scratch = [0u8; 4096];
         loop {
-            match self.read(id, &mut scratch) {
+            match self.read_tuned(id, &mut scratch, None) {
                 Ok(ReadOutcome::Data(_)) => continue,
                 _ => return,
             }
@@ -363,12 +496,36 @@ impl StreamSet {
         self.streams.get(&id).map_or(0, |s| s.recv.readable_len())
     }
 
+    /// Renews the connection credit once it could rise by the slack: it then never falls more
+    /// than the slack below read + window, which is above everything the streams may hold.
     fn update_conn_credit(&mut self) {
-        let window = self.limits.connection_window;
-        if self.conn_recv_limit - self.conn_consumed.min(self.conn_recv_limit) < window / 2 {
-            self.conn_recv_limit = self.conn_consumed + window;
+        let target = self
+            .conn_consumed
+            .saturating_add(self.limits.connection_window(self.local_live));
+        if target.saturating_sub(self.conn_recv_limit) >= self.limits.credit_slack().max(1) {
+            self.conn_recv_limit = target;
             self.pending_max_data = true;
         }
+    }
+
+    /// Once the peer's FIN fixed a stream's length, the stream needs no window beyond its unread
+    /// bytes: gives the rest of its growth back to the budget (a finished stream the
+    /// application has not read to its end must not keep growth it will never use).
+    fn fit_window_to_final_size(growth_used: &mut u64, initial: u64, s: &mut Stream) {
+        if let Some(final_size) = s.recv.final_size() {
+            let needed = final_size.saturating_sub(s.recv.read_offset()).max(initial);
+            if needed < s.recv_window {
+                *growth_used = growth_used.saturating_sub(s.recv_window - needed);
+                s.recv_window = needed;
+            }
+        }
+    }
+
+    /// Gives a stream's window growth back to the budget (it will never be granted credit
+    /// again: it was reset or is being forgotten).
+    fn release_growth(growth_used: &mut u64, initial: u64, s: &mut Stream) {
+        *growth_used = growth_used.saturating_sub(s.recv_window.saturating_sub(initial));
+        s.recv_window = initial;
     }
 
     /// Aborts the stream in both directions with `code`.
@@ -384,6 +541,7 @@ impl StreamSet {
         }
         let final_size = s.send.max_sent_offset();
         s.tombstone = true;
+        Self::release_growth(&mut self.growth_used, self.limits.initial_stream_window, s);
         // Free the buffers now; only flow-control offsets are still needed.
         s.send = SendBuffer::new(0);
         let received = s.recv.highest();
@@ -450,6 +608,7 @@ impl StreamSet {
             });
         }
         self.conn_received += grew;
+        Self::fit_window_to_final_size(&mut self.growth_used, self.limits.initial_stream_window, s);
         if s.discard {
             self.discard_readable(id);
             return Ok(());
@@ -541,6 +700,7 @@ impl StreamSet {
         let unread = final_size - s.recv.read_offset();
         let our_final = s.send.max_sent_offset();
         s.reset_by_peer = Some(code);
+        Self::release_growth(&mut self.growth_used, self.limits.initial_stream_window, s);
         s.send = SendBuffer::new(0);
         s.recv = RecvAssembler::new();
         self.conn_consumed += unread;
@@ -669,9 +829,16 @@ impl StreamSet {
     }
 
     fn remove(&mut self, id: StreamId) {
-        if self.streams.remove(&id).is_some() {
+        if let Some(mut s) = self.streams.remove(&id) {
+            Self::release_growth(
+                &mut self.growth_used,
+                self.limits.initial_stream_window,
+                &mut s,
+            );
             self.pending_max_stream_data.remove(&id);
-            if id.initiator() != self.side {
+            if id.initiator() == self.side {
+                self.local_live = self.local_live.saturating_sub(1);
+            } else {
                 self.peer_closed += 1;
                 self.peer_limit = self.peer_closed + self.limits.max_concurrent;
                 self.pending_max_streams = true;
@@ -844,6 +1011,8 @@ impl StreamSet {
     /// Resets every stream (the connection is going away); no frames are sent.
     pub fn abandon_all(&mut self) {
         self.streams.clear();
+        self.growth_used = 0;
+        self.local_live = 0;
         self.send_queue.clear();
         self.pending_resets.clear();
         self.pending_max_stream_data.clear();
@@ -857,8 +1026,9 @@ mod tests {
 
     fn set(side: Side) -> StreamSet {
         let limits = StreamLimits {
+            initial_stream_window: 1 << 16,
             stream_window: 1 << 16,
-            connection_window: 1 << 20,
+            growth_budget: 1 << 20,
             send_buffer: 1 << 16,
             max_concurrent: 16,
         };
@@ -888,11 +1058,216 @@ mod tests {
             })
             .unwrap();
         let mut out = [0u8; 16];
-        assert_eq!(streams.read(id, &mut out).unwrap(), ReadOutcome::Data(5));
+        let now = Instant::now();
+        let rtt = Duration::from_millis(40);
+        assert_eq!(
+            streams.read(now, rtt, id, &mut out).unwrap(),
+            ReadOutcome::Data(5)
+        );
         // Our request and FIN are acknowledged now.
         streams.on_stream_acked(id, 0, 7, true);
-        assert_eq!(streams.read(id, &mut out).unwrap(), ReadOutcome::Finished);
+        assert_eq!(
+            streams.read(now, rtt, id, &mut out).unwrap(),
+            ReadOutcome::Finished
+        );
         // Only now is the stream forgotten.
         assert!(streams.is_empty());
+    }
+
+    const KIB: u64 = 1 << 10;
+    const RTT: Duration = Duration::from_millis(40);
+
+    fn tuned_set(initial: u64, largest: u64, budget: u64) -> StreamSet {
+        let limits = StreamLimits {
+            initial_stream_window: initial,
+            stream_window: largest,
+            growth_budget: budget,
+            send_buffer: 1 << 16,
+            max_concurrent: 16,
+        };
+        StreamSet::new(Side::Server, limits)
+    }
+
+    /// The peer fills stream `id` up to its credit; returns how many bytes that took.
+    fn fill(streams: &mut StreamSet, id: StreamId) -> u64 {
+        let s = &streams.streams.get(&id);
+        let (from, to) = s.map_or((0, 64 * KIB), |s| (s.recv.highest(), s.recv_limit));
+        let data = vec![7u8; (to - from) as usize];
+        streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: from,
+                fin: false,
+                data: &data,
+            })
+            .expect("within credit");
+        to - from
+    }
+
+    /// The application reads everything readable on `id` at `now`.
+    fn drain(streams: &mut StreamSet, id: StreamId, now: Instant) {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(ReadOutcome::Data(_)) = streams.read(now, RTT, id, &mut buf) {}
+    }
+
+    fn window(streams: &StreamSet, id: StreamId) -> u64 {
+        streams.streams[&id].recv_window
+    }
+
+    #[test]
+    fn a_window_doubles_while_the_reader_keeps_up_and_stays_when_it_is_slow() {
+        let mut streams = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        let mut now = Instant::now();
+        // A reader that drains every window within a millisecond: 64 -> 128 -> 256, no more.
+        let mut windows = Vec::new();
+        for _ in 0..5 {
+            fill(&mut streams, id);
+            drain(&mut streams, id, now);
+            windows.push(window(&streams, id) / KIB);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(windows, [64, 128, 256, 256, 256]);
+        assert_eq!(streams.growth_used, 192 * KIB);
+        // A slow reader (renewals 5 RTTs apart) keeps the window it has and earns no more.
+        let mut slow = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
+        for _ in 0..4 {
+            fill(&mut slow, id);
+            drain(&mut slow, id, now);
+            now += RTT * 5;
+        }
+        assert_eq!(window(&slow, id), 64 * KIB);
+        assert_eq!(slow.growth_used, 0);
+    }
+
+    #[test]
+    fn a_stream_nobody_reads_holds_only_its_initial_window() {
+        let mut streams = tuned_set(64 * KIB, 4 << 20, 16 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        assert_eq!(fill(&mut streams, id), 64 * KIB);
+        // More is a flow-control violation.
+        let err = streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: 64 * KIB,
+                fin: false,
+                data: b"x",
+            })
+            .unwrap_err();
+        assert_eq!(err.code, codes::FLOW_CONTROL);
+        assert_eq!(streams.recv_buffered() as u64, 64 * KIB);
+    }
+
+    #[test]
+    fn growth_stops_at_the_shared_budget_and_comes_back_when_a_stream_is_reset() {
+        // Budget for one stream to grow from 64 KiB to 256 KiB, not two.
+        let mut streams = tuned_set(64 * KIB, 256 * KIB, 192 * KIB);
+        let (a, b) = (
+            StreamId::new(Side::Client, 0),
+            StreamId::new(Side::Client, 1),
+        );
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            for id in [a, b] {
+                fill(&mut streams, id);
+                drain(&mut streams, id, now);
+            }
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(
+            window(&streams, a) + window(&streams, b),
+            64 * KIB * 2 + 192 * KIB
+        );
+        assert_eq!(
+            streams.growth_used,
+            192 * KIB,
+            "the budget is spent, not exceeded"
+        );
+        // A reset gives the stream's growth back; the other stream can grow with it.
+        let bigger = if window(&streams, a) > 64 * KIB { a } else { b };
+        let other = if bigger == a { b } else { a };
+        streams.reset(bigger, 0).unwrap();
+        assert_eq!(streams.growth_used, window(&streams, other) - 64 * KIB);
+        for _ in 0..4 {
+            fill(&mut streams, other);
+            drain(&mut streams, other, now);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(window(&streams, other), 256 * KIB);
+    }
+
+    /// The connection credit stays above every stream's initial window plus the growth budget,
+    /// for the peer's streams and for streams we open, so stalled streams never exhaust it.
+    #[test]
+    fn connection_credit_covers_every_initial_window_and_the_growth_budget() {
+        let (initial, budget) = (64 * KIB, 1 << 20);
+        let mut streams = tuned_set(initial, 256 * KIB, budget);
+        streams.apply_peer_settings(1 << 30, 1 << 16, 64);
+        let covered = |s: &StreamSet| {
+            s.conn_recv_limit >= s.conn_consumed + initial * (16 + s.local_live) + budget
+        };
+        assert!(covered(&streams));
+        // All 16 streams the peer may open stall with their initial windows full.
+        for i in 0..16 {
+            fill(&mut streams, StreamId::new(Side::Client, i));
+        }
+        assert_eq!(streams.recv_buffered() as u64, 16 * initial);
+        // Streams we open reserve their own initial windows too.
+        for _ in 0..40 {
+            streams.open().unwrap();
+            assert!(covered(&streams));
+        }
+        // A MAX_DATA was owed only once the slack ran out, not for every stream.
+        let mut buf = Vec::new();
+        let mut sent = Vec::new();
+        streams.write_control(&mut buf, 1200, &mut sent);
+        let max_data = sent
+            .iter()
+            .filter(|f| matches!(f, SentFrame::MaxData))
+            .count();
+        assert_eq!(max_data, 1);
+    }
+
+    /// A finished stream the application has not read to its end (it read every byte but has
+    /// not asked for the end yet, so the stream is kept) gives its growth back: it needs no
+    /// more credit. Otherwise a few such streams would hold the whole budget.
+    #[test]
+    fn a_stream_whose_length_is_known_keeps_no_growth_beyond_its_unread_bytes() {
+        let mut streams = tuned_set(64 * KIB, 1 << 20, 1 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        let mut now = Instant::now();
+        for _ in 0..5 {
+            fill(&mut streams, id);
+            drain(&mut streams, id, now);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(window(&streams, id), 1 << 20);
+        // The last 100 KiB and the FIN arrive; the application reads them but not the end.
+        let end = streams.streams[&id].recv.highest() + 100 * KIB;
+        let data = vec![1u8; 100 * KIB as usize];
+        streams
+            .on_stream_frame(&StreamFrame {
+                id,
+                offset: end - 100 * KIB,
+                fin: true,
+                data: &data,
+            })
+            .unwrap();
+        assert_eq!(
+            window(&streams, id),
+            100 * KIB,
+            "only the unread bytes are kept"
+        );
+        let mut buf = vec![0u8; 1 << 20];
+        assert!(matches!(
+            streams.read(now, RTT, id, &mut buf),
+            Ok(ReadOutcome::Data(_))
+        ));
+        assert_eq!(window(&streams, id), 64 * KIB);
+        assert_eq!(streams.growth_used, 0);
+        assert!(
+            !streams.is_empty(),
+            "kept until the application sees the end"
+        );
     }
 }
