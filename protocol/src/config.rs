@@ -35,6 +35,13 @@ pub struct TransportConfig {
     /// Send a PING after this long without sending anything, so NAT bindings and the peer's idle
     /// timer stay alive. Default 5 s; `None` disables it.
     pub keepalive_interval: Option<Duration>,
+    /// Client: while any stream is open, send a PING once nothing was sent or received for
+    /// this long. A client that only receives (a download) sends nothing once its peer dies,
+    /// so without this probe a dead or restarted server would be noticed only at the next
+    /// keepalive; with it, the server's stateless reset or its host's ICMP port unreachable
+    /// answers within about this long. Default 500 ms: a 31-byte PING (and its ACK) twice a
+    /// second per quiet session. `None` disables it.
+    pub liveness_probe: Option<Duration>,
     /// Give up a handshake that has not completed after this long. Default 10 s.
     pub handshake_timeout: Duration,
     /// Receive window every stream starts with, in bytes: what a stream whose reader never reads
@@ -112,6 +119,7 @@ impl Default for TransportConfig {
             max_datagram_size: 1350,
             idle_timeout: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(5)),
+            liveness_probe: Some(Duration::from_millis(500)),
             handshake_timeout: Duration::from_secs(10),
             stream_initial_receive_window: 64 << 10,
             stream_receive_window: 4 << 20,

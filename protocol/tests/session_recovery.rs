@@ -231,3 +231,21 @@ fn a_flood_for_unknown_connections_gets_few_small_resets() {
     );
     assert_eq!(server.connection_count(), 0);
 }
+
+#[test]
+fn a_quiet_client_with_an_open_stream_notices_a_restarted_server_by_its_liveness_probe() {
+    let (mut pair, client) = established(b"fleet secret");
+    send_something(&mut pair, client);
+    // Everything is delivered and acknowledged; the client has nothing more to send.
+    pair.run_until(Duration::from_millis(300), |_| false);
+    restart_server(&mut pair, b"fleet secret");
+    let restarted = pair.now;
+    let (error, at) = wait_closed(&mut pair, client, Duration::from_secs(3)).expect("closed");
+    assert_eq!(error, ConnectionError::StatelessReset);
+    let probe = TransportConfig::default().liveness_probe.unwrap();
+    assert!(
+        at - restarted <= probe + 2 * ONE_WAY,
+        "{:?}",
+        at - restarted
+    );
+}

@@ -273,6 +273,8 @@ pub struct Impairment {
     pub seed: u64,
     /// An on-path attacker, off by default.
     pub attack: Attack,
+    /// While set, the link is down: every datagram, both ways, is dropped (an outage).
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What an on-path attacker in the relay does, every Nth datagram (0: never). It acts only on
@@ -344,10 +346,15 @@ pub async fn impairment_relay(
     // Sends `data` to `to` through `via` after the dice's delay, unless the dice drop it.
     // `last` is the latest delivery time scheduled in this direction, to count reorderings.
     let attack = dice.lock().unwrap().imp.attack;
+    let down = dice.lock().unwrap().imp.down.clone();
     let seen = Arc::new(AtomicUsize::new(0));
     let schedule = {
         let counts = counts.clone();
         move |via: Arc<UdpSocket>, to: SocketAddr, mut data: Vec<u8>, last: &Mutex<Instant>| {
+            if down.load(Ordering::SeqCst) {
+                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
             if attack.capture {
                 counts.captured.lock().unwrap().push(data.clone());

@@ -1408,9 +1408,22 @@ impl Connection {
         }
         // While a PING is already owed (it may be held back by the congestion window), the
         // keepalive must not fire again: it would spin at a deadline in the past.
-        match (self.config.keepalive_interval, self.state) {
-            (Some(interval), State::Established) if !self.ping_pending => {
-                self.timers.set(Timer::Keepalive, self.last_sent + interval)
+        let keepalive = self.config.keepalive_interval.map(|i| self.last_sent + i);
+        // A client with open streams probes a silent peer sooner (see `liveness_probe`).
+        let probe = match self.config.liveness_probe {
+            Some(silence) if self.side == Side::Client && self.streams.open_count() > 0 => {
+                let heard = self.last_received.unwrap_or(self.last_sent);
+                Some(self.last_sent.max(heard) + silence)
+            }
+            _ => None,
+        };
+        let deadline = match (keepalive, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (deadline, self.state) {
+            (Some(at), State::Established) if !self.ping_pending => {
+                self.timers.set(Timer::Keepalive, at)
             }
             _ => self.timers.stop(Timer::Keepalive),
         }

@@ -9,7 +9,8 @@ pub(super) enum Timer {
     Idle,
     /// Loss detection: time threshold or retransmission timeout.
     Loss,
-    /// Nothing sent for the keepalive interval: send a PING.
+    /// Nothing sent for the keepalive interval, or (a client with open streams) nothing sent
+    /// or received for the liveness probe interval: send a PING.
     Keepalive,
     /// The pacer holds back the next packet until then.
     Pacing,

@@ -1,0 +1,333 @@
+//! What the outer sockets see when a session dies, and how soon the tunnel works again, with
+//! the real binaries on loopback: a gateway killed and restarted, an agent killed, a link down
+//! for longer than the idle timeout, and a shorter outage that must cost nothing.
+//!
+//! A download (the client sends one byte, the backend streams until the socket fails) lets
+//! the client be a pure reader, so what it sees is exactly what the agent did to its socket: a
+//! reset is `ConnectionReset`, a clean close would be end-of-file. (With a reader and a writer
+//! on one socket, Linux reports a reset once, to whichever call comes first; the other then
+//! sees end-of-file or a broken pipe.) An upload to a backend that only reads does the same
+//! for the gateway's side.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A backend that, on each connection, answers "pong\n" to a first byte `p`, and to any
+/// other first byte streams data until the socket fails.
+async fn source_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if first[0] == b'p' {
+                    let _ = s.write_all(b"pong\n").await;
+                    let _ = s.shutdown().await;
+                    return;
+                }
+                let chunk = vec![0x5au8; 64 << 10];
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that reads each connection to its end and reports how it ended.
+async fn sink_backend() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut total = 0u64;
+                let end = loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => total += n as u64,
+                        Err(e) => break Err(e),
+                    }
+                };
+                let _ = tx.send((total, end));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Starts a download through `listen`; returns once `min_bytes` arrived, with the task that
+/// reads the rest and returns (bytes, how the read ended, when).
+async fn start_download(
+    listen: SocketAddr,
+    min_bytes: u64,
+) -> tokio::task::JoinHandle<(u64, std::io::Result<()>, Instant)> {
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(b"d").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0u64;
+        let mut tx = Some(tx);
+        let end = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => total += n as u64,
+                Err(e) => break Err(e),
+            }
+            if total >= min_bytes {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        };
+        (total, end, Instant::now())
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the download started")
+        .expect("the download task runs");
+    task
+}
+
+/// One short request/response through `listen`, with a deadline.
+async fn ping(listen: SocketAddr) -> bool {
+    let attempt = async {
+        let s = TcpStream::connect(listen).await.ok()?;
+        round_trip(s, b"p".to_vec()).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Some(back)) if back == b"pong\n"
+    )
+}
+
+/// Polls [`ping`] until it works; returns how long that took from `since`.
+async fn first_working_connection(listen: SocketAddr, since: Instant, limit: Duration) -> Duration {
+    loop {
+        if ping(listen).await {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < limit,
+            "no working connection within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn expect_reset(what: &str, end: &std::io::Result<()>, bytes: u64) {
+    match end {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{what}: {e}"),
+        Ok(()) => {
+            panic!("{what}: a clean end-of-file after {bytes} bytes of an unfinished transfer")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_resets_its_clients_and_its_restart_serves_within_a_second() {
+    let backend = source_backend().await;
+    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let gw_args = [
+        "--listen".to_owned(),
+        gw_addr.to_string(),
+        "--backend".to_owned(),
+        format!("tcp://{backend}"),
+    ];
+    let mut gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    assert!(ping(listen).await || ping(listen).await);
+
+    let download = start_download(listen, 4 << 20).await;
+    let killed = Instant::now();
+    gw.0.kill().unwrap(); // SIGKILL
+    gw.0.wait().unwrap();
+    let (bytes, end, at) = download.await.unwrap();
+    expect_reset("client of a killed gateway", &end, bytes);
+    let noticed = at - killed;
+    eprintln!("client reset {noticed:?} after the gateway was killed ({bytes} bytes read)");
+    assert!(noticed < Duration::from_secs(3), "{noticed:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = Instant::now();
+    let _gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let took = first_working_connection(listen, restarted, Duration::from_secs(10)).await;
+    eprintln!("first working connection {took:?} after the gateway restarted");
+    // The target is one second; a loaded CI machine gets a little slack.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_behind_a_live_link_resets_the_old_session_statelessly() {
+    // Through a relay, the agent's socket hears no ICMP from the dead gateway: only the
+    // restarted gateway's stateless reset can end the old session before its idle timeout.
+    let backend = source_backend().await;
+    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let gw_args = [
+        "--listen".to_owned(),
+        gw_addr.to_string(),
+        "--backend".to_owned(),
+        format!("tcp://{backend}"),
+    ];
+    let mut gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (relay, _) = impairment_relay(gw_addr, Impairment::default()).await;
+    let (_agent, listen) = agent(relay, &[]).await;
+    ready_ping(listen).await;
+    let download = start_download(listen, 4 << 20).await;
+    gw.0.kill().unwrap();
+    gw.0.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = Instant::now();
+    let _gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (bytes, end, at) = download.await.unwrap();
+    expect_reset("client of a restarted gateway", &end, bytes);
+    eprintln!(
+        "client reset {:?} after the restart (stateless reset)",
+        at.saturating_duration_since(restarted)
+    );
+    assert!(at.saturating_duration_since(restarted) < Duration::from_secs(3));
+    let took = first_working_connection(listen, restarted, Duration::from_secs(10)).await;
+    eprintln!("first working connection {took:?} after the gateway restarted");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+/// Waits until a ping through `listen` works.
+async fn ready_ping(listen: SocketAddr) {
+    first_working_connection(listen, Instant::now(), Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_resets_the_backend_connection_once_the_gateway_gives_up() {
+    let (backend, mut ends) = sink_backend().await;
+    let (_gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--idle-timeout",
+        "2s",
+    ]);
+    let (mut agent_proc, listen) = agent(gw_addr, &["--idle-timeout", "2s"]).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    for _ in 0..32 {
+        s.write_all(&chunk).await.unwrap();
+    }
+    // Wait until the backend has some of it, then kill the agent mid-upload.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Instant::now();
+    agent_proc.0.kill().unwrap();
+    agent_proc.0.wait().unwrap();
+    // The agent's start-up probe (`wait_listening`) made an empty connection first.
+    let upload_end = async {
+        loop {
+            match ends.recv().await {
+                Some((0, Ok(()))) => continue,
+                Some(end) => return end,
+                None => panic!("the backend stopped"),
+            }
+        }
+    };
+    let (bytes, end) = tokio::time::timeout(Duration::from_secs(10), upload_end)
+        .await
+        .expect("the backend connection ended");
+    expect_reset("backend of a killed agent", &end, bytes);
+    eprintln!(
+        "backend reset {:?} after the agent was killed (idle timeout 2 s)",
+        killed.elapsed()
+    );
+}
+
+/// A pair through a relay whose link can be cut; both ends' idle timeouts `idle`.
+async fn pair_through_relay(
+    idle: &str,
+) -> (
+    Vec<Proc>,
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let backend = source_backend().await;
+    let (gw, gw_addr) = gateway(&[
+        "--backend",
+        &format!("tcp://{backend}"),
+        "--idle-timeout",
+        idle,
+    ]);
+    let link = Impairment::default();
+    let down = link.down.clone();
+    let (relay, _) = impairment_relay(gw_addr, link).await;
+    let (agent_proc, listen) = agent(relay, &["--idle-timeout", idle]).await;
+    ready_ping(listen).await;
+    (vec![gw, agent_proc], listen, down)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_idle_timeout_resets_the_client_and_recovers_within_a_second() {
+    let (_procs, listen, down) = pair_through_relay("2s").await;
+    let download = start_download(listen, 1 << 20).await;
+    let cut = Instant::now();
+    down.store(true, Ordering::SeqCst);
+    let (bytes, end, at) = download.await.unwrap();
+    expect_reset("client during an outage", &end, bytes);
+    eprintln!(
+        "client reset {:?} into the outage (idle timeout 2 s)",
+        at - cut
+    );
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed())).await;
+    let back = Instant::now();
+    down.store(false, Ordering::SeqCst);
+    let took = first_working_connection(listen, back, Duration::from_secs(10)).await;
+    eprintln!("first working connection {took:?} after the link came back");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_second_outage_costs_no_byte() {
+    let (backend, _) = echo_backend().await;
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
+    let link = Impairment::default();
+    let down = link.down.clone();
+    let (relay, _) = impairment_relay(gw_addr, link).await;
+    let (_agent, listen) = agent(relay, &[]).await;
+    ready(listen).await;
+    let data = payload(5, 16 << 20);
+    let s = TcpStream::connect(listen).await.unwrap();
+    let echo = tokio::spawn(round_trip(s, data.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let back = Instant::now();
+    down.store(false, Ordering::SeqCst);
+    let got = tokio::time::timeout(Duration::from_secs(60), echo)
+        .await
+        .expect("the echo finished after the outage")
+        .unwrap()
+        .expect("no error");
+    assert!(
+        got == data,
+        "{} of {} bytes, or content differs",
+        got.len(),
+        data.len()
+    );
+    eprintln!(
+        "16 MiB echo finished intact {:?} after a 5 s outage ended",
+        back.elapsed()
+    );
+}
