@@ -133,6 +133,9 @@ fn stream_module() -> Option<PathBuf> {
 ///   gateway, so with `max_fails=1` the next datagrams of the flow hash to the next live
 ///   gateway, which resets the session it does not know. After `fail_timeout` nginx tries the
 ///   gateway again for new flows.
+/// - `zone` shares those failure marks between worker processes, and `reuseport` keeps each
+///   flow on one worker (the kernel picks the worker by the 4-tuple), which matters with more
+///   than the one worker the test runs.
 fn nginx_conf(module: Option<&Path>, dir: &Path, listen: SocketAddr, gws: &[SocketAddr]) -> String {
     let load = module
         .map(|m| format!("load_module {};\n", m.display()))
@@ -151,9 +154,10 @@ events {{
 stream {{
     upstream ferry_gateways {{
         hash $remote_addr:$remote_port consistent;
+        zone ferry_gateways 64k;
 {servers}    }}
     server {{
-        listen {listen} udp;
+        listen {listen} udp reuseport;
         proxy_pass ferry_gateways;
         proxy_timeout 60s;
     }}
