@@ -134,6 +134,26 @@ async fn first_working_connection(listen: SocketAddr, since: Instant, limit: Dur
     }
 }
 
+/// A gateway before `backend` on a fixed UDP port, and how to start it (again, after a kill).
+fn restartable_gateway(backend: SocketAddr) -> (SocketAddr, impl Fn() -> Proc) {
+    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let args = [
+        "--listen".to_owned(),
+        gw_addr.to_string(),
+        "--backend".to_owned(),
+        format!("tcp://{backend}"),
+    ];
+    (gw_addr, move || {
+        spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &args)
+    })
+}
+
+/// Kills a process with SIGKILL, as a crash would, and reaps it.
+fn kill(mut proc: Proc) {
+    proc.0.kill().unwrap();
+    proc.0.wait().unwrap();
+}
+
 fn expect_reset(what: &str, end: &std::io::Result<()>, bytes: u64) {
     match end {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{what}: {e}"),
@@ -145,22 +165,14 @@ fn expect_reset(what: &str, end: &std::io::Result<()>, bytes: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_resets_its_clients_and_its_restart_serves_within_a_second() {
-    let backend = source_backend().await;
-    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let gw_args = [
-        "--listen".to_owned(),
-        gw_addr.to_string(),
-        "--backend".to_owned(),
-        format!("tcp://{backend}"),
-    ];
-    let mut gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (gw_addr, start_gateway) = restartable_gateway(source_backend().await);
+    let gw = start_gateway();
     let (_agent, listen) = agent(gw_addr, &[]).await;
-    assert!(ping(listen).await || ping(listen).await);
+    ready_ping(listen).await;
 
     let download = start_download(listen, 4 << 20).await;
     let killed = Instant::now();
-    gw.0.kill().unwrap(); // SIGKILL
-    gw.0.wait().unwrap();
+    kill(gw);
     let (bytes, end, at) = download.await.unwrap();
     expect_reset("client of a killed gateway", &end, bytes);
     let noticed = at - killed;
@@ -169,7 +181,7 @@ async fn a_killed_gateway_resets_its_clients_and_its_restart_serves_within_a_sec
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarted = Instant::now();
-    let _gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let _gw = start_gateway();
     let took = first_working_connection(listen, restarted, Duration::from_secs(10)).await;
     eprintln!("first working connection {took:?} after the gateway restarted");
     // The target is one second; a loaded CI machine gets a little slack.
@@ -180,24 +192,16 @@ async fn a_killed_gateway_resets_its_clients_and_its_restart_serves_within_a_sec
 async fn a_gateway_restarted_behind_a_live_link_resets_the_old_session_statelessly() {
     // Through a relay, the agent's socket hears no ICMP from the dead gateway: only the
     // restarted gateway's stateless reset can end the old session before its idle timeout.
-    let backend = source_backend().await;
-    let gw_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-    let gw_args = [
-        "--listen".to_owned(),
-        gw_addr.to_string(),
-        "--backend".to_owned(),
-        format!("tcp://{backend}"),
-    ];
-    let mut gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let (gw_addr, start_gateway) = restartable_gateway(source_backend().await);
+    let gw = start_gateway();
     let (relay, _) = impairment_relay(gw_addr, Impairment::default()).await;
     let (_agent, listen) = agent(relay, &[]).await;
     ready_ping(listen).await;
     let download = start_download(listen, 4 << 20).await;
-    gw.0.kill().unwrap();
-    gw.0.wait().unwrap();
+    kill(gw);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let restarted = Instant::now();
-    let _gw = spawn(env!("CARGO_BIN_EXE_ferry-gateway"), &gw_args);
+    let _gw = start_gateway();
     let (bytes, end, at) = download.await.unwrap();
     expect_reset("client of a restarted gateway", &end, bytes);
     eprintln!(
@@ -224,7 +228,7 @@ async fn a_killed_agent_resets_the_backend_connection_once_the_gateway_gives_up(
         "--idle-timeout",
         "2s",
     ]);
-    let (mut agent_proc, listen) = agent(gw_addr, &["--idle-timeout", "2s"]).await;
+    let (agent_proc, listen) = agent(gw_addr, &["--idle-timeout", "2s"]).await;
     let mut s = TcpStream::connect(listen).await.unwrap();
     let chunk = vec![7u8; 64 << 10];
     for _ in 0..32 {
@@ -233,8 +237,7 @@ async fn a_killed_agent_resets_the_backend_connection_once_the_gateway_gives_up(
     // Wait until the backend has some of it, then kill the agent mid-upload.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
-    agent_proc.0.kill().unwrap();
-    agent_proc.0.wait().unwrap();
+    kill(agent_proc);
     // The agent's start-up probe (`wait_listening`) made an empty connection first.
     let upload_end = async {
         loop {

@@ -472,62 +472,60 @@ impl Endpoint {
             self.queue_stateless(remote, out);
             return;
         }
-        let address_token_ok = match TokenKey::kind_of(token) {
+        // No token, or an address token that is stale or another key's: a Retry. A Retry
+        // token (or garbage) that does not check out: a refusal.
+        let validated = match TokenKey::kind_of(token) {
+            _ if token.is_empty() => Err(None),
             Some(TokenKind::Address) => {
                 let lifetime = server.address_token_lifetime;
-                match self
+                let check = self
                     .token_key
-                    .validate_address_token(now, token, remote, lifetime)
-                {
-                    Ok(()) => {
-                        self.stats.address_tokens_accepted += 1;
-                        true
-                    }
+                    .validate_address_token(now, token, remote, lifetime);
+                match &check {
+                    Ok(()) => self.stats.address_tokens_accepted += 1,
                     Err(e) => {
-                        // Stale, or from a server with another key: a Retry, as for no token.
                         debug!(%remote, error = %e, "address token not accepted: sending a Retry");
                         self.stats.address_tokens_rejected += 1;
-                        false
                     }
                 }
+                check.map_err(|_| None)
             }
-            _ => false,
+            _ => {
+                let lifetime = server.retry_token_lifetime;
+                self.token_key
+                    .validate(now, token, remote, scid, dcid, lifetime)
+                    .map_err(Some)
+            }
         };
-        if !address_token_ok
-            && (token.is_empty() || TokenKey::kind_of(token) == Some(TokenKind::Address))
-        {
-            let token = self.token_key.issue(now, remote, scid, dcid);
-            let mut out = Vec::with_capacity(64);
-            encode_header(
-                &Header::Retry {
-                    version,
-                    dcid: scid,
-                    scid: dcid,
-                    token: &token,
-                },
-                &mut out,
-            );
-            self.stats.retries_sent += 1;
-            self.queue_stateless(remote, out);
-            return;
-        }
-        let lifetime = server.retry_token_lifetime;
-        let retry_token_check = if address_token_ok {
-            Ok(())
-        } else {
-            self.token_key
-                .validate(now, token, remote, scid, dcid, lifetime)
-        };
-        if let Err(e) = retry_token_check {
-            debug!(%remote, error = %e, "refusing Initial");
-            self.refuse(
-                remote,
-                scid,
-                dcid,
-                close_code::INVALID_TOKEN,
-                &e.to_string(),
-            );
-            return;
+        match validated {
+            Ok(()) => {}
+            Err(None) => {
+                let token = self.token_key.issue(now, remote, scid, dcid);
+                let mut out = Vec::with_capacity(64);
+                encode_header(
+                    &Header::Retry {
+                        version,
+                        dcid: scid,
+                        scid: dcid,
+                        token: &token,
+                    },
+                    &mut out,
+                );
+                self.stats.retries_sent += 1;
+                self.queue_stateless(remote, out);
+                return;
+            }
+            Err(Some(e)) => {
+                debug!(%remote, error = %e, "refusing Initial");
+                self.refuse(
+                    remote,
+                    scid,
+                    dcid,
+                    close_code::INVALID_TOKEN,
+                    &e.to_string(),
+                );
+                return;
+            }
         }
         if self.slots.len() >= server.max_connections {
             let reason = format!(

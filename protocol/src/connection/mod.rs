@@ -536,11 +536,17 @@ impl Connection {
             return;
         }
         debug!(side = %self.side, remote = %self.remote, "stateless reset received");
+        self.abandon(ConnectionError::StatelessReset);
+    }
+
+    /// Ends the connection at once without a word to the peer (it is gone, or has no state
+    /// for us): no closing period, every stream fails, nothing is retransmitted.
+    fn abandon(&mut self, error: ConnectionError) {
         self.state = State::Closed;
         self.timers.clear();
         self.streams.abandon_all();
         self.sent.drain_all();
-        self.finish_with(ConnectionError::StatelessReset);
+        self.finish_with(error);
     }
 
     /// The socket reported that the peer's port is unreachable (ICMP). A handshake fails at
@@ -558,11 +564,7 @@ impl Connection {
             _ => return,
         }
         debug!(side = %self.side, %reason, "peer unreachable");
-        self.state = State::Closed;
-        self.timers.clear();
-        self.streams.abandon_all();
-        self.sent.drain_all();
-        self.finish_with(ConnectionError::Unreachable(reason));
+        self.abandon(ConnectionError::Unreachable(reason));
     }
 
     // ----- Application API -------------------------------------------------------------------
@@ -1452,10 +1454,7 @@ impl Connection {
                         ConnectionError::IdleTimeout(self.idle_timeout.unwrap_or_default())
                     };
                     debug!(side = %self.side, %error, "connection timed out");
-                    self.state = State::Closed;
-                    self.timers.clear();
-                    self.streams.abandon_all();
-                    self.finish_with(error);
+                    self.abandon(error);
                     return;
                 }
                 Timer::Close => {
