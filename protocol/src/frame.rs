@@ -230,12 +230,12 @@ impl AckFrame {
             let end = smallest
                 .checked_sub(gap + 1)
                 .ok_or(DecodeError::Invalid("ACK gap below zero"))?;
-            let start = (end - 1)
-                .checked_sub(len)
+            // A range ends above zero and starts at or above zero (checked before `end - 1`,
+            // which a range ending at zero would take below zero: found by the fuzzer).
+            let start = end
+                .checked_sub(1)
+                .and_then(|last| last.checked_sub(len))
                 .ok_or(DecodeError::Invalid("ACK range below zero"))?;
-            if end == 0 {
-                return Err(DecodeError::Invalid("ACK range below zero"));
-            }
             ranges.push(start..end);
             smallest = start;
         }
@@ -518,6 +518,18 @@ mod tests {
                 StreamFrame::header_len(StreamId(id), off, len) + len
             );
         }
+    }
+
+    /// Found by `cargo fuzz run decode_packet` (in debug builds it panicked on `end - 1`):
+    /// a short packet whose ACK frame has a second range ending at packet zero.
+    #[test]
+    fn fuzz_crash_ack_range_ending_at_zero_is_malformed_not_a_panic() {
+        let datagram = [
+            0x40, 0x0a, 0x5a, 0x80, 0x01, 0x40, 0x00, 0x02, 0x7e, 0xff, 0xff, 0x4b, 0xff, 0x02,
+            0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x09,
+        ];
+        let packet = crate::packet::Packet::decode(&datagram).unwrap();
+        assert!(decode_all(packet.payload).is_err());
     }
 
     #[test]
