@@ -109,9 +109,11 @@ impl Sessions {
     ) {
         let slot = self.slots[index].clone();
         let mut backoff = FIRST_BACKOFF;
-        // Failed attempts in a row: the first is a warning, the rest only debug lines, so a
-        // gateway that stays down for an hour logs one line, not thousands.
+        // Failed attempts in a row: the first is a warning, and so is each that fails for a
+        // different reason (a gateway that was down and now refuses our certificate must say
+        // so); repeats are debug lines, so a gateway down for an hour logs one line.
         let mut failures = 0u64;
+        let mut last_warned = String::new();
         while !self.stopping.load(Ordering::SeqCst) {
             match endpoint.connect(slot.gateway, config.clone()).await {
                 Ok(conn) => {
@@ -121,6 +123,7 @@ impl Sessions {
                         info!(gateway = %slot.gateway, link = index, "session up");
                     }
                     failures = 0;
+                    last_warned.clear();
                     let meter = self.registry.add(&conn);
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((conn.clone(), meter));
@@ -142,7 +145,9 @@ impl Sessions {
                         self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     failures += 1;
-                    if failures == 1 {
+                    let message = e.to_string();
+                    if message != last_warned {
+                        last_warned = message;
                         warn!(gateway = %slot.gateway, link = index, error = %e, "cannot reach gateway; retrying at most a second apart");
                     } else {
                         debug!(gateway = %slot.gateway, link = index, error = %e, attempt = failures, "cannot reach gateway");
