@@ -253,6 +253,7 @@ async fn an_on_path_tamperer_changes_no_byte_any_client_receives() {
                 replay_every: 11,
                 min_len: 0,
                 capture: false,
+                ..Attack::default()
             },
             ..Impairment::default()
         },

@@ -8,22 +8,6 @@ use std::time::Duration;
 use common::*;
 use tokio::net::TcpStream;
 
-/// One sample of a metric (with a label, if given) from a `/metrics` body, parsed for real.
-fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("{name} not in\n{body}"));
-    match sample.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name}: {other:?}"),
-    }
-}
-
 /// The processes and addresses of a monitored pair.
 struct Pair {
     gateway: Proc,

@@ -49,6 +49,10 @@ impl Source for AgentSource {
                 self.sessions.handshakes_failed.load(Ordering::Relaxed),
             ),
         ];
+        let e = self.sessions.endpoint_totals();
+        t.malformed_dropped = e.malformed_dropped;
+        t.unknown_session_dropped = e.unknown_session_dropped;
+        t.stateless_resets = vec![("received".into(), e.stateless_resets_received)];
         let links = self.sessions.links();
         let up = links.iter().any(|(_, rtt, _)| rtt.is_some());
         let backends = links

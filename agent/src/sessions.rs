@@ -30,12 +30,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause after an attempt the gateway's host refused at once (ICMP port unreachable).
 const REFUSED_MAX_BACKOFF: Duration = Duration::from_millis(250);
 
+/// What the monitor reports of the links' endpoints.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndpointTotals {
+    pub malformed_dropped: u64,
+    pub unknown_session_dropped: u64,
+    pub stateless_resets_received: u64,
+}
+
 /// One link to one gateway.
 struct Slot {
     gateway: SocketAddr,
     /// The live session and its byte meter (payload and encoded, for the compression saving).
     conn: Mutex<Option<(Connection, Arc<Meter>)>>,
     active: Arc<AtomicUsize>,
+    /// The link's UDP endpoint, for its counters.
+    endpoint: Endpoint,
 }
 
 /// Every session of the agent.
@@ -79,11 +89,13 @@ impl Sessions {
         let mut endpoints = Vec::new();
         for (gateway, config) in gateways {
             for _ in 0..links.max(1) {
-                endpoints.push((Endpoint::client_to(*gateway)?, config.clone()));
+                let endpoint = Endpoint::client_to(*gateway)?;
+                endpoints.push((endpoint.clone(), config.clone()));
                 slots.push(Arc::new(Slot {
                     gateway: *gateway,
                     conn: Mutex::new(None),
                     active: Arc::default(),
+                    endpoint,
                 }));
             }
         }
@@ -167,6 +179,19 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// Counters of every link's endpoint, added up: datagrams dropped as malformed or for no
+    /// known session (forged resets among them), and valid stateless resets received.
+    pub fn endpoint_totals(&self) -> EndpointTotals {
+        let mut t = EndpointTotals::default();
+        for slot in &self.slots {
+            let e = slot.endpoint.stats();
+            t.malformed_dropped += e.malformed_dropped;
+            t.unknown_session_dropped += e.unknown_connection_dropped;
+            t.stateless_resets_received += e.stateless_resets_received;
+        }
+        t
     }
 
     /// Each link: its gateway, whether its session is up (and its RTT), and its streams.

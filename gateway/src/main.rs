@@ -184,6 +184,12 @@ async fn run(args: Args) -> Result<(), String> {
         ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),
         ferry_tunnel::tls::CryptoMode::None => None,
     };
+    // Every flag is checked before anything with a side effect (the reset key file) happens.
+    let monitor_addr =
+        ferry_tunnel::process::monitor_address(args.monitor.as_deref(), args.listen.port())?;
+    if let Some(addr) = monitor_addr {
+        ferry_monitor::check_address(addr, args.monitor_public)?;
+    }
     let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
     info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
     let server = ServerConfig {
@@ -199,14 +205,8 @@ async fn run(args: Args) -> Result<(), String> {
         ),
         _ => format!("cannot listen on udp {}: {e}", args.listen),
     })?;
-    let monitor_listener = match ferry_tunnel::process::monitor_address(
-        args.monitor.as_deref(),
-        args.listen.port(),
-    )? {
-        Some(addr) => {
-            ferry_monitor::check_address(addr, args.monitor_public)?;
-            Some(ferry_monitor::bind(addr).await?)
-        }
+    let monitor_listener = match monitor_addr {
+        Some(addr) => Some(ferry_monitor::bind(addr).await?),
         None => None,
     };
     if let Some(list) = allow {

@@ -32,10 +32,15 @@ impl Source for GatewaySource {
         t.streams_active = self.drain.active() as u64;
         let e = self.endpoint.stats();
         t.malformed_dropped = e.malformed_dropped;
+        t.unknown_session_dropped = e.unknown_connection_dropped;
         t.rejected = vec![
             ("allow-list".into(), e.address_rejected),
             ("limit".into(), e.connections_refused),
             ("auth".into(), e.handshakes_failed),
+        ];
+        t.stateless_resets = vec![
+            ("sent".into(), e.stateless_resets_sent),
+            ("rate-limited".into(), e.stateless_resets_limited),
         ];
         let now = Instant::now();
         let mut backends = Vec::new();

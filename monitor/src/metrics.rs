@@ -225,6 +225,26 @@ impl Collector for SnapshotCollector {
                     .encode_counter::<NoLabelSet, _, u64>(value, None)?;
             }
         }
+        counter(
+            &mut e,
+            "ferry_unknown_session_packets_dropped",
+            "Datagrams for no known session (strays, late packets, forged resets)",
+            None,
+            t.unknown_session_dropped,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "ferry_stateless_resets",
+                "Stateless resets: sent, rate-limited (not sent), received",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, value) in &t.stateless_resets {
+                let labels = [("event", event.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            }
+        }
         let rtts: Vec<f64> = s.sessions.iter().map(|x| x.rtt_seconds).collect();
         let losses: Vec<f64> = s.sessions.iter().map(|x| x.loss_rate).collect();
         histogram(

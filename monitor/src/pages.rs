@@ -94,9 +94,16 @@ pub fn stats_html(s: &Snapshot) -> String {
             "malformed / unauthenticated dropped".into(),
             format!("{} / {}", t.malformed_dropped, t.unauthenticated_dropped),
         ],
+        vec![
+            "for no known session, dropped".into(),
+            t.unknown_session_dropped.to_string(),
+        ],
     ];
     for (reason, n) in &t.rejected {
         table.push(vec![format!("rejected: {reason}"), n.to_string()]);
+    }
+    for (event, n) in &t.stateless_resets {
+        table.push(vec![format!("stateless resets {event}"), n.to_string()]);
     }
     let stats = stats_json(s);
     let dist = |key: &str| {

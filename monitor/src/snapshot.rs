@@ -62,8 +62,15 @@ pub struct Totals {
     pub malformed_dropped: u64,
     /// Packets dropped because they failed authentication.
     pub unauthenticated_dropped: u64,
+    /// Datagrams for no session this side knows: late packets of closed sessions, strays,
+    /// and (on the agent) forged stateless resets.
+    pub unknown_session_dropped: u64,
     /// Connections refused, by reason: `allow-list`, `limit`, `auth`.
     pub rejected: Vec<(String, u64)>,
+    /// Stateless resets, by event: `sent` and `rate-limited` (gateway: answers to datagrams for
+    /// sessions it does not know, e.g. after a restart), `received` (agent: valid resets that
+    /// ended a session). Forged resets fail authentication and count as unauthenticated drops.
+    pub stateless_resets: Vec<(String, u64)>,
 }
 
 /// One live session.

@@ -285,6 +285,10 @@ pub struct Attack {
     pub flip_every: usize,
     /// Also send a forgery: the datagram's first 13 bytes (a valid connection ID) and garbage.
     pub forge_every: usize,
+    /// Toward the agent only: also send a forged stateless reset (a short header with a
+    /// random connection ID, random bytes, a random 16-byte "token"), 40 bytes long: it passes
+    /// the packet parser and must be told apart by its token.
+    pub forge_reset_every: usize,
     /// Also send the datagram again, later (a replay).
     pub replay_every: usize,
     pub min_len: usize,
@@ -302,6 +306,7 @@ pub struct RelayCounts {
     pub reordered: AtomicUsize,
     pub flipped: AtomicUsize,
     pub forged: AtomicUsize,
+    pub forged_resets: AtomicUsize,
     pub replayed: AtomicUsize,
     pub captured: std::sync::Mutex<Vec<Vec<u8>>>,
 }
@@ -350,7 +355,11 @@ pub async fn impairment_relay(
     let seen = Arc::new(AtomicUsize::new(0));
     let schedule = {
         let counts = counts.clone();
-        move |via: Arc<UdpSocket>, to: SocketAddr, mut data: Vec<u8>, last: &Mutex<Instant>| {
+        move |via: Arc<UdpSocket>,
+              to: SocketAddr,
+              mut data: Vec<u8>,
+              last: &Mutex<Instant>,
+              toward_agent: bool| {
             if down.load(Ordering::SeqCst) {
                 counts.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -375,6 +384,15 @@ pub async fn impairment_relay(
                 counts.forged.fetch_add(1, Ordering::Relaxed);
                 let mut forged = data[..13].to_vec();
                 forged.extend((0..data.len() - 13).map(|i| (i * 7 + n) as u8));
+                let via = via.clone();
+                tokio::spawn(async move {
+                    let _ = via.send_to(&forged, to).await;
+                });
+            }
+            if toward_agent && every(attack.forge_reset_every) {
+                counts.forged_resets.fetch_add(1, Ordering::Relaxed);
+                let mut forged = payload(n as u64, 40);
+                forged[0] = 0x40;
                 let via = via.clone();
                 tokio::spawn(async move {
                     let _ = via.send_to(&forged, to).await;
@@ -429,13 +447,13 @@ pub async fn impairment_relay(
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 65_536];
                         while let Ok((n, _)) = u2.recv_from(&mut buf).await {
-                            schedule2(front2.clone(), agent, buf[..n].to_vec(), &to_agent2);
+                            schedule2(front2.clone(), agent, buf[..n].to_vec(), &to_agent2, true);
                         }
                     });
                     u
                 }
             };
-            schedule(upstream, gateway, buf[..n].to_vec(), &to_gateway);
+            schedule(upstream, gateway, buf[..n].to_vec(), &to_gateway, false);
         }
     });
     (addr, counts)
@@ -467,6 +485,22 @@ pub async fn echo_concurrently(listen: SocketAddr, connections: u64, bytes: usiz
     })
     .await
     .unwrap_or_else(|_| panic!("{connections} connections did not finish in time"));
+}
+
+/// One sample of a metric (with a label, if given) from a `/metrics` body, parsed for real.
+pub fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("{name} not in\n{body}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
 }
 
 /// GET `path` from a monitor at `addr`; returns status, content type and body.
