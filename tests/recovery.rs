@@ -13,7 +13,8 @@ mod common;
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -46,24 +47,31 @@ async fn source_backend() -> SocketAddr {
     addr
 }
 
-/// A backend that reads each connection to its end and reports how it ended.
+/// A backend that reads each connection to its end and reports how it ended; the counter
+/// is every byte it has read so far, of all connections.
 async fn sink_backend() -> (
     SocketAddr,
     mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+    Arc<AtomicU64>,
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = progress.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let (tx, seen) = (tx.clone(), seen.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 << 10];
                 let mut total = 0u64;
                 let end = loop {
                     match s.read(&mut buf).await {
                         Ok(0) => break Ok(()),
-                        Ok(n) => total += n as u64,
+                        Ok(n) => {
+                            total += n as u64;
+                            seen.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                         Err(e) => break Err(e),
                     }
                 };
@@ -71,7 +79,35 @@ async fn sink_backend() -> (
             });
         }
     });
-    (addr, rx)
+    (addr, rx, progress)
+}
+
+/// Waits until `progress` has counted some bytes.
+async fn some_bytes_arrived(progress: &AtomicU64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no byte reached the backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next connection end `ends` reports, skipping empty connections (the agent's start-up
+/// probe, `wait_listening`, makes one).
+async fn next_upload_end(
+    ends: &mut mpsc::UnboundedReceiver<(u64, std::io::Result<()>)>,
+) -> (u64, std::io::Result<()>) {
+    let upload_end = async {
+        loop {
+            match ends.recv().await {
+                Some((0, Ok(()))) => continue,
+                Some(end) => return end,
+                None => panic!("the backend stopped"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), upload_end)
+        .await
+        .expect("the backend connection ended")
 }
 
 /// Starts a download through `listen`; returns once `min_bytes` arrived, with the task that
@@ -221,7 +257,7 @@ async fn ready_ping(listen: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_resets_the_backend_connection_once_the_gateway_gives_up() {
-    let (backend, mut ends) = sink_backend().await;
+    let (backend, mut ends, progress) = sink_backend().await;
     let (_gw, gw_addr) = gateway(&[
         "--backend",
         &format!("tcp://{backend}"),
@@ -234,23 +270,11 @@ async fn a_killed_agent_resets_the_backend_connection_once_the_gateway_gives_up(
     for _ in 0..32 {
         s.write_all(&chunk).await.unwrap();
     }
-    // Wait until the backend has some of it, then kill the agent mid-upload.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Kill the agent mid-upload, once the backend has some of it.
+    some_bytes_arrived(&progress).await;
     let killed = Instant::now();
     kill(agent_proc);
-    // The agent's start-up probe (`wait_listening`) made an empty connection first.
-    let upload_end = async {
-        loop {
-            match ends.recv().await {
-                Some((0, Ok(()))) => continue,
-                Some(end) => return end,
-                None => panic!("the backend stopped"),
-            }
-        }
-    };
-    let (bytes, end) = tokio::time::timeout(Duration::from_secs(10), upload_end)
-        .await
-        .expect("the backend connection ended");
+    let (bytes, end) = next_upload_end(&mut ends).await;
     expect_reset("backend of a killed agent", &end, bytes);
     eprintln!(
         "backend reset {:?} after the agent was killed (idle timeout 2 s)",
@@ -333,4 +357,38 @@ async fn a_five_second_outage_costs_no_byte() {
         "16 MiB echo finished intact {:?} after a 5 s outage ended",
         back.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_resets_its_own_clients() {
+    // The client only reads, so the agent's socket holds nothing unread: without a zero
+    // linger set in advance, the kernel would close it with a FIN when the agent dies.
+    let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{}", source_backend().await)]);
+    let (agent_proc, listen) = agent(gw_addr, &[]).await;
+    ready_ping(listen).await;
+    let download = start_download(listen, 4 << 20).await;
+    kill(agent_proc);
+    let (bytes, end, _) = tokio::time::timeout(Duration::from_secs(10), download)
+        .await
+        .expect("the client's read ended")
+        .unwrap();
+    expect_reset("client of a killed agent", &end, bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_resets_its_own_backend_connections() {
+    // The backend only reads, so the gateway's socket holds nothing unread (as above).
+    let (backend, mut ends, progress) = sink_backend().await;
+    let (gw_addr, start_gateway) = restartable_gateway(backend);
+    let gw = start_gateway();
+    let (_agent, listen) = agent(gw_addr, &[]).await;
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    // The upload runs until the tunnel fails; the gateway dies once the backend has some.
+    let upload = tokio::spawn(async move { while s.write_all(&chunk).await.is_ok() {} });
+    some_bytes_arrived(&progress).await;
+    kill(gw);
+    let (bytes, end) = next_upload_end(&mut ends).await;
+    expect_reset("backend of a killed gateway", &end, bytes);
+    upload.abort();
 }

@@ -411,6 +411,8 @@ async fn serve<S: Abort + 'static>(
     ctx: Arc<Context>,
     permit: OwnedSemaphorePermit,
 ) {
+    // Until the splice ends cleanly, even this process dying resets the client.
+    socket.reset_unless_finished();
     let _permit = permit;
     let _guard = ctx.drain.enter();
     let Some(lease) = ctx.sessions.pick(ctx.session_wait).await else {

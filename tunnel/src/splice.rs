@@ -6,7 +6,9 @@
 //! - If either side fails (the socket errors or is reset, the stream is reset or its connection
 //!   dies, the compressed data is corrupt) the splice stops at once, resets the Ferry stream and
 //!   aborts the socket with a TCP reset (`SO_LINGER` 0), so the far end sees an error, never a
-//!   clean but truncated close.
+//!   clean but truncated close. From the splice's start the socket closes with a reset unless
+//!   both directions ended cleanly ([`Abort::reset_unless_finished`]), so even this process
+//!   dying (killed, crashed) resets the far end rather than ending its transfer with a FIN.
 //! - Bytes into the tunnel are compressed chunk by chunk with this end's codec, bytes out of it
 //!   decoded whatever the peer's codec ([`crate::compress`]); a [`Meter`] counts both sides of
 //!   that, live, for the session's accounting.
@@ -41,6 +43,17 @@ pub mod codes {
 pub trait Abort: AsyncRead + AsyncWrite + Unpin + Send {
     /// Closes the socket so that its peer sees an error (TCP: RST) rather than a clean close.
     fn abort(self);
+
+    /// From now on, any close of the socket other than [`Abort::finished_cleanly`]'s resets
+    /// the peer, even when no code of ours runs any more: the process killed (SIGKILL, a
+    /// crash, the OOM killer), a task dropped. The kernel closes a socket with zero linger by
+    /// sending RST. Without it, a dying process's sockets end with FIN, and a client halfway
+    /// through a download reads a clean end-of-file.
+    fn reset_unless_finished(&self);
+
+    /// Both directions ended cleanly: closing the socket is an orderly close again (what it
+    /// has queued is still delivered, then FIN).
+    fn finished_cleanly(&self);
 }
 
 impl Abort for tokio::net::TcpStream {
@@ -49,15 +62,30 @@ impl Abort for tokio::net::TcpStream {
         let _ = self.set_zero_linger();
         drop(self);
     }
+
+    fn reset_unless_finished(&self) {
+        let _ = self.set_zero_linger();
+    }
+
+    #[allow(deprecated)] // Deprecated for a non-zero linger, which blocks in close(); None does not.
+    fn finished_cleanly(&self) {
+        let _ = self.set_linger(None);
+    }
 }
 
 #[cfg(unix)]
 impl Abort for tokio::net::UnixStream {
     fn abort(self) {
-        // Unix-domain sockets have no reset; the peer sees the close (and EPIPE/ECONNRESET if it
-        // still writes). Dropping without shutdown is the closest equivalent.
+        // Unix-domain sockets have no reset: the peer reads end-of-file (and a write gets
+        // EPIPE). Linux reports ECONNRESET to the peer's read instead only when the closing
+        // socket still held unread data, which is not ours to choose. Dropping without a
+        // shutdown is the closest equivalent.
         drop(self);
     }
+
+    fn reset_unless_finished(&self) {}
+
+    fn finished_cleanly(&self) {}
 }
 
 /// Which side of a splice failed.
@@ -220,6 +248,7 @@ pub async fn splice<S: Abort>(
     stream: Stream,
     options: SpliceOptions<'_>,
 ) -> Result<SpliceStats, SpliceError> {
+    socket.reset_unless_finished();
     let (mut sr, mut sw) = tokio::io::split(socket);
     let (mut tr, mut tw) = tokio::io::split(stream);
     let result = tokio::try_join!(
@@ -228,6 +257,7 @@ pub async fn splice<S: Abort>(
     );
     match result {
         Ok(((to_tunnel, to_tunnel_encoded), (from_tunnel, from_tunnel_encoded))) => {
+            sr.unsplit(sw).finished_cleanly();
             Ok(SpliceStats {
                 to_tunnel,
                 from_tunnel,
