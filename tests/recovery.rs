@@ -392,3 +392,77 @@ async fn a_killed_gateway_resets_its_own_backend_connections() {
     expect_reset("backend of a killed gateway", &end, bytes);
     upload.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_still_open_when_the_drain_timeout_ends_are_reset_on_both_sides() {
+    // Two transfers that never finish by themselves: a download from a backend that streams
+    // forever, an upload into a backend that reads forever.
+    let source = source_backend().await;
+    let (sink, mut ends, progress) = sink_backend().await;
+    let (gw, gw_addr) = gateway(&[
+        "--service",
+        &format!("down=tcp://{source}"),
+        "--service",
+        &format!("up=tcp://{sink}"),
+        "--drain-timeout",
+        "1s",
+    ]);
+    let down_port = free_tcp_port();
+    let up_port = free_tcp_port();
+    let agent_monitor: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let (_agent, _) = agent(
+        gw_addr,
+        &[
+            "--monitor",
+            &agent_monitor.to_string(),
+            "--listen",
+            &format!("tcp://127.0.0.1:{down_port}=down"),
+            "--listen",
+            &format!("tcp://127.0.0.1:{up_port}=up"),
+        ],
+    )
+    .await;
+    let down: SocketAddr = format!("127.0.0.1:{down_port}").parse().unwrap();
+    let up: SocketAddr = format!("127.0.0.1:{up_port}").parse().unwrap();
+    ready_ping(down).await;
+    let download = start_download(down, 1 << 20).await;
+    let mut s = TcpStream::connect(up).await.unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let upload = tokio::spawn(async move { while s.write_all(&chunk).await.is_ok() {} });
+    some_bytes_arrived(&progress).await;
+
+    let asked = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &gw.0.id().to_string()])
+        .status()
+        .unwrap();
+    let (bytes, end, at) = tokio::time::timeout(Duration::from_secs(10), download)
+        .await
+        .expect("the download ended")
+        .unwrap();
+    expect_reset("client of a gateway whose drain timed out", &end, bytes);
+    let (up_bytes, up_end) = next_upload_end(&mut ends).await;
+    expect_reset(
+        "backend of a gateway whose drain timed out",
+        &up_end,
+        up_bytes,
+    );
+    eprintln!(
+        "drain timeout 1 s: client reset {:?} after SIGTERM",
+        at - asked
+    );
+    assert!(
+        at - asked >= Duration::from_millis(900),
+        "reset before the drain timeout"
+    );
+    upload.abort();
+    // The gateway said so in the session (not left to ICMP, which a NAT may not pass, or to
+    // the agent's idle timeout).
+    let (_, _, body) = http_get(agent_monitor, "/stats-history?format=json").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reason = doc["closed"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("drain timeout passed"), "{doc}");
+}

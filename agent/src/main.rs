@@ -257,6 +257,11 @@ async fn run(args: Args) -> Result<(), String> {
             connections = ctx.drain.active(),
             "drain timeout passed; remaining connections are reset"
         );
+        ferry_tunnel::registry::abort_all(
+            &ctx.sessions.live(),
+            "agent shutting down: drain timeout passed",
+        )
+        .await;
     }
     Ok(())
 }

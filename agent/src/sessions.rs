@@ -239,18 +239,22 @@ impl Sessions {
         }
     }
 
-    /// Shutdown: no more reconnections; every session closes once its streams are finished
-    /// and everything sent was acknowledged. Returns false if `deadline` came first.
-    pub async fn close_all(&self, deadline: tokio::time::Instant) -> bool {
-        self.stopping.store(true, Ordering::SeqCst);
-        let live: Vec<Connection> = self
-            .slots
+    /// Every live session.
+    pub fn live(&self) -> Vec<Connection> {
+        self.slots
             .iter()
             .filter_map(|s| {
                 let live = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 live.map(|(conn, _)| conn)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Shutdown: no more reconnections; every session closes once its streams are finished
+    /// and everything sent was acknowledged. Returns false if `deadline` came first.
+    pub async fn close_all(&self, deadline: tokio::time::Instant) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        let live = self.live();
         for conn in &live {
             conn.close_gracefully("agent shutting down");
         }

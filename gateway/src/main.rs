@@ -289,6 +289,11 @@ async fn run(args: Args) -> Result<(), String> {
             streams = drain.active(),
             "drain timeout passed; remaining streams are reset"
         );
+        ferry_tunnel::registry::abort_all(
+            &sessions.connections(),
+            "gateway shutting down: drain timeout passed",
+        )
+        .await;
     }
     Ok(())
 }

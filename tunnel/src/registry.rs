@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry_monitor::{ClosedSession, History, SessionInfo, Totals};
-use ferry_transport::{Connection, ConnectionHandle, ConnectionStats};
+use ferry_transport::{close_code, Connection, ConnectionHandle, ConnectionStats};
 
 use crate::splice::Meter;
 
@@ -196,4 +196,22 @@ impl Registry {
         t.streams_total = self.streams_total.load(Ordering::Relaxed);
         sessions
     }
+}
+
+/// How long a process that aborts its sessions on the way out gives their driver to send the
+/// close packets: one turn of the driver task is enough; 50 ms leaves room on a loaded machine.
+const CLOSE_SEND_GRACE: Duration = Duration::from_millis(50);
+
+/// Ends every session in `live` at once, telling each peer `reason` with an error code, so the
+/// peer resets the streams (and their outer sockets) now, rather than when its packets go
+/// unanswered or at its idle timeout; then gives the driver a moment to send the close before
+/// the process exits. For a shutdown whose drain timeout passed.
+pub async fn abort_all(live: &[Connection], reason: &str) {
+    if live.is_empty() {
+        return;
+    }
+    for conn in live {
+        conn.close(close_code::APPLICATION, reason);
+    }
+    tokio::time::sleep(CLOSE_SEND_GRACE).await;
 }
