@@ -254,20 +254,13 @@ where
             .map_err(SpliceError::Tunnel)?;
         let (kind, len) = Decoder::header(header).map_err(SpliceError::Corrupt)?;
         let mut body = ChunkBuffer::take();
-        while body.len() < len {
-            let mut rest = (&mut *stream).take((len - body.len()) as u64);
-            if rest
-                .read_buf(&mut *body)
-                .await
-                .map_err(SpliceError::Tunnel)?
-                == 0
-            {
-                return Err(SpliceError::Tunnel(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the tunnel stream ended inside a chunk",
-                )));
-            }
-        }
+        // Zeroed once, not at every read: a Ferry stream reads into initialised memory only,
+        // and a chunk arrives in many reads when its packets trickle in.
+        body.resize(len, 0);
+        stream
+            .read_exact(&mut body)
+            .await
+            .map_err(SpliceError::Tunnel)?;
         let mut out = ChunkBuffer::take();
         let data = decoder
             .decode(kind, &body, &mut out)
