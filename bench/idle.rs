@@ -14,7 +14,12 @@
 //!   process of its own (this binary, with the hidden `--echo-backend` flag): each process then
 //!   holds at most N descriptors, and N can go up to about the hard limit;
 //! - on loopback the clients connect from several source addresses (127.0.0.1 to 127.0.0.16),
-//!   so no single address runs short of ephemeral ports.
+//!   so no single address runs short of ephemeral ports; each binds its address with
+//!   `IP_BIND_ADDRESS_NO_PORT`, leaving the port to `connect`. A port taken by `bind` is
+//!   reserved for that socket alone, while one taken by `connect` is shared by connections
+//!   going elsewhere: 19,000 clients bound without it left the tunnel's server side too few
+//!   ports to reach the backend (both draw on the 28,232 of the ephemeral range), and it
+//!   reset the connections it could not forward.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -122,6 +127,7 @@ async fn connect(place: &Place, entry: SocketAddr, i: usize) -> std::io::Result<
         Place::Host if entry.ip().is_loopback() && entry.is_ipv4() => {
             let socket = TcpSocket::new_v4()?;
             let source = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8);
+            bind_address_only(&socket)?;
             socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
             socket.connect(entry).await
         }
@@ -129,12 +135,36 @@ async fn connect(place: &Place, entry: SocketAddr, i: usize) -> std::io::Result<
     }
 }
 
+/// Makes a later `bind` to port 0 choose the address only, the port being chosen by `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`, Linux 4.2), so that the port can be shared with connections to
+/// other destinations.
+fn bind_address_only(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `on` (an int, its size given) and touches nothing else.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Sends connection `i`'s message on `s` and checks its echo.
 async fn echo_once(s: &mut TcpStream, i: usize) -> Result<(), String> {
     let m = message(i);
-    s.write_all(&m).await.map_err(|e| e.to_string())?;
+    let failed = |e: std::io::Error| format!("connection {i}: echo: {e}");
+    s.write_all(&m).await.map_err(failed)?;
     let mut back = vec![0u8; m.len()];
-    s.read_exact(&mut back).await.map_err(|e| e.to_string())?;
+    s.read_exact(&mut back).await.map_err(failed)?;
     if back != m {
         return Err(format!("connection {i}: the echo differs"));
     }
