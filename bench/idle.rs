@@ -68,7 +68,7 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// The echo backend as a process of its own (`ferry-bench --echo-backend ADDR`): serves until

@@ -46,7 +46,7 @@ fn raise_fd_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// Resident memory of process `pid`, bytes.
