@@ -18,7 +18,9 @@
 //! - `many`: N connections (default 3,000) open at once, each exchanging 1 KB messages:
 //!   success rate, p99, and the peak RSS of the tunnel's two processes;
 //! - `compress`: RTB-like JSON over 64 keep-alive connections; bytes on the link per payload
-//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike).
+//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike);
+//! - `idle`: `--connections` connections, one small echo each, then quiet for `--idle-seconds`:
+//!   RSS per connection of each tunnel process, time to open them all, echo afterwards ([`idle`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod chart;
+mod idle;
 mod link;
 mod load;
 mod netns;
@@ -44,7 +47,7 @@ use report::{Figures, Outcome, Run};
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", version, about)]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress.
+    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress, idle.
     /// Default: throughput, latency, connect, and many on loopback.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
@@ -92,9 +95,17 @@ struct Args {
     #[arg(long)]
     requests: Option<usize>,
 
-    /// Connections in `many`.
+    /// Connections in `many` and `idle`.
     #[arg(long, default_value_t = 3000)]
     connections: usize,
+
+    /// How long `idle`'s connections stay quiet before memory is read and they echo again.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+
+    /// Run only an echo backend on this address (the `idle` scenario's backend process).
+    #[arg(long, hide = true)]
+    echo_backend: Option<std::net::SocketAddr>,
 
     /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
     /// it (same name, .svg).
@@ -109,6 +120,7 @@ enum Scenario {
     Connect,
     Many,
     Compress,
+    Idle,
 }
 
 fn progress(msg: &str) {
@@ -252,6 +264,11 @@ async fn measure(
                 }
                 progress(&format!("{}: many took {:?}", peer.name(), t0.elapsed()));
             }
+            Scenario::Idle => {
+                let idle = Duration::from_secs(args.idle_seconds);
+                let n = args.connections;
+                idle::scenario(peer, sites, settings, certs, n, idle, &mut f).await?;
+            }
             Scenario::Compress => {
                 let Some(net) = run.net else {
                     f.notes
@@ -316,6 +333,19 @@ async fn run_peers(
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(addr) = args.echo_backend {
+        return idle::serve_echo(addr).await;
+    }
+    // Before any tunnel process starts: they inherit it (`idle` needs thousands of sockets).
+    let fd_limit = idle::raise_fd_limit();
+    if args
+        .scenarios
+        .iter()
+        .flatten()
+        .any(|s| *s == Scenario::Idle)
+    {
+        progress(&format!("open-files limit {fd_limit}"));
+    }
     let on_link = args.link != "loopback";
     let profile = if on_link {
         match args.link.parse::<Profile>() {

@@ -1,6 +1,7 @@
 //! What `ferry-agent` and `ferry-gateway` share, written once.
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
+//! - [`chunk_buffer`]: the pool of chunk-sized buffers splices borrow only while bytes pass.
 //! - [`allow`]: CIDR allow-lists that treat IPv4-mapped IPv6 sources as the IPv4 address they are.
 //! - [`compress`]: per-stream compression (snappy, deflate, zstd) in chunks, adaptive, bomb-proof.
 //! - [`config`]: `--config FILE` (TOML whose keys are the flags).
@@ -19,6 +20,7 @@
 
 pub mod address;
 pub mod allow;
+pub mod chunk_buffer;
 pub mod compress;
 pub mod config;
 pub mod duration;

@@ -12,14 +12,22 @@
 //! - Bytes into the tunnel are compressed chunk by chunk with this end's codec, bytes out of it
 //!   decoded whatever the peer's codec ([`crate::compress`]); a [`Meter`] counts both sides of
 //!   that, live, for the session's accounting.
+//! - A quiet connection costs only its sockets and a few hundred bytes of task state: each
+//!   direction waits for data holding no buffer (the socket side polls with a buffer lent just
+//!   for the poll, the stream side reads a chunk header into four bytes of its own), takes a
+//!   [`ChunkBuffer`] when bytes come and gives it back once they are passed on; a compressing
+//!   direction quiet for [`compress::CONTEXT_IDLE`] ends its compression context.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 
 use ferry_transport::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::compress::{self, Codec, Decoder, Encoder};
+use crate::chunk_buffer::ChunkBuffer;
+use crate::compress::{self, Codec, Decoder, Encoder, HEADER};
 
 /// Reset codes a tunnel puts on a Ferry stream (application range, above the transport's).
 pub mod codes {
@@ -166,6 +174,29 @@ fn add(counter: impl Fn(&Meter) -> &AtomicU64, meters: &[&Meter], n: usize) {
     }
 }
 
+/// Waits until `socket` has bytes to read (or has ended) without holding a buffer, then reads
+/// at most [`compress::MAX_CHUNK`] of them into a borrowed buffer, behind [`HEADER`] bytes of
+/// room for the chunk header. `None` when the socket ended.
+///
+/// Each poll borrows a buffer for the length of one `poll_read`: a socket with nothing to read
+/// returns `Pending` having written nothing (the `AsyncRead` contract), and the buffer goes
+/// straight back.
+async fn read_payload<R: AsyncRead + Unpin>(socket: &mut R) -> io::Result<Option<ChunkBuffer>> {
+    std::future::poll_fn(|cx| {
+        let mut buf = ChunkBuffer::take();
+        buf.resize(HEADER, 0);
+        let mut reader = (&mut *socket).take(compress::MAX_CHUNK as u64);
+        let polled = std::pin::pin!(reader.read_buf(&mut *buf)).poll(cx);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(Some(buf))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    })
+    .await
+}
+
 /// Copies `socket` into `stream` as encoded chunks until the socket ends, then finishes the
 /// stream. Returns (payload, encoded) byte counts.
 pub async fn send_chunks<R, W>(
@@ -178,15 +209,40 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut encoder = Encoder::new(options.codec);
-    let mut buf = vec![0u8; compress::MAX_CHUNK];
     let (mut payload, mut encoded) = (0u64, 0u64);
     loop {
-        let n = socket.read(&mut buf).await.map_err(SpliceError::Socket)?;
-        if n == 0 {
+        let read = if encoder.holds_context() {
+            match tokio::time::timeout(compress::CONTEXT_IDLE, read_payload(socket)).await {
+                Ok(read) => read,
+                Err(_quiet) => {
+                    let mut end = ChunkBuffer::take();
+                    if encoder.end_context(&mut end) {
+                        stream.write_all(&end).await.map_err(SpliceError::Tunnel)?;
+                        encoded += end.len() as u64;
+                        add(|m| &m.encoded_out, options.meters, end.len());
+                    }
+                    continue;
+                }
+            }
+        } else {
+            read_payload(socket).await
+        };
+        let Some(mut input) = read.map_err(SpliceError::Socket)? else {
             stream.shutdown().await.map_err(SpliceError::Tunnel)?;
             return Ok((payload, encoded));
-        }
-        let chunk = encoder.encode(&buf[..n]);
+        };
+        let n = input.len() - HEADER;
+        let compressed;
+        let chunk: &[u8] = if encoder.codec() == Codec::None {
+            // Sent as read: the header goes in the room left in front of the payload.
+            input[..HEADER].copy_from_slice(&compress::raw_header(n));
+            &input
+        } else {
+            let mut out = ChunkBuffer::take();
+            encoder.encode(&input[HEADER..], &mut out);
+            compressed = out;
+            &compressed
+        };
         stream.write_all(chunk).await.map_err(SpliceError::Tunnel)?;
         payload += n as u64;
         encoded += chunk.len() as u64;
@@ -207,10 +263,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut decoder = Decoder::new();
-    let mut body = vec![0u8; compress::MAX_BODY];
     let (mut payload, mut encoded) = (0u64, 0u64);
     loop {
-        let mut header = [0u8; 4];
+        // A quiet stream waits here, holding four bytes.
+        let mut header = [0u8; HEADER];
         let first = stream
             .read(&mut header)
             .await
@@ -225,18 +281,23 @@ where
             .await
             .map_err(SpliceError::Tunnel)?;
         let (kind, len) = Decoder::header(header).map_err(SpliceError::Corrupt)?;
+        let mut body = ChunkBuffer::take();
+        // Zeroed once, not at every read: a Ferry stream reads into initialised memory only,
+        // and a chunk arrives in many reads when its packets trickle in.
+        body.resize(len, 0);
         stream
-            .read_exact(&mut body[..len])
+            .read_exact(&mut body)
             .await
             .map_err(SpliceError::Tunnel)?;
+        let mut out = ChunkBuffer::take();
         let data = decoder
-            .decode(kind, &body[..len])
+            .decode(kind, &body, &mut out)
             .map_err(SpliceError::Corrupt)?;
         socket.write_all(data).await.map_err(SpliceError::Socket)?;
         payload += data.len() as u64;
-        encoded += 4 + len as u64;
+        encoded += (HEADER + len) as u64;
         add(|m| &m.payload_in, meters, data.len());
-        add(|m| &m.encoded_in, meters, 4 + len);
+        add(|m| &m.encoded_in, meters, HEADER + len);
     }
 }
 
@@ -435,6 +496,37 @@ mod tests {
             assert!(s.from_tunnel_encoded * 5 < s.from_tunnel, "{codec}: {s:?}");
             drop(keep);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_compressed_direction_ends_its_context_on_both_ends() {
+        let (mut tcp, mut far, _task, _keep) = setup_with(Codec::Flate(6)).await;
+        let mut decoder = Decoder::new();
+        // Reads one chunk from the far end of the stream and decodes it.
+        async fn next_payload(far: &mut Stream, decoder: &mut Decoder) -> Vec<u8> {
+            let mut header = [0u8; HEADER];
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                far.read_exact(&mut header),
+            )
+            .await
+            .expect("a chunk within 10 s")
+            .unwrap();
+            let (kind, len) = Decoder::header(header).unwrap();
+            let mut body = vec![0u8; len];
+            far.read_exact(&mut body).await.unwrap();
+            let mut out = Vec::new();
+            decoder.decode(kind, &body, &mut out).unwrap().to_vec()
+        }
+        assert_eq!(next_payload(&mut far, &mut decoder).await, b"hello");
+        assert!(decoder.holds_context());
+        // Nothing more is written: after a quiet second the sender ends its deflate stream,
+        // and the receiver's context goes with it.
+        assert_eq!(next_payload(&mut far, &mut decoder).await, b"");
+        assert!(!decoder.holds_context());
+        // Later data begins a new deflate stream.
+        tcp.write_all(b"hello again").await.unwrap();
+        assert_eq!(next_payload(&mut far, &mut decoder).await, b"hello again");
     }
 
     /// A server and a client endpoint on loopback, and the client's connection.

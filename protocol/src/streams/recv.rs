@@ -3,7 +3,9 @@
 //!
 //! Segments are kept by offset; the first copy of any byte wins and later copies are trimmed
 //! away, so duplicates cost nothing. Flow control (how far the peer may send) is enforced by the
-//! caller before inserting, which bounds what this holds.
+//! caller before inserting, which bounds what this holds. A segment's memory goes as soon as it
+//! is read, and when the last one goes so does the map's tree node (a `BTreeMap` emptied by
+//! removals keeps it): a stream whose bytes were all read holds no memory here.
 
 use std::collections::BTreeMap;
 
@@ -106,6 +108,9 @@ impl RecvAssembler {
                 entry.remove();
                 self.segments.insert(self.read, rest);
             }
+        }
+        if self.segments.is_empty() {
+            self.segments = BTreeMap::new();
         }
         n
     }

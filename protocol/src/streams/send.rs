@@ -5,6 +5,10 @@
 //! released as soon as the acknowledged prefix grows, and is bounded by the capacity whatever the
 //! peer does. Ranges acknowledged out of order and ranges declared lost are kept as [`RangeSet`]s:
 //! retransmissions are taken lowest first, before any new byte.
+//!
+//! Once everything written is acknowledged the buffer gives its allocations back (the ring's
+//! capacity, and the range sets' emptied tree nodes, which a `BTreeMap` otherwise keeps): a
+//! stream that is open but quiet holds no memory here beyond the struct itself.
 
 use std::collections::VecDeque;
 
@@ -200,6 +204,29 @@ impl SendBuffer {
                 self.acked.pop_min();
             }
         }
+        self.release_if_drained();
+    }
+
+    /// Frees the allocations of a buffer with nothing left to send or acknowledge: the ring's
+    /// capacity and the range sets' empty tree nodes.
+    fn release_if_drained(&mut self) {
+        if !self.data.is_empty() {
+            return;
+        }
+        if self.data.capacity() > 0 {
+            self.data = VecDeque::new();
+        }
+        if self.acked.is_empty() {
+            self.acked = RangeSet::new();
+        }
+        if self.lost.is_empty() {
+            self.lost = RangeSet::new();
+        }
+    }
+
+    /// Bytes of memory allocated for the buffered bytes (the ring's capacity).
+    pub fn allocated(&self) -> usize {
+        self.data.capacity()
     }
 
     /// Bytes `[offset, offset + len)` (and the FIN if `fin`) were lost: owe the parts not
@@ -305,6 +332,30 @@ mod tests {
         b.on_ack(0, 3, false);
         b.on_ack(3, 0, true);
         assert!(b.is_fully_acked());
+    }
+
+    #[test]
+    fn a_drained_buffer_holds_no_capacity() {
+        let mut b = SendBuffer::new(1 << 20);
+        b.write(&[9; 5000]);
+        assert!(b.allocated() >= 5000);
+        let c1 = b.next_chunk(3000, u64::MAX).unwrap();
+        let c2 = b.next_chunk(3000, u64::MAX).unwrap();
+        b.on_lost(c1.offset, c1.len, false);
+        let again = b.next_chunk(3000, u64::MAX).unwrap();
+        b.on_ack(c2.offset, c2.len, false);
+        assert!(b.allocated() >= 5000, "bytes still unacknowledged are kept");
+        b.on_ack(again.offset, again.len, false);
+        assert_eq!(b.buffered(), 0);
+        assert_eq!(
+            b.allocated(),
+            0,
+            "all acknowledged: the ring's memory is given back"
+        );
+        // And it works as before afterwards.
+        assert_eq!(b.write(b"more"), 4);
+        let c = b.next_chunk(100, u64::MAX).unwrap();
+        assert_eq!((c.offset, c.len), (5000, 4));
     }
 
     #[test]
