@@ -404,10 +404,8 @@ mod open_files_tests {
 
     #[test]
     fn running_out_of_descriptors_is_told_apart_from_other_errors() {
-        let emfile =
-            std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
-        let enfile =
-            std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
         let refused =
             std::io::Error::from_raw_os_error(rustix::io::Errno::CONNREFUSED.raw_os_error());
         assert!(is_out_of_files(&emfile));
