@@ -168,12 +168,6 @@ async fn run(args: Args) -> Result<(), String> {
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let crypto = args.tls.crypto_config()?;
     info!(crypto = crypto.mode(), "encryption");
-    // Each client connection holds one descriptor.
-    let open_files = ferry_tunnel::process::raise_and_check_open_files(
-        args.max_connections as u64,
-        "--max-connections",
-        "client connection",
-    );
     let gateways: Vec<(SocketAddr, TransportConfig)> = args
         .gateways
         .iter()
@@ -201,6 +195,12 @@ async fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    // Each client connection holds one descriptor.
+    let open_files = ferry_tunnel::process::raise_and_check_open_files(
+        args.max_connections as u64,
+        "--max-connections",
+        "client connection",
+    );
     let registry = Arc::new(ferry_tunnel::registry::Registry::new());
     let sessions = Sessions::start(&gateways, args.links, registry)
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;

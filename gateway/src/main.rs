@@ -200,13 +200,6 @@ async fn run(args: Args) -> Result<(), String> {
         ..TransportConfig::default()
     };
     check_max_streams(&transport)?;
-    // Each stream holds one descriptor, its backend connection; one agent may open
-    // --max-streams of them (all sessions together share the same limit).
-    let open_files = ferry_tunnel::process::raise_and_check_open_files(
-        args.max_streams,
-        "--max-streams",
-        "backend connection",
-    );
     let tls_key = match args.tls.crypto {
         ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),
         ferry_tunnel::tls::CryptoMode::None => None,
@@ -219,6 +212,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
     info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
+    // Each stream holds one descriptor, its backend connection; one agent may open
+    // --max-streams of them (all sessions together share the same limit).
+    let open_files = ferry_tunnel::process::raise_and_check_open_files(
+        args.max_streams,
+        "--max-streams",
+        "backend connection",
+    );
     let server = ServerConfig {
         max_connections: args.max_connections,
         static_secret: Some(secret.secret),
