@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use tracing::{debug, info, warn};
 
 mod monitor;
 mod sessions;
-use sessions::Sessions;
+mod spare_descriptor;
+use sessions::{NoStream, Sessions};
 
 /// Ferry's client side: carries local connections to a gateway over reliable UDP.
 #[derive(Debug, clap::Parser)]
@@ -153,6 +155,10 @@ struct Context {
     meter: Arc<Meter>,
     /// Clients refused, by reason.
     refusals: Arc<monitor::Refusals>,
+    /// Held back to reset clients when the open-files limit is reached.
+    spare: spare_descriptor::SpareDescriptor,
+    /// The open-files soft limit, for the log line of a client refused at it.
+    open_files: Option<u64>,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -189,6 +195,12 @@ async fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    // Each client connection holds one descriptor.
+    let open_files = ferry_tunnel::process::raise_and_check_open_files(
+        args.max_connections as u64,
+        "--max-connections",
+        "client connection",
+    );
     let registry = Arc::new(ferry_tunnel::registry::Registry::new());
     let sessions = Sessions::start(&gateways, args.links, registry)
         .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -202,6 +214,8 @@ async fn run(args: Args) -> Result<(), String> {
         compress: args.compress,
         meter: Arc::default(),
         refusals: Arc::default(),
+        spare: spare_descriptor::SpareDescriptor::new(),
+        open_files: open_files.soft,
     });
     if let Some(listener) = monitor_listener {
         let source = monitor::AgentSource {
@@ -336,13 +350,36 @@ fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePe
     match ctx.limit.clone().try_acquire_owned() {
         Ok(p) => Some(p),
         Err(_) => {
-            ctx.refusals
-                .limit
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ferry_tunnel::warn_limited!(client = %what, limit = ctx.max_connections, "client refused: over --max-connections");
+            ctx.refusals.limit.fetch_add(1, Ordering::Relaxed);
+            ferry_tunnel::warn_limited!(client = %what, limit = ctx.max_connections, "client reset: over --max-connections");
             None
         }
     }
+}
+
+/// A failed `accept`. Out of descriptors, the waiting client is accepted with the spare
+/// descriptor and reset (`refuse`), rather than left unanswered in the backlog; any other
+/// failure is logged, with a pause so that a persistent one does not spin.
+async fn accept_failed<S>(
+    ctx: &Context,
+    error: std::io::Error,
+    accept: impl std::future::Future<Output = std::io::Result<S>>,
+    refuse: impl FnOnce(S),
+) {
+    if ferry_tunnel::process::is_out_of_files(&error)
+        && ctx.spare.refuse_waiting_client(accept, refuse).await
+    {
+        return;
+    }
+    ferry_tunnel::warn_limited!(error = %error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Counts and logs a client reset because the open-files limit was reached.
+fn refused_out_of_files(ctx: &Context, client: &dyn std::fmt::Display) {
+    ctx.refusals.open_files.fetch_add(1, Ordering::Relaxed);
+    let limit = ctx.open_files.unwrap_or(0);
+    ferry_tunnel::warn_limited!(client = %client, open_files = limit, "client reset: out of file descriptors (RLIMIT_NOFILE); raise the hard limit or lower --max-connections");
 }
 
 async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc<Context>) {
@@ -350,16 +387,16 @@ async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let refuse = |(socket, peer): (tokio::net::TcpStream, SocketAddr)| {
+                    refused_out_of_files(&ctx, &peer);
+                    socket.abort();
+                };
+                accept_failed(&ctx, e, listener.accept(), refuse).await;
                 continue;
             }
         };
         if ctx.allow.as_ref().is_some_and(|a| !a.allows(peer.ip())) {
-            ctx.refusals
-                .allow_list
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.refusals.allow_list.fetch_add(1, Ordering::Relaxed);
             ferry_tunnel::warn_limited!(client = %peer, "client refused: not in --allow-ip");
             socket.abort();
             continue;
@@ -387,8 +424,11 @@ async fn accept_unix(listener: tokio::net::UnixListener, service: String, ctx: A
         let socket = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let refuse = |(socket, _): (tokio::net::UnixStream, _)| {
+                    refused_out_of_files(&ctx, &"unix client");
+                    socket.abort();
+                };
+                accept_failed(&ctx, e, listener.accept(), refuse).await;
                 continue;
             }
         };
@@ -420,25 +460,25 @@ async fn serve<S: Abort + 'static>(
     socket.reset_unless_finished();
     let _permit = permit;
     let _guard = ctx.drain.enter();
-    let Some(lease) = ctx.sessions.pick(ctx.session_wait).await else {
-        ferry_tunnel::warn_limited!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session available");
-        socket.abort();
-        return;
-    };
-    let mut stream = match lease.conn.open_stream().await {
-        Ok(s) => {
-            ctx.sessions
-                .registry
-                .streams_total
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            s
+    let (lease, mut stream) = match ctx.sessions.open_stream(ctx.session_wait).await {
+        Ok(opened) => opened,
+        Err(NoStream::NoSession) => {
+            ctx.refusals.no_session.fetch_add(1, Ordering::Relaxed);
+            ferry_tunnel::warn_limited!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session came up within --session-wait");
+            socket.abort();
+            return;
         }
-        Err(e) => {
-            ferry_tunnel::warn_limited!(client = ?peer, gateway = %lease.gateway, error = %e, "client reset: cannot open a stream");
+        Err(NoStream::StreamLimit { open_streams }) => {
+            ctx.refusals.stream_limit.fetch_add(1, Ordering::Relaxed);
+            ferry_tunnel::warn_limited!(client = ?peer, open_streams, links = ctx.sessions.link_count(), "client reset: every gateway session is at its stream limit (the gateway's --max-streams); raise it there, or run more --links");
             socket.abort();
             return;
         }
     };
+    ctx.sessions
+        .registry
+        .streams_total
+        .fetch_add(1, Ordering::Relaxed);
     let preamble = Preamble {
         service,
         client: peer,

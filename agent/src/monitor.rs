@@ -17,6 +17,12 @@ pub struct Refusals {
     pub allow_list: AtomicU64,
     /// Over `--max-connections`.
     pub limit: AtomicU64,
+    /// Every gateway session at its stream limit (the gateway's `--max-streams`).
+    pub stream_limit: AtomicU64,
+    /// No gateway session came up within `--session-wait`.
+    pub no_session: AtomicU64,
+    /// Out of file descriptors (the open-files limit, RLIMIT_NOFILE).
+    pub open_files: AtomicU64,
 }
 
 /// The agent as the monitor sees it.
@@ -44,6 +50,18 @@ impl Source for AgentSource {
                 self.refusals.allow_list.load(Ordering::Relaxed),
             ),
             ("limit".into(), self.refusals.limit.load(Ordering::Relaxed)),
+            (
+                "stream-limit".into(),
+                self.refusals.stream_limit.load(Ordering::Relaxed),
+            ),
+            (
+                "no-session".into(),
+                self.refusals.no_session.load(Ordering::Relaxed),
+            ),
+            (
+                "open-files".into(),
+                self.refusals.open_files.load(Ordering::Relaxed),
+            ),
             (
                 "auth".into(),
                 self.sessions.handshakes_failed.load(Ordering::Relaxed),

@@ -1,6 +1,7 @@
 //! The agent's sessions to its gateways: `--links` per gateway, each on its own UDP endpoint
 //! (so several cores can drive them), each reconnecting with backoff when it is lost, and the
-//! choice of the least-loaded live session for every new client connection.
+//! choice of the least-loaded live session with room for a stream for every new client
+//! connection.
 //!
 //! A lost session is noticed fast: a restarted gateway (or another gateway of a fleet)
 //! answers with a stateless reset, and a gateway that is down makes its host answer with an
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_transport::{ConnectError, ConnectionError};
-use ferry_transport::{Connection, Endpoint, TransportConfig};
+use ferry_transport::{Connection, Endpoint, Stream, TransportConfig};
 use ferry_tunnel::registry::Registry;
 use ferry_tunnel::splice::Meter;
 use tokio::sync::Notify;
@@ -29,6 +30,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause after an attempt the gateway's host refused at once (ICMP port unreachable).
 const REFUSED_MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Why a new client got no stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStream {
+    /// No session to any gateway was up within `--session-wait`.
+    NoSession,
+    /// Every live session is at the gateway's `--max-streams`; the fullest has this many
+    /// streams open.
+    StreamLimit { open_streams: usize },
+}
 
 /// What the monitor reports of the links' endpoints.
 #[derive(Debug, Default, Clone, Copy)]
@@ -60,14 +71,10 @@ pub struct Sessions {
     stopping: std::sync::atomic::AtomicBool,
 }
 
-/// A session chosen for one client connection; counts as load until dropped.
+/// The session that carries one client's stream; counts as its load until dropped.
 pub struct Lease {
-    /// The session.
-    pub conn: Connection,
     /// The session's byte meter.
     pub meter: Arc<Meter>,
-    /// The gateway it reaches.
-    pub gateway: SocketAddr,
     active: Arc<AtomicUsize>,
 }
 
@@ -194,6 +201,11 @@ impl Sessions {
         t
     }
 
+    /// Sessions the agent keeps: `--links` per gateway.
+    pub fn link_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Each link: its gateway, whether its session is up (and its RTT), and its streams.
     pub fn links(&self) -> Vec<(SocketAddr, Option<std::time::Duration>, usize)> {
         self.slots
@@ -206,35 +218,59 @@ impl Sessions {
             .collect()
     }
 
-    fn try_pick(&self) -> Option<Lease> {
-        let chosen = self
+    /// A stream on the least-loaded live session that has room for one. The gateway's
+    /// `--max-streams` bounds each session's open streams; a session at that limit is passed
+    /// over for the next, so links (and gateways) with room carry the client.
+    fn try_open(&self) -> Result<(Lease, Stream), NoStream> {
+        let mut live: Vec<(&Arc<Slot>, Connection, Arc<Meter>)> = self
             .slots
             .iter()
             .filter_map(|s| {
                 let (conn, meter) = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
                 conn.close_reason().is_none().then_some((s, conn, meter))
             })
-            .min_by_key(|(s, _, _)| s.active.load(Ordering::Relaxed))?;
-        let (slot, conn, meter) = chosen;
-        slot.active.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
-            conn,
-            meter,
-            gateway: slot.gateway,
-            active: slot.active.clone(),
+            .collect();
+        live.sort_by_key(|(s, _, _)| s.active.load(Ordering::Relaxed));
+        let mut open_streams = None;
+        for (slot, conn, meter) in live {
+            match conn.try_open_stream() {
+                Ok(Some(stream)) => {
+                    slot.active.fetch_add(1, Ordering::Relaxed);
+                    let lease = Lease {
+                        meter,
+                        active: slot.active.clone(),
+                    };
+                    return Ok((lease, stream));
+                }
+                Ok(None) => {
+                    let open = conn.stream_count();
+                    open_streams = Some(open_streams.map_or(open, |o: usize| o.max(open)));
+                }
+                // Lost since the check: the next session may do.
+                Err(_) => {}
+            }
+        }
+        Err(match open_streams {
+            Some(open_streams) => NoStream::StreamLimit { open_streams },
+            None => NoStream::NoSession,
         })
     }
 
-    /// The least-loaded live session, waiting up to `timeout` for one to come up.
-    pub async fn pick(&self, timeout: Duration) -> Option<Lease> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Opens a stream for a new client on the least-loaded live session with room. With no
+    /// session up (the agent is starting or reconnecting), waits up to `session_wait` for one;
+    /// when every live session is at the gateway's stream limit, answers at once: a stream
+    /// frees up only when an earlier client leaves, which may take hours, so the client is
+    /// better told now.
+    pub async fn open_stream(&self, session_wait: Duration) -> Result<(Lease, Stream), NoStream> {
+        let deadline = tokio::time::Instant::now() + session_wait;
         loop {
             let changed = self.changed.notified();
-            if let Some(lease) = self.try_pick() {
-                return Some(lease);
+            match self.try_open() {
+                Err(NoStream::NoSession) => {}
+                done => return done,
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.try_pick();
+                return self.try_open();
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,11 +47,14 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_MAX_CONNECTIONS", default_value_t = 3000)]
     max_connections: usize,
 
-    /// Most streams one session may have open at once.
-    #[arg(long, env = "FERRY_GATEWAY_MAX_STREAMS", default_value_t = 1024)]
+    /// Most streams (client connections) one session may have open at once; at the limit the
+    /// agent resets new clients at once. Default: the agent's default --max-connections, so a
+    /// default agent with one link is never refused by it.
+    #[arg(long, env = "FERRY_GATEWAY_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
     max_streams: u64,
 
-    /// Most streams forwarded to one backend at once (0: no limit).
+    /// Most streams forwarded to one backend at once (0: no limit); over it on every backend of
+    /// the service, a new stream is reset.
     #[arg(long, env = "FERRY_GATEWAY_BACKEND_MAX_STREAMS", default_value_t = 0)]
     backend_max_streams: usize,
 
@@ -114,6 +118,21 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
     batch_delay: Duration,
 }
+
+/// Default of `--max-streams`: 10,000, the agent's default `--max-connections`, so that an
+/// agent with the default single link carries every client it accepts (with 1,024, the agent
+/// accepted 10,000 clients and the 1,025th waited forever).
+///
+/// Each stream the agent may open reserves the initial stream window (64 KiB) of the session's
+/// connection credit, so that streams nobody reads cannot starve the others
+/// (`ferry_protocol::streams`): 10,000 streams make the credit 10,000 x 64 KiB + 20 MiB, about
+/// 645 MiB, against 84 MiB with 1,024. That is credit, not memory: a gateway allocates only for
+/// bytes that arrived and that its backend has not read yet, so the 645 MiB would be held only
+/// if 10,000 clients each sent 64 KiB that 10,000 backends all refused to read; kernels buffer
+/// as much for as many stalled TCP connections (a default Linux socket takes 128 KiB before its
+/// window closes). The protocol caps one session's credit at 4 GiB, about 65,000 streams; more
+/// clients than that go over several `--links` on the agent, whose sessions each get this limit.
+const DEFAULT_MAX_STREAMS: u64 = 10_000;
 
 /// Pools by service name; "" is the default service.
 type Services = Arc<HashMap<String, Pool>>;
@@ -180,6 +199,7 @@ async fn run(args: Args) -> Result<(), String> {
         crypto,
         ..TransportConfig::default()
     };
+    check_max_streams(&transport)?;
     let tls_key = match args.tls.crypto {
         ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),
         ferry_tunnel::tls::CryptoMode::None => None,
@@ -192,6 +212,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
     info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
+    // Each stream holds one descriptor, its backend connection; one agent may open
+    // --max-streams of them (all sessions together share the same limit).
+    let open_files = ferry_tunnel::process::raise_and_check_open_files(
+        args.max_streams,
+        "--max-streams",
+        "backend connection",
+    );
     let server = ServerConfig {
         max_connections: args.max_connections,
         static_secret: Some(secret.secret),
@@ -234,6 +261,9 @@ async fn run(args: Args) -> Result<(), String> {
         proxy: args.proxy_protocol,
         compress: args.compress,
         meter: Meter::default(),
+        backend_max_streams: args.backend_max_streams,
+        open_files: open_files.soft,
+        refusals: Refusals::default(),
     });
     // Live sessions, so a shutdown can close each one gracefully (after its streams finished
     // and everything sent was acknowledged) before the process exits.
@@ -248,8 +278,14 @@ async fn run(args: Args) -> Result<(), String> {
         info!(monitor = %listener.local_addr().map_err(|e| e.to_string())?, "monitor serving");
         tokio::spawn(ferry_monitor::serve(listener, Arc::new(source)));
     }
+    tokio::spawn(report_refused_sessions(
+        endpoint.clone(),
+        sessions.clone(),
+        args.max_connections,
+    ));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let max_streams = args.max_streams;
     loop {
         tokio::select! {
             conn = endpoint.accept() => {
@@ -260,8 +296,11 @@ async fn run(args: Args) -> Result<(), String> {
                     let peer = conn.remote_addr();
                     debug!(?peer, "agent session accepted");
                     while let Some(stream) = conn.accept_stream().await {
+                        if conn.stream_count() as u64 >= max_streams {
+                            ferry_tunnel::warn_limited!(agent = ?peer, limit = max_streams, "session at --max-streams: its agent resets new clients until streams close");
+                        }
                         let guard = drain.enter();
-                        registry.streams_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        registry.streams_total.fetch_add(1, Ordering::Relaxed);
                         let (fwd, meter) = (fwd.clone(), meter.clone());
                         tokio::spawn(async move {
                             forward(stream, &fwd, &meter).await;
@@ -298,6 +337,61 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// A `--max-streams` whose connection credit the protocol would refuse, as a flag error.
+fn check_max_streams(transport: &TransportConfig) -> Result<(), String> {
+    use ferry_protocol::config::MAX_CONNECTION_CREDIT;
+    if transport.connection_credit_window() <= MAX_CONNECTION_CREDIT {
+        return Ok(());
+    }
+    let per_stream = transport.stream_initial_receive_window.max(1);
+    let base = TransportConfig {
+        max_concurrent_streams: 0,
+        ..transport.clone()
+    }
+    .connection_credit_window();
+    let most = MAX_CONNECTION_CREDIT.saturating_sub(base) / per_stream;
+    Err(format!(
+        "--max-streams {} is more than one session can take: each stream reserves {per_stream} \
+         bytes of the session's credit, at most {MAX_CONNECTION_CREDIT} bytes in all, so at most \
+         {most} streams; carry more clients over more sessions (the agent's --links)",
+        transport.max_concurrent_streams
+    ))
+}
+
+/// How often the refusals of agent sessions are logged, at most: an agent refused for an hour
+/// retries every second, and its gateway should not log 3,600 lines for it.
+const REFUSED_SESSIONS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs agent sessions the endpoint refused: over `--max-connections` (or, rarely, with an
+/// invalid address token). The first refusal after a quiet spell is logged within a second;
+/// later ones are summed up at most every [`REFUSED_SESSIONS_LOG_INTERVAL`]. They are counted
+/// as `limit` refusals on the monitor.
+async fn report_refused_sessions(
+    endpoint: Endpoint,
+    sessions: Arc<ferry_tunnel::registry::Registry>,
+    max_connections: usize,
+) {
+    let mut reported = endpoint.stats().connections_refused;
+    let mut last_logged: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = tick.tick().await;
+        let refused = endpoint.stats().connections_refused;
+        let due = last_logged.is_none_or(|t| now >= t + REFUSED_SESSIONS_LOG_INTERVAL);
+        if refused == reported || !due {
+            continue;
+        }
+        warn!(
+            refused = refused - reported,
+            sessions = sessions.connections().len(),
+            limit = max_connections,
+            "agent sessions refused: over --max-connections (or an invalid address token)"
+        );
+        reported = refused;
+        last_logged = Some(now);
+    }
+}
+
 /// Waits for every future (a minimal join_all, to avoid a dependency for one call).
 async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
     for f in futures {
@@ -314,6 +408,21 @@ struct Forwarding {
     compress: Codec,
     /// Payload and encoded bytes of every stream, in total.
     meter: Meter,
+    /// `--backend-max-streams`, for the log line of a stream refused at it.
+    backend_max_streams: usize,
+    /// The open-files soft limit, for the log line of a stream refused at it.
+    open_files: Option<u64>,
+    /// Streams refused at a limit, by reason.
+    refusals: Refusals,
+}
+
+/// Streams the gateway refused at one of its limits (the agent resets their clients).
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Every backend of the service at `--backend-max-streams`.
+    backend_limit: AtomicU64,
+    /// No descriptor left for the backend connection (RLIMIT_NOFILE).
+    open_files: AtomicU64,
 }
 
 /// Reads the stream's preamble, picks a backend of its service, connects and splices.
@@ -342,7 +451,8 @@ async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
         return refuse::<tokio::net::TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
     };
     let Some(lease) = pool.pick(Instant::now()) else {
-        ferry_tunnel::warn_limited!(service = %preamble.service, "stream refused: every backend is at its stream limit");
+        fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);
+        ferry_tunnel::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = fwd.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
         return refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
     };
     let backend = lease.backend().clone();
@@ -385,6 +495,9 @@ async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
                         .await
                         .map_err(|e| e.to_string())
                 }
+                Ok(Err(e)) if ferry_tunnel::process::is_out_of_files(&e) => {
+                    Err(out_of_files(fwd, &backend, stream, &e))
+                }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
             }
@@ -398,6 +511,9 @@ async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
                     splice(socket, stream, options)
                         .await
                         .map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) if ferry_tunnel::process::is_out_of_files(&e) => {
+                    Err(out_of_files(fwd, &backend, stream, &e))
                 }
                 Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
                 Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
@@ -417,6 +533,20 @@ async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
         Err(e) => debug!(backend = %backend.address, error = %e, "stream ended with an error"),
     }
     drop(lease);
+}
+
+/// The gateway is out of descriptors: the stream is refused at that limit, counted, and the
+/// backend stays UP (it did nothing wrong; marking it DOWN would refuse streams that fit).
+fn out_of_files(
+    fwd: &Forwarding,
+    backend: &pool::Backend,
+    stream: Stream,
+    error: &std::io::Error,
+) -> String {
+    fwd.refusals.open_files.fetch_add(1, Ordering::Relaxed);
+    ferry_tunnel::warn_limited!(backend = %backend.address, open_files = fwd.open_files.unwrap_or(0), %error, "stream refused: out of file descriptors (RLIMIT_NOFILE); raise the hard limit or lower --max-streams");
+    refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
+    format!("out of file descriptors: {error}")
 }
 
 fn connect_failed(backend: &pool::Backend, stream: Stream, error: &str) -> String {

@@ -1,6 +1,7 @@
 //! The gateway's side of the monitor: the [`Source`] that turns the session registry, the
 //! backend pools and the endpoint's counters into a monitor snapshot.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +38,14 @@ impl Source for GatewaySource {
             ("allow-list".into(), e.address_rejected),
             ("limit".into(), e.connections_refused),
             ("auth".into(), e.handshakes_failed),
+            (
+                "backend-limit".into(),
+                self.fwd.refusals.backend_limit.load(Ordering::Relaxed),
+            ),
+            (
+                "open-files".into(),
+                self.fwd.refusals.open_files.load(Ordering::Relaxed),
+            ),
         ];
         t.stateless_resets = vec![
             ("sent".into(), e.stateless_resets_sent),

@@ -65,7 +65,8 @@ pub struct Totals {
     /// Datagrams for no session this side knows: late packets of closed sessions, strays,
     /// and (on the agent) forged stateless resets.
     pub unknown_session_dropped: u64,
-    /// Connections refused, by reason: `allow-list`, `limit`, `auth`.
+    /// Connections refused, by reason: `allow-list`, `limit`, `auth`, and the limits of the
+    /// README's Limits table (`stream-limit`, `no-session`, `backend-limit`, `open-files`).
     pub rejected: Vec<(String, u64)>,
     /// Stateless resets, by event: `sent` and `rate-limited` (gateway: answers to datagrams for
     /// sessions it does not know, e.g. after a restart), `received` (agent: valid resets that

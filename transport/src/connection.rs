@@ -105,41 +105,61 @@ impl Connection {
             .and_then(|c| c.error.clone())
     }
 
-    /// Opens a stream, waiting while the peer's stream limit is reached.
+    /// Opens a stream, waiting while the peer's stream limit is reached, for as long as the
+    /// connection lives. For applications that would rather queue than refuse; a tunnel that
+    /// must answer a client at once uses [`Self::try_open_stream`].
     pub async fn open_stream(&self) -> Result<Stream, ConnectionError> {
-        let id = std::future::poll_fn(|cx| {
-            let mut state = self.shared().lock();
-            let handle = self.inner.handle;
-            if let Some(e) = state.conns.get(&handle).and_then(|c| c.error.clone()) {
-                return Poll::Ready(Err(e));
-            }
-            let result = match state.endpoint.connection(handle) {
-                Some(conn) => conn.open_stream(),
-                None => Err(StreamError::ConnectionClosed),
-            };
-            match result {
-                Ok(id) => Poll::Ready(Ok(id)),
-                Err(StreamError::StreamLimit) => {
+        let id = std::future::poll_fn(|cx| self.poll_open(Some(cx.waker()))).await?;
+        Ok(Stream::new(self.inner.clone(), id))
+    }
+
+    /// Opens a stream if the peer's stream limit allows one now; `Ok(None)` if it does not
+    /// (every stream the peer allows is open: one must close first). Never waits.
+    pub fn try_open_stream(&self) -> Result<Option<Stream>, ConnectionError> {
+        match self.poll_open(None) {
+            Poll::Ready(Ok(id)) => Ok(Some(Stream::new(self.inner.clone(), id))),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(None),
+        }
+    }
+
+    /// Opens a stream, or `Pending` at the peer's stream limit, with `waker` (if any) woken
+    /// when a stream may be opened again.
+    fn poll_open(
+        &self,
+        waker: Option<&std::task::Waker>,
+    ) -> Poll<Result<ferry_protocol::StreamId, ConnectionError>> {
+        let mut state = self.shared().lock();
+        let handle = self.inner.handle;
+        if let Some(e) = state.conns.get(&handle).and_then(|c| c.error.clone()) {
+            return Poll::Ready(Err(e));
+        }
+        let result = match state.endpoint.connection(handle) {
+            Some(conn) => conn.open_stream(),
+            None => Err(StreamError::ConnectionClosed),
+        };
+        match result {
+            Ok(id) => Poll::Ready(Ok(id)),
+            Err(StreamError::StreamLimit) => {
+                if let Some(waker) = waker {
                     state
                         .conns
                         .entry(handle)
                         .or_default()
                         .open_wakers
-                        .push(cx.waker().clone());
-                    Poll::Pending
+                        .push(waker.clone());
                 }
-                Err(_) => Poll::Ready(Err(state
-                    .conns
-                    .get(&handle)
-                    .and_then(|c| c.error.clone())
-                    .unwrap_or(ConnectionError::LocallyClosed {
-                        code: close_code::NO_ERROR,
-                        reason: "connection closed".into(),
-                    }))),
+                Poll::Pending
             }
-        })
-        .await?;
-        Ok(Stream::new(self.inner.clone(), id))
+            Err(_) => Poll::Ready(Err(state
+                .conns
+                .get(&handle)
+                .and_then(|c| c.error.clone())
+                .unwrap_or(ConnectionError::LocallyClosed {
+                    code: close_code::NO_ERROR,
+                    reason: "connection closed".into(),
+                }))),
+        }
     }
 
     /// Waits for the next stream the peer opens; `None` once the connection ended.

@@ -1,4 +1,5 @@
-//! Process plumbing both binaries share: logging set-up and the shutdown signal.
+//! Process plumbing both binaries share: logging set-up, the shutdown signal, draining, flag
+//! parsing, rate-limited warnings, and the open-files limit (RLIMIT_NOFILE).
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -252,4 +253,164 @@ macro_rules! warn_limited {
             ::tracing::warn!(suppressed, $($arg)+);
         }
     }};
+}
+
+/// File descriptors a binary needs besides its sockets to clients (agent) or backends (gateway):
+/// standard streams, the runtime's epoll and wake-up descriptors, the UDP sockets (one per
+/// link), the listeners, the monitor (a listener and up to 64 connections at once), the files
+/// read at start-up (certificates, configuration) and the agent's spare descriptor. 128 covers
+/// them with room to spare; see [`OpenFilesLimit::room`].
+pub const RESERVED_FILES: u64 = 128;
+
+/// The process's open-files limit (RLIMIT_NOFILE), as [`raise_open_files_limit`] left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFilesLimit {
+    /// The soft limit found at start-up (`None`: unlimited, or unknown on this platform).
+    pub was: Option<u64>,
+    /// The soft limit now, which the kernel enforces: the hard limit unless raising failed.
+    pub soft: Option<u64>,
+    /// The hard limit, the most an unprivileged process may raise its soft limit to.
+    pub hard: Option<u64>,
+    /// Why the soft limit could not be raised, if it could not.
+    pub error: Option<String>,
+}
+
+impl OpenFilesLimit {
+    /// Sockets to clients or backends that fit under the soft limit beside
+    /// [`RESERVED_FILES`]; `None` when there is no limit.
+    pub fn room(&self) -> Option<u64> {
+        self.soft.map(|s| s.saturating_sub(RESERVED_FILES))
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit, and says what it is now.
+///
+/// Each client connection costs the agent a descriptor and each stream costs the gateway one
+/// (its backend connection), while distributions start processes with a soft limit of 1,024
+/// (kept low for programs that still use `select`, which tokio does not) under a hard limit
+/// of 4,096 to over 500,000 (systemd: 524,288). Raising the soft limit to the hard one is
+/// what an unprivileged process may do by itself; beyond that the operator raises the hard
+/// limit (`ulimit -Hn`, systemd's `LimitNOFILE=`).
+pub fn raise_open_files_limit() -> OpenFilesLimit {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let found = getrlimit(Resource::Nofile);
+        let mut limit = OpenFilesLimit {
+            was: found.current,
+            soft: found.current,
+            hard: found.maximum,
+            error: None,
+        };
+        if found.current != found.maximum {
+            let raised = Rlimit {
+                current: found.maximum,
+                maximum: found.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => limit.soft = found.maximum,
+                Err(e) => limit.error = Some(std::io::Error::from(e).to_string()),
+            }
+        }
+        limit
+    }
+    #[cfg(not(unix))]
+    {
+        OpenFilesLimit {
+            was: None,
+            soft: None,
+            hard: None,
+            error: None,
+        }
+    }
+}
+
+/// Raises the open-files limit ([`raise_open_files_limit`]), logs it at info level, and warns
+/// when `wanted` descriptors for clients or backends, what the flag `flag` allows, do not fit
+/// beside [`RESERVED_FILES`]: past the limit, new clients or streams are reset and counted as
+/// `open-files` refusals. `each` says what one descriptor is for, e.g. "client connection".
+pub fn raise_and_check_open_files(wanted: u64, flag: &str, each: &str) -> OpenFilesLimit {
+    let limit = raise_open_files_limit();
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_owned(), |v| v.to_string());
+    if let Some(error) = &limit.error {
+        tracing::warn!(soft = %show(limit.soft), hard = %show(limit.hard), %error, "cannot raise the open-files soft limit (RLIMIT_NOFILE) to the hard limit");
+    }
+    tracing::info!(
+        soft = %show(limit.soft),
+        was = %show(limit.was),
+        hard = %show(limit.hard),
+        "open-files limit (RLIMIT_NOFILE)"
+    );
+    if let Some(room) = limit.room().filter(|room| wanted > *room) {
+        tracing::warn!(
+            flag,
+            value = wanted,
+            open_files = %show(limit.soft),
+            room,
+            each,
+            "{flag} {wanted} is more than the open-files limit allows: about {room} at once (one descriptor each, {} kept for the process); beyond that new ones are reset and counted as open-files refusals. Raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower {flag}",
+            RESERVED_FILES
+        );
+    }
+    limit
+}
+
+/// True if `error` says the process (EMFILE) or the system (ENFILE) is out of file
+/// descriptors: a limit reached, not a fault of the peer or the backend.
+pub fn is_out_of_files(error: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        matches!(
+            Errno::from_io_error(error),
+            Some(Errno::MFILE) | Some(Errno::NFILE)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+#[cfg(all(test, unix))]
+mod open_files_tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        // Start below the hard limit (as a distribution's 1,024 would), when there is one.
+        let found = getrlimit(Resource::Nofile);
+        let lowered = found.maximum.map(|hard| hard.min(1024) / 2);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lowered,
+                maximum: found.maximum,
+            },
+        )
+        .unwrap();
+        let limit = raise_open_files_limit();
+        assert_eq!(limit.error, None);
+        assert_eq!(limit.was, lowered);
+        assert_eq!(limit.soft, limit.hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, limit.hard);
+        assert_eq!(
+            limit.room(),
+            limit.soft.map(|s| s.saturating_sub(RESERVED_FILES))
+        );
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_told_apart_from_other_errors() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let refused =
+            std::io::Error::from_raw_os_error(rustix::io::Errno::CONNREFUSED.raw_os_error());
+        assert!(is_out_of_files(&emfile));
+        assert!(is_out_of_files(&enfile));
+        assert!(!is_out_of_files(&refused));
+        assert!(!is_out_of_files(&std::io::Error::other("x")));
+    }
 }
