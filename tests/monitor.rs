@@ -142,7 +142,17 @@ async fn refusals_are_counted_by_reason_and_closed_sessions_kept() {
         ),
         0.0
     );
-    // The agent goes away: the gateway's history keeps the closed session and why.
+    // The agent goes away: the gateway's history keeps the closed session and why. (Its
+    // session is up first: every client so far was refused before one was needed.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get(gw_monitor, "/metrics").await;
+        if metric(&body, "ferry_sessions_active", None) >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no session came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _gateway = pair.gateway;
     drop(pair.agent);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
