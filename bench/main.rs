@@ -18,7 +18,12 @@
 //! - `many`: N connections (default 3,000) open at once, each exchanging 1 KB messages:
 //!   success rate, p99, and the peak RSS of the tunnel's two processes;
 //! - `compress`: RTB-like JSON over 64 keep-alive connections; bytes on the link per payload
-//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike).
+//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike);
+//! - `slow-readers`: `--busy` bulk connections alone, then beside each count of `--stalled`
+//!   clients that write and never read: their MB/s as a share of alone, RSS per side and per
+//!   stalled client ([`slow_readers`]);
+//! - `fairness`: 16 bulk connections: MB/s per connection, Jain's index, and the first-byte
+//!   delay of new connections opened while they run ([`fairness`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod chart;
+mod fairness;
 mod link;
 mod load;
 mod netns;
@@ -34,6 +40,7 @@ mod peers;
 mod procfs;
 mod report;
 mod rtb;
+mod slow_readers;
 
 use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;
@@ -44,7 +51,8 @@ use report::{Figures, Outcome, Run};
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", version, about)]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress.
+    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress,
+    /// slow-readers, fairness.
     /// Default: throughput, latency, connect, and many on loopback.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
@@ -96,6 +104,14 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     connections: usize,
 
+    /// Stalled clients beside the busy ones in `slow-readers`, one run per count.
+    #[arg(long, value_delimiter = ',', default_value = "50,1000")]
+    stalled: Vec<usize>,
+
+    /// Busy bulk connections in `slow-readers`.
+    #[arg(long, default_value_t = 4)]
+    busy: usize,
+
     /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
     /// it (same name, .svg).
     #[arg(long, value_name = "FILE")]
@@ -109,6 +125,8 @@ enum Scenario {
     Connect,
     Many,
     Compress,
+    SlowReaders,
+    Fairness,
 }
 
 fn progress(msg: &str) {
@@ -251,6 +269,16 @@ async fn measure(
                     );
                 }
                 progress(&format!("{}: many took {:?}", peer.name(), t0.elapsed()));
+            }
+            Scenario::SlowReaders => {
+                progress(&format!("{}: slow readers", peer.name()));
+                let (stalled, busy) = (&args.stalled, args.busy);
+                slow_readers::run(&mut f, client, tunnel.entry, &pids, stalled, busy, seconds)
+                    .await?;
+            }
+            Scenario::Fairness => {
+                progress(&format!("{}: fairness", peer.name()));
+                fairness::run(&mut f, client, tunnel.entry, seconds).await?;
             }
             Scenario::Compress => {
                 let Some(net) = run.net else {

@@ -1,4 +1,4 @@
-//! What the kernel says about a process: CPU time and peak memory, from `/proc`.
+//! What the kernel says about a process: CPU time, peak and current memory, from `/proc`.
 
 use std::time::Duration;
 
@@ -24,6 +24,18 @@ pub fn peak_rss(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory now (VmRSS) of process `pid` in bytes; zero if unknown.
+pub fn rss(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
