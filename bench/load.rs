@@ -3,6 +3,7 @@
 //! are made from a [`Place`]: this host on loopback, or the client namespace of an impaired link.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,11 +56,13 @@ fn pattern() -> &'static [u8] {
 }
 
 /// Echoes the pattern through one new connection to `entry` (written and read at once) until
-/// `deadline`; returns the bytes that came back, checked, by then.
-async fn bulk_one(
+/// `deadline`; returns the bytes that came back, checked, by then. `progress`, if given, counts
+/// them as they come (for per-connection shares over part of the run).
+pub async fn bulk_one(
     place: Place,
     entry: SocketAddr,
     deadline: tokio::time::Instant,
+    progress: Option<Arc<AtomicU64>>,
 ) -> Result<usize, String> {
     let s = place
         .connect(entry)
@@ -95,6 +98,9 @@ async fn bulk_one(
             return Err(format!("echoed bytes differ near offset {got}"));
         }
         got += n;
+        if let Some(p) = &progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     // Stop writing and drop the connection: no half-close (kcptun drops the whole connection
     // on one), and whatever is still in flight is not counted.
@@ -113,7 +119,7 @@ pub async fn bulk(
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = (0..streams)
-        .map(|_| tokio::spawn(bulk_one(place.clone(), entry, deadline)))
+        .map(|_| tokio::spawn(bulk_one(place.clone(), entry, deadline, None)))
         .collect();
     let mut total = 0;
     for t in tasks {

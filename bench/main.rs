@@ -20,7 +20,12 @@
 //! - `compress`: RTB-like JSON over 64 keep-alive connections; bytes on the link per payload
 //!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike);
 //! - `idle`: `--connections` connections, one small echo each, then quiet for `--idle-seconds`:
-//!   RSS per connection of each tunnel process, time to open them all, echo afterwards ([`idle`]).
+//!   RSS per connection of each tunnel process, time to open them all, echo afterwards ([`idle`]);
+//! - `slow-readers`: `--busy` bulk connections alone, then beside each count of `--stalled`
+//!   clients that write and never read: their MB/s as a share of alone, RSS per side and per
+//!   stalled client ([`slow_readers`]);
+//! - `fairness`: 16 bulk connections: MB/s per connection, Jain's index, and the first-byte
+//!   delay of new connections opened while they run ([`fairness`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod chart;
+mod fairness;
 mod idle;
 mod link;
 mod load;
@@ -37,6 +43,7 @@ mod peers;
 mod procfs;
 mod report;
 mod rtb;
+mod slow_readers;
 
 use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;
@@ -47,7 +54,8 @@ use report::{Figures, Outcome, Run};
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", version, about)]
 struct Args {
-    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress, idle.
+    /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress, idle,
+    /// slow-readers, fairness.
     /// Default: throughput, latency, connect, and many on loopback.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
@@ -107,6 +115,14 @@ struct Args {
     #[arg(long, hide = true)]
     echo_backend: Option<std::net::SocketAddr>,
 
+    /// Stalled clients beside the busy ones in `slow-readers`, one run per count.
+    #[arg(long, value_delimiter = ',', default_value = "50,1000")]
+    stalled: Vec<usize>,
+
+    /// Busy bulk connections in `slow-readers`.
+    #[arg(long, default_value_t = 4)]
+    busy: usize,
+
     /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
     /// it (same name, .svg).
     #[arg(long, value_name = "FILE")]
@@ -121,6 +137,8 @@ enum Scenario {
     Many,
     Compress,
     Idle,
+    SlowReaders,
+    Fairness,
 }
 
 fn progress(msg: &str) {
@@ -268,6 +286,16 @@ async fn measure(
                 let idle = Duration::from_secs(args.idle_seconds);
                 let n = args.connections;
                 idle::scenario(peer, sites, settings, certs, n, idle, &mut f).await?;
+            }
+            Scenario::SlowReaders => {
+                progress(&format!("{}: slow readers", peer.name()));
+                let (stalled, busy) = (&args.stalled, args.busy);
+                slow_readers::run(&mut f, client, tunnel.entry, &pids, stalled, busy, seconds)
+                    .await?;
+            }
+            Scenario::Fairness => {
+                progress(&format!("{}: fairness", peer.name()));
+                fairness::run(&mut f, client, tunnel.entry, seconds).await?;
             }
             Scenario::Compress => {
                 let Some(net) = run.net else {

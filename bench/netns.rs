@@ -81,24 +81,44 @@ pub enum Place {
 }
 
 impl Place {
-    /// A TCP connection from this place.
-    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = match self {
-            Place::Host => return TcpStream::connect(addr).await,
+    /// A TCP socket of this place for connecting to `addr`, not yet connected.
+    fn socket(&self, addr: SocketAddr) -> io::Result<TcpSocket> {
+        let new = move || {
+            if addr.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+        };
+        match self {
+            Place::Host => new(),
             Place::Netns(ns) => {
-                let socket = ns.run(|| {
-                    if addr.is_ipv4() {
-                        TcpSocket::new_v4()
-                    } else {
-                        TcpSocket::new_v6()
-                    }
-                })?;
+                let socket = ns.run(new)?;
                 if let Some(cc) = &ns.tcp_cc {
                     set_congestion(socket.as_raw_fd(), cc)?;
                 }
-                socket
+                Ok(socket)
             }
-        };
+        }
+    }
+
+    /// A TCP connection from this place.
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        match self {
+            Place::Host => TcpStream::connect(addr).await,
+            Place::Netns(_) => self.socket(addr)?.connect(addr).await,
+        }
+    }
+
+    /// A TCP connection from this place whose receive buffer is fixed at `bytes` (the kernel
+    /// does not grow it): a client that reads little, or not at all.
+    pub async fn connect_with_recv_buffer(
+        &self,
+        addr: SocketAddr,
+        bytes: u32,
+    ) -> io::Result<TcpStream> {
+        let socket = self.socket(addr)?;
+        socket.set_recv_buffer_size(bytes)?;
         socket.connect(addr).await
     }
 

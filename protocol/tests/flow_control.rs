@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
+use ferry_protocol::endpoint::ConnectionHandle;
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{LinkConfig, Pair};
 use ferry_protocol::StreamId;
@@ -39,9 +40,10 @@ const STALL_RATE_BPS: u64 = 200_000_000;
 const BULK_STREAMS: usize = 4;
 const BULK_BYTES: u64 = 8 << 20;
 
-/// `stalled` streams are opened, written twice their initial window, and never read by the
-/// server; once they hold all the credit they will ever get, four bulk streams send
-/// `BULK_BYTES` each to a server that reads them.
+/// `stalled` streams are opened, offered twice their initial window (they take only the
+/// server's credit, the initial window), and never read by the server; once they hold all the
+/// credit they will ever get, four bulk streams send `BULK_BYTES` each to a server that reads
+/// them.
 fn bulk_beside_stalled_streams(stalled: usize, seed: u64) -> BulkRun {
     let config = TransportConfig::default();
     let initial = config.stream_initial_receive_window;
@@ -56,7 +58,11 @@ fn bulk_beside_stalled_streams(stalled: usize, seed: u64) -> BulkRun {
     for _ in 0..stalled {
         let conn = pair.client.connection(ch).expect("client connection");
         let id = conn.open_stream().expect("within the stream limit");
-        assert_eq!(conn.write(id, &junk), Ok(junk.len()));
+        assert_eq!(
+            conn.write(id, &junk),
+            Ok(initial as usize),
+            "writes stop at the credit"
+        );
     }
     // Let the stalled streams take every byte of credit they can get (or 30 s pass).
     let expected = stalled as u64 * initial;
@@ -231,4 +237,151 @@ fn sixteen_bulk_streams_share_the_path_equally_and_a_new_stream_does_not_wait_be
         "the new stream's first byte took {latency:?}"
     );
     assert!(client.closed.is_none() && server.closed.is_none());
+}
+
+/// Bytes read so far on each of `ids` at the server.
+fn received(server: &BulkSide, ids: &[StreamId]) -> u64 {
+    ids.iter().map(|id| server.streams[id].received).sum()
+}
+
+/// The server's receive windows of `ids`.
+fn windows(pair: &Pair, sh: ConnectionHandle, ids: &[StreamId]) -> Vec<u64> {
+    let conn = pair.server.connection_ref(sh).expect("server");
+    ids.iter()
+        .map(|id| conn.stream_receive_window(*id).expect("open stream"))
+        .collect()
+}
+
+/// The weakness of a shared growth budget: streams that grew and then stalled hold it, and
+/// the other streams cannot grow. Four streams grow to their largest window and stall; four new
+/// bulk streams start beside them and get only what the stalled ones left of the budget (the
+/// bound, checked exactly); the stalled readers then come back, read their backlog and go on at
+/// a trickle. Their windows go back to the initial size (their first renewal comes 16 round
+/// trips or more after the previous one), so the budget flows back and the new streams grow to
+/// their largest window. Smaller windows than the defaults (16 KiB initial, 1 MiB largest, a
+/// 4 MiB budget: four full windows) keep the simulation short; the rule is the same at any size.
+#[test]
+fn the_budget_of_streams_that_stalled_flows_back_when_their_readers_return() {
+    const KIB: u64 = 1 << 10;
+    let (initial, largest, budget) = (16 * KIB, 1024 * KIB, 4096 * KIB);
+    let seed = 23;
+    // 200 Mbit/s over 40 ms: 6.25 MB/s a stream wants 8 x 250 KB of window, more than the
+    // largest: every bulk stream would grow to it if the budget let it.
+    let rate = 200_000_000;
+    let config = TransportConfig::default()
+        .receive_windows(largest, budget)
+        .stream_initial_receive_window(initial);
+    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(rate));
+    let (ch, sh) = pair.establish(config).expect("handshake");
+    let mut first = BulkSide::new(ch, true, seed, 4, u64::MAX / 4);
+    let mut server = BulkSide::new(sh, false, seed, 0, 0);
+    let run = |pair: &mut Pair, clients: &mut [&mut BulkSide], server: &mut BulkSide, d| {
+        let until = pair.now + d;
+        pair.run_until(d + MS, |p| {
+            for c in clients.iter_mut() {
+                c.pump(p.now, &mut p.client);
+            }
+            server.pump(p.now, &mut p.server);
+            p.now >= until
+        });
+    };
+
+    // The first four streams grow while the server reads them, then the server stops reading.
+    run(
+        &mut pair,
+        &mut [&mut first],
+        &mut server,
+        Duration::from_secs(2),
+    );
+    let old: Vec<StreamId> = server.streams.keys().copied().collect();
+    assert_eq!(old.len(), 4);
+    assert_eq!(
+        windows(&pair, sh, &old),
+        [largest; 4],
+        "the first streams grew"
+    );
+    for id in &old {
+        let s = server.streams.get_mut(id).expect("stream");
+        s.read_limit = Some(s.received);
+    }
+
+    // Four new bulk streams beside them: they get what the stalled streams left of the budget.
+    let mut later = BulkSide::new(ch, true, seed + 1, 4, u64::MAX / 4);
+    let phase = Duration::from_secs(2);
+    run(&mut pair, &mut [&mut first, &mut later], &mut server, phase);
+    let new: Vec<StreamId> = server.streams.keys().copied().skip(4).collect();
+    assert_eq!(new.len(), 4);
+    let before = received(&server, &new);
+    run(&mut pair, &mut [&mut first, &mut later], &mut server, phase);
+    let beside_stalled = (received(&server, &new) - before) as f64 / phase.as_secs_f64();
+    let (_, unread) = pair
+        .server
+        .connection_ref(sh)
+        .expect("server")
+        .buffered_bytes();
+    let pinned = unread as u64 - 4 * initial;
+    let beside_windows = windows(&pair, sh, &new);
+    assert!(
+        pinned >= 4 * (largest / 2 - initial),
+        "the stalled streams hold {unread} bytes: at least half their windows each"
+    );
+    assert!(
+        beside_windows
+            .iter()
+            .all(|w| *w <= initial + budget - pinned),
+        "new windows {beside_windows:?} beside {pinned} bytes of growth pinned: over the budget"
+    );
+
+    // The stalled readers come back: they read their backlog, then 16 KiB every 20 round trips.
+    for id in &old {
+        server.streams.get_mut(id).expect("stream").read_limit = None;
+    }
+    run(&mut pair, &mut [&mut first, &mut later], &mut server, MS);
+    let mut trickled = Duration::ZERO;
+    let mut from = None;
+    while trickled < 2 * phase {
+        for id in &old {
+            let s = server.streams.get_mut(id).expect("stream");
+            s.read_limit = Some(s.read_limit.unwrap_or(s.received) + 16 * KIB);
+        }
+        run(
+            &mut pair,
+            &mut [&mut first, &mut later],
+            &mut server,
+            20 * RTT,
+        );
+        trickled += 20 * RTT;
+        if from.is_none() && trickled >= phase {
+            from = Some((received(&server, &new), pair.now));
+        }
+    }
+    let (b, at) = from.expect("measured");
+    let after_return = (received(&server, &new) - b) as f64 / (pair.now - at).as_secs_f64();
+    let link_bytes = rate as f64 / 8.0;
+    eprintln!(
+        "four new bulk streams: windows {:?} KiB and {:.1} MB/s ({:.0}% of the link) beside \
+         four stalled grown streams pinning {} KiB; windows {:?} KiB and {:.1} MB/s ({:.0}%) \
+         once their readers came back at a trickle (their windows {:?} KiB)",
+        beside_windows.iter().map(|w| w / KIB).collect::<Vec<_>>(),
+        beside_stalled / 1e6,
+        beside_stalled / link_bytes * 100.0,
+        pinned / KIB,
+        windows(&pair, sh, &new)
+            .iter()
+            .map(|w| w / KIB)
+            .collect::<Vec<_>>(),
+        after_return / 1e6,
+        after_return / link_bytes * 100.0,
+        windows(&pair, sh, &old)
+            .iter()
+            .map(|w| w / KIB)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(windows(&pair, sh, &old), [initial; 4], "trickling readers");
+    assert_eq!(
+        windows(&pair, sh, &new),
+        [largest; 4],
+        "the budget flowed back: every new stream grew"
+    );
+    assert!(first.closed.is_none() && later.closed.is_none() && server.closed.is_none());
 }

@@ -631,6 +631,12 @@ impl Connection {
         (self.streams.send_buffered(), self.streams.recv_buffered())
     }
 
+    /// The receive window a stream's credit is renewed at (see [`crate::streams`]), for tests
+    /// and diagnostics; `None` for an unknown stream.
+    pub fn stream_receive_window(&self, id: StreamId) -> Option<u64> {
+        self.streams.receive_window(id)
+    }
+
     /// Number of streams open.
     pub fn stream_count(&self) -> usize {
         self.streams.open_count()

@@ -35,6 +35,9 @@ pub struct StreamProgress {
     pub recv_digest: Option<Vec<u8>>,
     /// The stream was reset by the peer.
     pub reset: Option<u64>,
+    /// Reading stops once this many bytes were read (`None`: read everything): a reader that
+    /// stalls, or one that is let through a little at a time.
+    pub read_limit: Option<u64>,
 }
 
 impl StreamProgress {
@@ -55,6 +58,7 @@ impl StreamProgress {
             recv_hash: digest::Context::new(&digest::SHA256),
             recv_digest: None,
             reset: None,
+            read_limit: None,
         }
     }
 }
@@ -181,7 +185,14 @@ impl BulkSide {
             }
             // Read.
             while self.read_enabled && !s.recv_done {
-                match conn.read(now, *id, &mut self.scratch) {
+                let allowed = s
+                    .read_limit
+                    .map_or(self.scratch.len() as u64, |l| l.saturating_sub(s.received));
+                if allowed == 0 {
+                    break;
+                }
+                let len = self.scratch.len().min(allowed as usize);
+                match conn.read(now, *id, &mut self.scratch[..len]) {
                     Ok(ReadOutcome::Data(n)) => {
                         s.recv_hash.update(&self.scratch[..n]);
                         s.received += n as u64;

@@ -3,8 +3,8 @@
 //! Each stream is bidirectional and ordered on its own: a lost packet delays only the streams
 //! whose bytes it carried (no cross-stream head-of-line blocking). Either end may open streams,
 //! up to the count the other end allows (MAX_STREAMS). A stream buffers at most
-//! `stream_send_buffer` bytes the application wrote and at most its receive window of bytes the
-//! peer sent.
+//! `stream_send_buffer` bytes the application wrote, and no more than the peer's credit allows,
+//! and at most its receive window of bytes the peer sent.
 //!
 //! # Flow control: stalled streams cannot starve the others
 //!
@@ -24,14 +24,32 @@
 //!   room to repair losses, even lost repairs, without stalling; the constant says why 4 and
 //!   not Chromium's 2), a slow reader gets a window in proportion to its own rate, and a stream
 //!   nobody reads never renews: it holds I and no more.
-//! - **Growth is paid from a shared budget**, C: the sum over open streams of
-//!   (window - I) never exceeds it (a doubling that does not fit grows only by what is left).
-//!   The budget comes back when a stream closes or is reset, and as soon as the peer's FIN fixes
-//!   a stream's length (beyond its unread bytes). C = 16 MiB lets four streams grow to the full
-//!   4 MiB at once. A stream that grew and then stalled keeps its window (credit given cannot
-//!   be taken back), so the budget bounds what such streams hold, and once a few of them have
-//!   spent it the others cannot grow: they still move I per round trip (1.6 MB/s at 40 ms,
-//!   650 MB/s on loopback), slowed but never frozen.
+//! - **Growth is paid from a shared budget**, C. Each stream is charged with the credit it was
+//!   given and has not consumed, beyond I: what it may still be sent or holds unread (up to its
+//!   final size once the peer's FIN fixed it). The charges never sum above C: reading lowers a
+//!   stream's charge at once, and a renewal raises it only by what is free (the window is cut
+//!   to the stream's charge plus what is free, never below I). So the budget flows back as
+//!   streams are read, closed or reset, and a window a stream would renew at costs nothing
+//!   until it is granted. C = 16 MiB lets four streams hold the full 4 MiB at once.
+//! - **A stall gives the growth back.** A renewal that comes [`WINDOW_RESET_RTTS`] (16) round
+//!   trips or more after the previous one renews at I: the reader stalled or slowed down. What
+//!   it had earned returns to the budget as it reads its backlog; a reader that comes back fast
+//!   regrows in a few round trips, a slow one keeps a window that fits its rate.
+//! - **What a stalled stream pins, precisely.** Credit given cannot be taken back, so a stream
+//!   whose reader stops keeps the credit its peer holds: between half and all of its window (it
+//!   is renewed at half), at most M - I, 3.94 MiB, of the budget. While five such streams (four,
+//!   if each holds a full window) stay unread they can hold all of C; the other streams then
+//!   renew at I and move I per round trip (1.6 MB/s at 40 ms, 650 MB/s on loopback), slowed
+//!   but never frozen, until the stalled readers read, or their streams close or are reset. A
+//!   stream whose sender went quiet after a burst pins likewise the credit it was last given
+//!   until bytes flow again. Streams that never grew (a stalled client's, typically) pin none.
+//! - **A sender holds no more than the peer's credit.** A stream accepts the application's bytes
+//!   only up to the offset the peer's MAX_STREAM_DATA allows (within its send buffer), so for a
+//!   peer that does not read it holds that peer's window, I, on the sending side too; the rest
+//!   waits where it came from (a tunnel's splice stops reading its socket: the back-pressure a
+//!   TCP proxy gives). When each stalled stream could fill its 2 MiB send buffer instead, 1,000
+//!   never-reading clients cost the agent 1.1 GiB of RSS (1,103 KiB each; 177 KiB now:
+//!   `tests/slow_readers.rs`).
 //! - **The connection credit (MAX_DATA) covers every stream's initial window**, so it never
 //!   binds before the stream windows do: its window is
 //!   `I x (N + streams we opened) + C + C/4` = 84 MiB with no streams of our own. Each of the
@@ -46,9 +64,10 @@
 //! window, `I x (N + L) + 5C/4` bytes, where L is the most streams our own application had open at
 //! once: 84 MiB per connection with the defaults and L = 0 (the gateway opens no streams; an agent
 //! with 1,024 streams of its own: 148 MiB). Tighter, it holds at most
-//! `I x (streams open) + C` (each stream at most its window, the windows' growth at most C):
+//! `I x (streams open) + C` (each stream I and its charge, the charges at most C):
 //! 80 MiB with 1,024 streams, 16.06 MiB with one. The peer's frames beyond the credit it was
-//! given close the connection with a flow-control error.
+//! given close the connection with a flow-control error. The send side holds, per stream, at
+//! most the credit the peer gave it and at most `stream_send_buffer`.
 //!
 //! A RESET aborts a stream in both directions (a tunnel maps it to a TCP reset). Its sender
 //! states how many bytes it had sent; the receiver answers with its own RESET carrying its own
@@ -81,6 +100,14 @@ pub const SMALLEST_USEFUL_STREAM_FRAME: usize = 1 + 8 + 8 + 4 + 1;
 /// 50 Mbit/s, 40 ms path at 10% loss reached 82.5-88.2% of the link (three seeds) against
 /// 88.5-88.7% with fixed 16 MiB windows; with 4 it reaches 88.7-89.0%.
 pub const WINDOW_GROWTH_RTTS: u32 = 4;
+
+/// A stream's receive window goes back to the initial window when its credit is renewed this
+/// many smoothed round trips or more after the previous renewal (16): its reader stalled, or
+/// slowed down by more than half, so the growth it earned is returned to the budget as it
+/// reads. A reader that keeps a steady pace never gets here: growth stops once renewals come
+/// 4 round trips apart, and a doubled window renews at most 8 apart. A reader that comes back
+/// fast regrows in a few round trips.
+pub const WINDOW_RESET_RTTS: u32 = 16;
 
 /// The connection credit keeps a slack of the growth budget divided by this (4: a quarter, 4 MiB
 /// by default) above what the streams may hold, and MAX_DATA is renewed once that much has been
@@ -188,9 +215,11 @@ struct Stream {
     /// Highest offset we allow the peer to send (our last MAX_STREAM_DATA).
     recv_limit: u64,
     /// Receive window: credit is renewed to the read offset plus this. Starts at the initial
-    /// window and grows while the reader keeps up; what it exceeds the initial window by is
-    /// charged to the connection's growth budget.
+    /// window, grows while the reader keeps up, goes back to the initial window after a stall.
     recv_window: u64,
+    /// What this stream is charged to the connection's growth budget: the credit it was given
+    /// and has not consumed, beyond the initial window (see [`StreamSet::recharge`]).
+    charged: u64,
     /// When credit was last renewed (for window growth).
     last_credit_at: Option<Instant>,
     /// The application's write was refused for lack of room.
@@ -242,7 +271,7 @@ pub struct StreamSet {
     conn_received: u64,
     /// Bytes read by the application or discarded by resets.
     conn_consumed: u64,
-    /// Growth budget in use: the sum over streams of (receive window - initial window).
+    /// Growth budget in use: the sum of the streams' charges.
     growth_used: u64,
     /// Streams we opened that are still kept (each reserves an initial window of credit).
     local_live: u64,
@@ -305,6 +334,7 @@ impl StreamSet {
                     s.queued = true;
                     self.send_queue.push_back(*id);
                 }
+                Self::signal_writable(&mut self.events, *id, s);
             }
         }
     }
@@ -316,6 +346,7 @@ impl StreamSet {
             send_limit: self.peer_initial_stream_data,
             recv_limit: self.limits.initial_stream_window,
             recv_window: self.limits.initial_stream_window,
+            charged: 0,
             last_credit_at: None,
             write_blocked: false,
             readable_signalled: false,
@@ -375,6 +406,24 @@ impl StreamSet {
         }
     }
 
+    /// Bytes the application may write to `s` now: what its send buffer has room for, up to
+    /// the offset the peer's credit reaches. Bytes beyond the credit could not be sent anyway;
+    /// held here they would only cost memory while the peer does not read.
+    fn write_room(s: &Stream) -> usize {
+        let credit = s.send_limit.saturating_sub(s.send.written());
+        s.send
+            .free()
+            .min(usize::try_from(credit).unwrap_or(usize::MAX))
+    }
+
+    /// Tells a writer refused for lack of room that there is some now.
+    fn signal_writable(events: &mut VecDeque<StreamEvent>, id: StreamId, s: &mut Stream) {
+        if s.write_blocked && Self::write_room(s) > 0 {
+            s.write_blocked = false;
+            events.push_back(StreamEvent::Writable(id));
+        }
+    }
+
     fn enqueue(queue: &mut VecDeque<StreamId>, id: StreamId, s: &mut Stream) {
         if !s.queued {
             s.queued = true;
@@ -382,14 +431,17 @@ impl StreamSet {
         }
     }
 
-    /// Buffers application bytes; returns how many were accepted (0: buffer full, a `Writable`
-    /// event follows when there is room).
+    /// Buffers application bytes; returns how many were accepted (0: no room, a `Writable`
+    /// event follows when there is). A stream accepts bytes only up to the credit the peer gave
+    /// it, so what it holds for a peer that does not read is bounded by that peer's window, not
+    /// by the send buffer (see the module documentation).
     pub fn write(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
         let s = Self::live(&mut self.streams, id)?;
         if s.send.is_finished() {
             return Err(StreamError::Finished);
         }
-        let n = s.send.write(data);
+        let room = Self::write_room(s);
+        let n = s.send.write(&data[..data.len().min(room)]);
         if n < data.len() {
             s.write_blocked = true;
         }
@@ -443,29 +495,40 @@ impl StreamSet {
             }
             return Ok(ReadOutcome::Blocked);
         }
-        // Renew credit once half the window has been consumed; grow the window first if the
-        // previous renewal was less than WINDOW_GROWTH_RTTS round trips ago.
+        // What was read no longer needs credit: its share of the budget goes back at once.
+        Self::recharge(&mut self.growth_used, limits.initial_stream_window, s);
+        // Renew credit once half the window has been consumed. The window doubles first if the
+        // previous renewal was less than WINDOW_GROWTH_RTTS round trips ago, and goes back to
+        // the initial window if it was WINDOW_RESET_RTTS or more ago (the reader stalled or
+        // slowed down); it is then cut to what the budget allows: the stream's own charge and
+        // what is free, never less than the initial window.
         let read_offset = s.recv.read_offset();
         if s.recv.final_size().is_none()
             && s.recv_limit.saturating_sub(read_offset) < s.recv_window / 2
         {
+            let initial = limits.initial_stream_window;
+            let mut window = s.recv_window;
             if let Some((now, rtt)) = tuning {
-                let quick = s
-                    .last_credit_at
-                    .is_some_and(|at| now.saturating_duration_since(at) < rtt * WINDOW_GROWTH_RTTS);
-                if quick && s.recv_window < limits.stream_window {
-                    let wanted = s.recv_window.saturating_mul(2).min(limits.stream_window);
-                    let free = limits.growth_budget.saturating_sub(self.growth_used);
-                    let grown = wanted.min(s.recv_window.saturating_add(free));
-                    self.growth_used += grown - s.recv_window;
-                    s.recv_window = grown;
+                match s.last_credit_at.map(|at| now.saturating_duration_since(at)) {
+                    Some(gap) if gap < rtt * WINDOW_GROWTH_RTTS => {
+                        window = window.saturating_mul(2).min(limits.stream_window);
+                    }
+                    Some(gap) if gap >= rtt * WINDOW_RESET_RTTS => window = initial,
+                    _ => {}
                 }
-                s.last_credit_at = Some(now);
             }
-            s.recv_limit = s.recv_limit.max(read_offset.saturating_add(s.recv_window));
-            self.pending_max_stream_data.insert(id);
+            let free = limits.growth_budget.saturating_sub(self.growth_used);
+            s.recv_window = window.min(initial.saturating_add(s.charged).saturating_add(free));
+            let limit = read_offset.saturating_add(s.recv_window);
+            if limit > s.recv_limit {
+                s.recv_limit = limit;
+                self.pending_max_stream_data.insert(id);
+                if let Some((now, _)) = tuning {
+                    s.last_credit_at = Some(now);
+                }
+                Self::recharge(&mut self.growth_used, initial, s);
+            }
         }
-        Self::fit_window_to_final_size(&mut self.growth_used, limits.initial_stream_window, s);
         self.conn_consumed += n as u64;
         self.update_conn_credit();
         Ok(ReadOutcome::Data(n))
@@ -491,6 +554,12 @@ impl StreamSet {
         }
     }
 
+    /// The receive window `id`'s credit is renewed at: the initial window, grown while the
+    /// reader keeps up, cut to what the growth budget allows (`None` for an unknown stream).
+    pub fn receive_window(&self, id: StreamId) -> Option<u64> {
+        self.streams.get(&id).map(|s| s.recv_window)
+    }
+
     /// Contiguous bytes ready to read on `id`.
     pub fn readable_len(&self, id: StreamId) -> usize {
         self.streams.get(&id).map_or(0, |s| s.recv.readable_len())
@@ -508,23 +577,29 @@ impl StreamSet {
         }
     }
 
-    /// Once the peer's FIN fixed a stream's length, the stream needs no window beyond its unread
-    /// bytes: gives the rest of its growth back to the budget (a finished stream the
-    /// application has not read to its end must not keep growth it will never use).
-    fn fit_window_to_final_size(growth_used: &mut u64, initial: u64, s: &mut Stream) {
-        if let Some(final_size) = s.recv.final_size() {
-            let needed = final_size.saturating_sub(s.recv.read_offset()).max(initial);
-            if needed < s.recv_window {
-                *growth_used = growth_used.saturating_sub(s.recv_window - needed);
-                s.recv_window = needed;
-            }
-        }
+    /// Charges a live stream to the growth budget with what it may still hold beyond the
+    /// initial window: the credit it was given and has not consumed, up to its final size once
+    /// the peer's FIN fixed it. Reading lowers the charge at once; only a renewal raises it,
+    /// and only by what is free. A window the stream would renew at is not charged: a stalled
+    /// stream pins only the credit its peer holds, and a finished stream not yet read to its
+    /// end only its unread bytes.
+    fn recharge(growth_used: &mut u64, initial: u64, s: &mut Stream) {
+        let end = s
+            .recv
+            .final_size()
+            .map_or(s.recv_limit, |f| f.min(s.recv_limit));
+        let charge = end
+            .saturating_sub(s.recv.read_offset())
+            .saturating_sub(initial);
+        *growth_used = growth_used.saturating_sub(s.charged) + charge;
+        s.charged = charge;
     }
 
-    /// Gives a stream's window growth back to the budget (it will never be granted credit
-    /// again: it was reset or is being forgotten).
+    /// Gives a stream's charge back to the budget (it will never be granted credit again: it
+    /// was reset or is being forgotten).
     fn release_growth(growth_used: &mut u64, initial: u64, s: &mut Stream) {
-        *growth_used = growth_used.saturating_sub(s.recv_window.saturating_sub(initial));
+        *growth_used = growth_used.saturating_sub(s.charged);
+        s.charged = 0;
         s.recv_window = initial;
     }
 
@@ -608,7 +683,7 @@ impl StreamSet {
             });
         }
         self.conn_received += grew;
-        Self::fit_window_to_final_size(&mut self.growth_used, self.limits.initial_stream_window, s);
+        Self::recharge(&mut self.growth_used, self.limits.initial_stream_window, s);
         if s.discard {
             self.discard_readable(id);
             return Ok(());
@@ -732,6 +807,7 @@ impl StreamSet {
             if max > s.send_limit {
                 s.send_limit = max;
                 Self::enqueue(&mut self.send_queue, id, s);
+                Self::signal_writable(&mut self.events, id, s);
             }
         }
         Ok(())
@@ -756,10 +832,7 @@ impl StreamSet {
             return;
         }
         s.send.on_ack(offset, len as usize, fin);
-        if s.write_blocked && s.send.free() > 0 {
-            s.write_blocked = false;
-            self.events.push_back(StreamEvent::Writable(id));
-        }
+        Self::signal_writable(&mut self.events, id, s);
         if s.send.is_fully_acked() && !s.acked_signalled {
             s.acked_signalled = true;
             self.events.push_back(StreamEvent::Acknowledged(id));
@@ -1196,6 +1269,36 @@ mod tests {
         assert_eq!(window(&streams, other), 256 * KIB);
     }
 
+    /// A reader that stalls for 16 round trips or more renews at the initial window again, and
+    /// the growth it had flows back to the budget with every byte of backlog it reads.
+    #[test]
+    fn after_a_stall_the_window_restarts_small_and_its_growth_flows_back_as_it_is_read() {
+        let mut streams = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
+        let id = StreamId::new(Side::Client, 0);
+        let mut now = Instant::now();
+        for _ in 0..4 {
+            fill(&mut streams, id);
+            drain(&mut streams, id, now);
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(window(&streams, id), 256 * KIB);
+        // The reader stalls with a full window of backlog: the credit beyond 64 KiB is pinned.
+        fill(&mut streams, id);
+        assert_eq!(streams.growth_used, 192 * KIB);
+        now += RTT * WINDOW_RESET_RTTS;
+        // It comes back and reads half the backlog: half the growth is back already.
+        let mut half = vec![0u8; 128 * KIB as usize];
+        assert_eq!(
+            streams.read(now, RTT, id, &mut half),
+            Ok(ReadOutcome::Data(128 * KIB as usize))
+        );
+        assert_eq!(streams.growth_used, 64 * KIB);
+        // The rest, and the renewal that follows is at the initial window.
+        drain(&mut streams, id, now);
+        assert_eq!(window(&streams, id), 64 * KIB);
+        assert_eq!(streams.growth_used, 0);
+    }
+
     /// The connection credit stays above every stream's initial window plus the growth budget,
     /// for the peer's streams and for streams we open, so stalled streams never exhaust it.
     #[test]
@@ -1254,16 +1357,15 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            window(&streams, id),
-            100 * KIB,
-            "only the unread bytes are kept"
+            streams.growth_used,
+            36 * KIB,
+            "only the unread bytes beyond the initial window are charged"
         );
         let mut buf = vec![0u8; 1 << 20];
         assert!(matches!(
             streams.read(now, RTT, id, &mut buf),
             Ok(ReadOutcome::Data(_))
         ));
-        assert_eq!(window(&streams, id), 64 * KIB);
         assert_eq!(streams.growth_used, 0);
         assert!(
             !streams.is_empty(),
