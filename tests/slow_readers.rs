@@ -72,7 +72,7 @@ fn raise_fd_limit() -> u64 {
         limit.rlim_cur = limit.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }
 
 /// A line of `/proc/PID/status` in bytes (`VmRSS`: resident now, `VmHWM`: its peak).
