@@ -72,7 +72,8 @@ pub async fn run(
             Err(e) => {
                 failed += 1;
                 if failed == 1 {
-                    f.notes.push(format!("fairness: a new connection failed: {e}"));
+                    f.notes
+                        .push(format!("fairness: a new connection failed: {e}"));
                 }
             }
         }

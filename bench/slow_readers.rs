@@ -142,8 +142,9 @@ pub async fn run(
         let before: Vec<u64> = pids.iter().map(|p| procfs::rss(*p)).collect();
         let clients = stall(place, entry, n).await?;
         if !wait_until_still(&clients.written, pids, Duration::from_secs(90)).await {
-            f.notes
-                .push(format!("{n} stalled: still moving after 90 s, measured anyway"));
+            f.notes.push(format!(
+                "{n} stalled: still moving after 90 s, measured anyway"
+            ));
         }
         let (beside, _) = load::bulk(place, entry, busy, seconds).await?;
         f.put(

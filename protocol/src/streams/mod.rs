@@ -4,7 +4,8 @@
 //! whose bytes it carried (no cross-stream head-of-line blocking). Either end may open streams,
 //! up to the count the other end allows (MAX_STREAMS). A stream buffers at most
 //! `stream_send_buffer` bytes the application wrote, and no more than the peer's credit allows,
-//! and at most its receive window of bytes the peer sent.
+//! and at most its receive window of bytes the peer sent. Which stream's bytes go into the
+//! next packet is [`schedule`]'s concern: quiet streams first, then a round robin.
 //!
 //! # Flow control: stalled streams cannot starve the others
 //!
@@ -83,9 +84,11 @@ use crate::ids::{Side, StreamId};
 use crate::recovery::SentFrame;
 
 pub mod recv;
+mod schedule;
 pub mod send;
 
 use recv::RecvAssembler;
+use schedule::SendQueue;
 use send::SendBuffer;
 
 /// Bytes of the smallest stream frame worth writing: type, stream ID, offset and length at
@@ -228,7 +231,7 @@ struct Stream {
     readable_signalled: bool,
     /// The Acknowledged event was sent.
     acked_signalled: bool,
-    /// Queued in the send round-robin.
+    /// In the send queue.
     queued: bool,
     /// Reset by us; waiting for the peer's RESET with its final size.
     tombstone: bool,
@@ -275,8 +278,8 @@ pub struct StreamSet {
     growth_used: u64,
     /// Streams we opened that are still kept (each reserves an initial window of credit).
     local_live: u64,
-    /// Round-robin of streams that may have something to send.
-    send_queue: VecDeque<StreamId>,
+    /// Streams that may have something to send, in the order they are served.
+    send_queue: SendQueue,
     /// Control frames owed to the peer.
     pending_max_data: bool,
     pending_max_streams: bool,
@@ -312,7 +315,7 @@ impl StreamSet {
             conn_consumed: 0,
             growth_used: 0,
             local_live: 0,
-            send_queue: VecDeque::new(),
+            send_queue: SendQueue::default(),
             pending_max_data: false,
             pending_max_streams: false,
             pending_max_stream_data: BTreeSet::new(),
@@ -330,10 +333,7 @@ impl StreamSet {
         for (id, s) in &mut self.streams {
             if s.send_limit < max_stream_data {
                 s.send_limit = max_stream_data;
-                if !s.queued {
-                    s.queued = true;
-                    self.send_queue.push_back(*id);
-                }
+                Self::enqueue(&mut self.send_queue, *id, s);
                 Self::signal_writable(&mut self.events, *id, s);
             }
         }
@@ -424,10 +424,12 @@ impl StreamSet {
         }
     }
 
-    fn enqueue(queue: &mut VecDeque<StreamId>, id: StreamId, s: &mut Stream) {
+    /// Queues a stream that has something to send, unless it is queued already (see
+    /// [`schedule`] for the order).
+    fn enqueue(queue: &mut SendQueue, id: StreamId, s: &mut Stream) {
         if !s.queued {
             s.queued = true;
-            queue.push_back(id);
+            queue.activate(id);
         }
     }
 
@@ -934,7 +936,7 @@ impl StreamSet {
     pub fn pending_data_at_least(&self, bytes: u64) -> bool {
         let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
         let mut total = 0u64;
-        for id in &self.send_queue {
+        for id in self.send_queue.iter() {
             if let Some(s) = self.streams.get(id) {
                 let limit = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
                 total += s.send.pending_bytes(limit);
@@ -997,8 +999,9 @@ impl StreamSet {
         }
     }
 
-    /// Writes stream frames into `buf` while they fit below `limit` bytes, taking streams in
-    /// round-robin order so that every stream with data progresses.
+    /// Writes stream frames into `buf` while they fit below `limit` bytes, a chunk of each
+    /// stream in the send queue's order: streams that just became active first, then the
+    /// round robin (see [`schedule`]), so that every stream with data progresses.
     pub fn write_data(&mut self, buf: &mut Vec<u8>, limit: usize, sent: &mut Vec<SentFrame>) {
         let mut visited = 0;
         let queued = self.send_queue.len();
@@ -1006,7 +1009,7 @@ impl StreamSet {
             if buf.len() + SMALLEST_USEFUL_STREAM_FRAME > limit {
                 return;
             }
-            let Some(id) = self.send_queue.pop_front() else {
+            let Some((id, turn)) = self.send_queue.pop() else {
                 return;
             };
             visited += 1;
@@ -1056,7 +1059,8 @@ impl StreamSet {
             );
             if s.send.has_pending(limit_now) {
                 s.queued = true;
-                self.send_queue.push_back(id);
+                let packet_full = buf.len() + SMALLEST_USEFUL_STREAM_FRAME > limit;
+                self.send_queue.requeue(id, turn, packet_full);
             }
         }
     }
