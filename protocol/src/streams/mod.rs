@@ -38,10 +38,11 @@
 //!   regrows in a few round trips, a slow one keeps a window that fits its rate.
 //! - **What a stalled stream pins, precisely.** Credit given cannot be taken back, so a stream
 //!   whose reader stops keeps the credit its peer holds: between half and all of its window (it
-//!   is renewed at half), at most M - I, 3.94 MiB, of the budget. While five such streams (four,
-//!   if each holds a full window) stay unread they can hold all of C; the other streams then
-//!   renew at I and move I per round trip (1.6 MB/s at 40 ms, 650 MB/s on loopback), slowed
-//!   but never frozen, until the stalled readers read, or their streams close or are reset. A
+//!   is renewed at half), at most M - I, 3.94 MiB, of the budget. Four such streams holding
+//!   full windows, or up to nine holding half windows, can pin all of C while they stay unread;
+//!   the other streams then renew at I and move I per round trip (1.6 MB/s at 40 ms, 650 MB/s
+//!   on loopback), slowed but never frozen, until the stalled readers read, or their streams
+//!   close or are reset. A
 //!   stream whose sender went quiet after a burst pins likewise the credit it was last given
 //!   until bytes flow again. Streams that never grew (a stalled client's, typically) pin none.
 //! - **A sender holds no more than the peer's credit.** A stream accepts the application's bytes
@@ -49,7 +50,7 @@
 //!   peer that does not read it holds that peer's window, I, on the sending side too; the rest
 //!   waits where it came from (a tunnel's splice stops reading its socket: the back-pressure a
 //!   TCP proxy gives). When each stalled stream could fill its 2 MiB send buffer instead, 1,000
-//!   never-reading clients cost the agent 1.1 GiB of RSS (1,103 KiB each; 177 KiB now:
+//!   never-reading clients cost the agent 1.1 GiB of RSS (1,103 KiB each; about 175 KiB now:
 //!   `tests/slow_readers.rs`).
 //! - **The connection credit (MAX_DATA) covers every stream's initial window**, so it never
 //!   binds before the stream windows do: its window is
