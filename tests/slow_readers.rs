@@ -299,9 +299,12 @@ async fn stuck_clients_cost_only_their_windows_and_busy_clients_keep_moving() {
         "open-files limit {files}: too low for 1,000 stuck clients"
     );
     let mut p = pair().await;
-    // Warm-up (windows grow, buffers are allocated), then the solo run all ratios are against.
-    busy_run(p.listen, 1, Duration::from_secs(60)).await;
-    let solo = busy_run(p.listen, 2, Duration::from_secs(60)).await;
+    // Two solo runs (the first also warms up: windows grow, buffers are allocated); ratios are
+    // against the better one.
+    let first = busy_run(p.listen, 1, Duration::from_secs(60)).await;
+    let solo = busy_run(p.listen, 2, Duration::from_secs(60))
+        .await
+        .max(first);
     phase(&p, 50, solo, 3).await;
     phase(&p, 1_000, solo, 4).await;
     // Nothing is left open: both binaries stop at once on SIGTERM (a stream left hanging would

@@ -4,7 +4,8 @@
 //! whose bytes it carried (no cross-stream head-of-line blocking). Either end may open streams,
 //! up to the count the other end allows (MAX_STREAMS). A stream buffers at most
 //! `stream_send_buffer` bytes the application wrote, and no more than the peer's credit allows,
-//! and at most its receive window of bytes the peer sent.
+//! and at most its receive window of bytes the peer sent. Which stream's bytes go into the
+//! next packet is [`schedule`]'s concern: quiet streams first, then a round robin.
 //!
 //! # Flow control: stalled streams cannot starve the others
 //!
@@ -37,10 +38,11 @@
 //!   regrows in a few round trips, a slow one keeps a window that fits its rate.
 //! - **What a stalled stream pins, precisely.** Credit given cannot be taken back, so a stream
 //!   whose reader stops keeps the credit its peer holds: between half and all of its window (it
-//!   is renewed at half), at most M - I, 3.94 MiB, of the budget. While five such streams (four,
-//!   if each holds a full window) stay unread they can hold all of C; the other streams then
-//!   renew at I and move I per round trip (1.6 MB/s at 40 ms, 650 MB/s on loopback), slowed
-//!   but never frozen, until the stalled readers read, or their streams close or are reset. A
+//!   is renewed at half), at most M - I, 3.94 MiB, of the budget. Four such streams holding
+//!   full windows, or up to nine holding half windows, can pin all of C while they stay unread;
+//!   the other streams then renew at I and move I per round trip (1.6 MB/s at 40 ms, 650 MB/s
+//!   on loopback), slowed but never frozen, until the stalled readers read, or their streams
+//!   close or are reset. A
 //!   stream whose sender went quiet after a burst pins likewise the credit it was last given
 //!   until bytes flow again. Streams that never grew (a stalled client's, typically) pin none.
 //! - **A sender holds no more than the peer's credit.** A stream accepts the application's bytes
@@ -48,7 +50,7 @@
 //!   peer that does not read it holds that peer's window, I, on the sending side too; the rest
 //!   waits where it came from (a tunnel's splice stops reading its socket: the back-pressure a
 //!   TCP proxy gives). When each stalled stream could fill its 2 MiB send buffer instead, 1,000
-//!   never-reading clients cost the agent 1.1 GiB of RSS (1,103 KiB each; 177 KiB now:
+//!   never-reading clients cost the agent 1.1 GiB of RSS (1,103 KiB each; about 175 KiB now:
 //!   `tests/slow_readers.rs`).
 //! - **The connection credit (MAX_DATA) covers every stream's initial window**, so it never
 //!   binds before the stream windows do: its window is
@@ -83,9 +85,11 @@ use crate::ids::{Side, StreamId};
 use crate::recovery::SentFrame;
 
 pub mod recv;
+mod schedule;
 pub mod send;
 
 use recv::RecvAssembler;
+use schedule::SendQueue;
 use send::SendBuffer;
 
 /// Bytes of the smallest stream frame worth writing: type, stream ID, offset and length at
@@ -228,7 +232,7 @@ struct Stream {
     readable_signalled: bool,
     /// The Acknowledged event was sent.
     acked_signalled: bool,
-    /// Queued in the send round-robin.
+    /// In the send queue.
     queued: bool,
     /// Reset by us; waiting for the peer's RESET with its final size.
     tombstone: bool,
@@ -275,8 +279,8 @@ pub struct StreamSet {
     growth_used: u64,
     /// Streams we opened that are still kept (each reserves an initial window of credit).
     local_live: u64,
-    /// Round-robin of streams that may have something to send.
-    send_queue: VecDeque<StreamId>,
+    /// Streams that may have something to send, in the order they are served.
+    send_queue: SendQueue,
     /// Control frames owed to the peer.
     pending_max_data: bool,
     pending_max_streams: bool,
@@ -312,7 +316,7 @@ impl StreamSet {
             conn_consumed: 0,
             growth_used: 0,
             local_live: 0,
-            send_queue: VecDeque::new(),
+            send_queue: SendQueue::default(),
             pending_max_data: false,
             pending_max_streams: false,
             pending_max_stream_data: BTreeSet::new(),
@@ -330,10 +334,7 @@ impl StreamSet {
         for (id, s) in &mut self.streams {
             if s.send_limit < max_stream_data {
                 s.send_limit = max_stream_data;
-                if !s.queued {
-                    s.queued = true;
-                    self.send_queue.push_back(*id);
-                }
+                Self::enqueue(&mut self.send_queue, *id, s);
                 Self::signal_writable(&mut self.events, *id, s);
             }
         }
@@ -424,10 +425,12 @@ impl StreamSet {
         }
     }
 
-    fn enqueue(queue: &mut VecDeque<StreamId>, id: StreamId, s: &mut Stream) {
+    /// Queues a stream that has something to send, unless it is queued already (see
+    /// [`schedule`] for the order).
+    fn enqueue(queue: &mut SendQueue, id: StreamId, s: &mut Stream) {
         if !s.queued {
             s.queued = true;
-            queue.push_back(id);
+            queue.activate(id);
         }
     }
 
@@ -934,7 +937,7 @@ impl StreamSet {
     pub fn pending_data_at_least(&self, bytes: u64) -> bool {
         let conn_credit = self.conn_send_limit.saturating_sub(self.conn_sent);
         let mut total = 0u64;
-        for id in &self.send_queue {
+        for id in self.send_queue.iter() {
             if let Some(s) = self.streams.get(id) {
                 let limit = s.send_limit.min(s.send.max_sent_offset() + conn_credit);
                 total += s.send.pending_bytes(limit);
@@ -997,8 +1000,9 @@ impl StreamSet {
         }
     }
 
-    /// Writes stream frames into `buf` while they fit below `limit` bytes, taking streams in
-    /// round-robin order so that every stream with data progresses.
+    /// Writes stream frames into `buf` while they fit below `limit` bytes, a chunk of each
+    /// stream in the send queue's order: streams that just became active first, then the
+    /// round robin (see [`schedule`]), so that every stream with data progresses.
     pub fn write_data(&mut self, buf: &mut Vec<u8>, limit: usize, sent: &mut Vec<SentFrame>) {
         let mut visited = 0;
         let queued = self.send_queue.len();
@@ -1006,7 +1010,7 @@ impl StreamSet {
             if buf.len() + SMALLEST_USEFUL_STREAM_FRAME > limit {
                 return;
             }
-            let Some(id) = self.send_queue.pop_front() else {
+            let Some((id, turn)) = self.send_queue.pop() else {
                 return;
             };
             visited += 1;
@@ -1056,7 +1060,8 @@ impl StreamSet {
             );
             if s.send.has_pending(limit_now) {
                 s.queued = true;
-                self.send_queue.push_back(id);
+                let packet_full = buf.len() + SMALLEST_USEFUL_STREAM_FRAME > limit;
+                self.send_queue.requeue(id, turn, packet_full);
             }
         }
     }
@@ -1093,283 +1098,4 @@ impl StreamSet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::frame::StreamFrame;
-
-    fn set(side: Side) -> StreamSet {
-        let limits = StreamLimits {
-            initial_stream_window: 1 << 16,
-            stream_window: 1 << 16,
-            growth_budget: 1 << 20,
-            send_buffer: 1 << 16,
-            max_concurrent: 16,
-        };
-        let mut s = StreamSet::new(side, limits);
-        s.apply_peer_settings(1 << 20, 1 << 16, 16);
-        s
-    }
-
-    /// The application reads the last bytes; before it reads again (to see the end), our own
-    /// direction's acknowledgement arrives. The stream must still answer `Finished`, not vanish.
-    #[test]
-    fn a_stream_is_kept_until_the_application_saw_its_end() {
-        let mut streams = set(Side::Client);
-        let id = streams.open().unwrap();
-        assert_eq!(streams.write(id, b"request").unwrap(), 7);
-        streams.finish(id).unwrap();
-        let mut buf = Vec::new();
-        let mut sent = Vec::new();
-        streams.write_data(&mut buf, 1200, &mut sent);
-        // The peer's reply and FIN arrive; the application reads the bytes.
-        streams
-            .on_stream_frame(&StreamFrame {
-                id,
-                offset: 0,
-                fin: true,
-                data: b"reply",
-            })
-            .unwrap();
-        let mut out = [0u8; 16];
-        let now = Instant::now();
-        let rtt = Duration::from_millis(40);
-        assert_eq!(
-            streams.read(now, rtt, id, &mut out).unwrap(),
-            ReadOutcome::Data(5)
-        );
-        // Our request and FIN are acknowledged now.
-        streams.on_stream_acked(id, 0, 7, true);
-        assert_eq!(
-            streams.read(now, rtt, id, &mut out).unwrap(),
-            ReadOutcome::Finished
-        );
-        // Only now is the stream forgotten.
-        assert!(streams.is_empty());
-    }
-
-    const KIB: u64 = 1 << 10;
-    const RTT: Duration = Duration::from_millis(40);
-
-    fn tuned_set(initial: u64, largest: u64, budget: u64) -> StreamSet {
-        let limits = StreamLimits {
-            initial_stream_window: initial,
-            stream_window: largest,
-            growth_budget: budget,
-            send_buffer: 1 << 16,
-            max_concurrent: 16,
-        };
-        StreamSet::new(Side::Server, limits)
-    }
-
-    /// The peer fills stream `id` up to its credit; returns how many bytes that took.
-    fn fill(streams: &mut StreamSet, id: StreamId) -> u64 {
-        let s = &streams.streams.get(&id);
-        let (from, to) = s.map_or((0, 64 * KIB), |s| (s.recv.highest(), s.recv_limit));
-        let data = vec![7u8; (to - from) as usize];
-        streams
-            .on_stream_frame(&StreamFrame {
-                id,
-                offset: from,
-                fin: false,
-                data: &data,
-            })
-            .expect("within credit");
-        to - from
-    }
-
-    /// The application reads everything readable on `id` at `now`.
-    fn drain(streams: &mut StreamSet, id: StreamId, now: Instant) {
-        let mut buf = vec![0u8; 1 << 20];
-        while let Ok(ReadOutcome::Data(_)) = streams.read(now, RTT, id, &mut buf) {}
-    }
-
-    fn window(streams: &StreamSet, id: StreamId) -> u64 {
-        streams.streams[&id].recv_window
-    }
-
-    #[test]
-    fn a_window_doubles_while_the_reader_keeps_up_and_stays_when_it_is_slow() {
-        let mut streams = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
-        let id = StreamId::new(Side::Client, 0);
-        let mut now = Instant::now();
-        // A reader that drains every window within a millisecond: 64 -> 128 -> 256, no more.
-        let mut windows = Vec::new();
-        for _ in 0..5 {
-            fill(&mut streams, id);
-            drain(&mut streams, id, now);
-            windows.push(window(&streams, id) / KIB);
-            now += Duration::from_millis(1);
-        }
-        assert_eq!(windows, [64, 128, 256, 256, 256]);
-        assert_eq!(streams.growth_used, 192 * KIB);
-        // A slow reader (renewals 5 RTTs apart) keeps the window it has and earns no more.
-        let mut slow = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
-        for _ in 0..4 {
-            fill(&mut slow, id);
-            drain(&mut slow, id, now);
-            now += RTT * 5;
-        }
-        assert_eq!(window(&slow, id), 64 * KIB);
-        assert_eq!(slow.growth_used, 0);
-    }
-
-    #[test]
-    fn a_stream_nobody_reads_holds_only_its_initial_window() {
-        let mut streams = tuned_set(64 * KIB, 4 << 20, 16 << 20);
-        let id = StreamId::new(Side::Client, 0);
-        assert_eq!(fill(&mut streams, id), 64 * KIB);
-        // More is a flow-control violation.
-        let err = streams
-            .on_stream_frame(&StreamFrame {
-                id,
-                offset: 64 * KIB,
-                fin: false,
-                data: b"x",
-            })
-            .unwrap_err();
-        assert_eq!(err.code, codes::FLOW_CONTROL);
-        assert_eq!(streams.recv_buffered() as u64, 64 * KIB);
-    }
-
-    #[test]
-    fn growth_stops_at_the_shared_budget_and_comes_back_when_a_stream_is_reset() {
-        // Budget for one stream to grow from 64 KiB to 256 KiB, not two.
-        let mut streams = tuned_set(64 * KIB, 256 * KIB, 192 * KIB);
-        let (a, b) = (
-            StreamId::new(Side::Client, 0),
-            StreamId::new(Side::Client, 1),
-        );
-        let mut now = Instant::now();
-        for _ in 0..4 {
-            for id in [a, b] {
-                fill(&mut streams, id);
-                drain(&mut streams, id, now);
-            }
-            now += Duration::from_millis(1);
-        }
-        assert_eq!(
-            window(&streams, a) + window(&streams, b),
-            64 * KIB * 2 + 192 * KIB
-        );
-        assert_eq!(
-            streams.growth_used,
-            192 * KIB,
-            "the budget is spent, not exceeded"
-        );
-        // A reset gives the stream's growth back; the other stream can grow with it.
-        let bigger = if window(&streams, a) > 64 * KIB { a } else { b };
-        let other = if bigger == a { b } else { a };
-        streams.reset(bigger, 0).unwrap();
-        assert_eq!(streams.growth_used, window(&streams, other) - 64 * KIB);
-        for _ in 0..4 {
-            fill(&mut streams, other);
-            drain(&mut streams, other, now);
-            now += Duration::from_millis(1);
-        }
-        assert_eq!(window(&streams, other), 256 * KIB);
-    }
-
-    /// A reader that stalls for 16 round trips or more renews at the initial window again, and
-    /// the growth it had flows back to the budget with every byte of backlog it reads.
-    #[test]
-    fn after_a_stall_the_window_restarts_small_and_its_growth_flows_back_as_it_is_read() {
-        let mut streams = tuned_set(64 * KIB, 256 * KIB, 1 << 20);
-        let id = StreamId::new(Side::Client, 0);
-        let mut now = Instant::now();
-        for _ in 0..4 {
-            fill(&mut streams, id);
-            drain(&mut streams, id, now);
-            now += Duration::from_millis(1);
-        }
-        assert_eq!(window(&streams, id), 256 * KIB);
-        // The reader stalls with a full window of backlog: the credit beyond 64 KiB is pinned.
-        fill(&mut streams, id);
-        assert_eq!(streams.growth_used, 192 * KIB);
-        now += RTT * WINDOW_RESET_RTTS;
-        // It comes back and reads half the backlog: half the growth is back already.
-        let mut half = vec![0u8; 128 * KIB as usize];
-        assert_eq!(
-            streams.read(now, RTT, id, &mut half),
-            Ok(ReadOutcome::Data(128 * KIB as usize))
-        );
-        assert_eq!(streams.growth_used, 64 * KIB);
-        // The rest, and the renewal that follows is at the initial window.
-        drain(&mut streams, id, now);
-        assert_eq!(window(&streams, id), 64 * KIB);
-        assert_eq!(streams.growth_used, 0);
-    }
-
-    /// The connection credit stays above every stream's initial window plus the growth budget,
-    /// for the peer's streams and for streams we open, so stalled streams never exhaust it.
-    #[test]
-    fn connection_credit_covers_every_initial_window_and_the_growth_budget() {
-        let (initial, budget) = (64 * KIB, 1 << 20);
-        let mut streams = tuned_set(initial, 256 * KIB, budget);
-        streams.apply_peer_settings(1 << 30, 1 << 16, 64);
-        let covered = |s: &StreamSet| {
-            s.conn_recv_limit >= s.conn_consumed + initial * (16 + s.local_live) + budget
-        };
-        assert!(covered(&streams));
-        // All 16 streams the peer may open stall with their initial windows full.
-        for i in 0..16 {
-            fill(&mut streams, StreamId::new(Side::Client, i));
-        }
-        assert_eq!(streams.recv_buffered() as u64, 16 * initial);
-        // Streams we open reserve their own initial windows too.
-        for _ in 0..40 {
-            streams.open().unwrap();
-            assert!(covered(&streams));
-        }
-        // A MAX_DATA was owed only once the slack ran out, not for every stream.
-        let mut buf = Vec::new();
-        let mut sent = Vec::new();
-        streams.write_control(&mut buf, 1200, &mut sent);
-        let max_data = sent
-            .iter()
-            .filter(|f| matches!(f, SentFrame::MaxData))
-            .count();
-        assert_eq!(max_data, 1);
-    }
-
-    /// A finished stream the application has not read to its end (it read every byte but has
-    /// not asked for the end yet, so the stream is kept) gives its growth back: it needs no
-    /// more credit. Otherwise a few such streams would hold the whole budget.
-    #[test]
-    fn a_stream_whose_length_is_known_keeps_no_growth_beyond_its_unread_bytes() {
-        let mut streams = tuned_set(64 * KIB, 1 << 20, 1 << 20);
-        let id = StreamId::new(Side::Client, 0);
-        let mut now = Instant::now();
-        for _ in 0..5 {
-            fill(&mut streams, id);
-            drain(&mut streams, id, now);
-            now += Duration::from_millis(1);
-        }
-        assert_eq!(window(&streams, id), 1 << 20);
-        // The last 100 KiB and the FIN arrive; the application reads them but not the end.
-        let end = streams.streams[&id].recv.highest() + 100 * KIB;
-        let data = vec![1u8; 100 * KIB as usize];
-        streams
-            .on_stream_frame(&StreamFrame {
-                id,
-                offset: end - 100 * KIB,
-                fin: true,
-                data: &data,
-            })
-            .unwrap();
-        assert_eq!(
-            streams.growth_used,
-            36 * KIB,
-            "only the unread bytes beyond the initial window are charged"
-        );
-        let mut buf = vec![0u8; 1 << 20];
-        assert!(matches!(
-            streams.read(now, RTT, id, &mut buf),
-            Ok(ReadOutcome::Data(_))
-        ));
-        assert_eq!(streams.growth_used, 0);
-        assert!(
-            !streams.is_empty(),
-            "kept until the application sees the end"
-        );
-    }
-}
+mod tests;
