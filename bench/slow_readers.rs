@@ -6,9 +6,15 @@
 //! 1,000), N stalled clients connect, each writes 1 MiB and never reads, with a 16 KiB receive
 //! buffer so that their stall reaches the tunnel at once rather than after the kernel's
 //! autotuned buffers fill. Once nothing moves any more (their writes and the tunnel's CPU time
-//! are still), the busy clients run again beside them. Reported: the busy clients' MB/s beside
-//! N as a share of alone, and each tunnel process's RSS and its growth per stalled client. The
-//! stalled clients then close with their replies unread (a reset) before the next N.
+//! are still), each tunnel process's RSS is read, and the busy clients run again beside them.
+//! Reported: the busy clients' MB/s beside N as a share of alone, and each tunnel process's RSS
+//! and its growth per stalled client. The stalled clients then close with their replies unread
+//! (a reset) before the next N.
+//!
+//! Every busy figure is the median of [`ROUNDS`] runs: on a shared 2-core machine one run of a
+//! few seconds alone and one beside differ by up to a third either way with nothing stalled at
+//! all, which would drown the effect measured. RSS is read before the busy clients run beside
+//! the stalled ones, so it is what the stalled clients hold, not what a bulk run left behind.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +35,8 @@ const STALLED_BYTES: usize = 1 << 20;
 /// A stalled client's receive buffer.
 const STALLED_RECV_BUFFER: u32 = 16 << 10;
 const MIB: f64 = (1 << 20) as f64;
+/// Busy runs whose median is each busy figure.
+pub const ROUNDS: usize = 3;
 
 /// Stalled clients: their unread halves, and the tasks writing into the tunnel.
 struct Stalled {
@@ -74,6 +82,21 @@ async fn stall(place: &Place, entry: SocketAddr, n: usize) -> Result<Stalled, St
         stalled.readers.push(read);
     }
     Ok(stalled)
+}
+
+/// The median MB/s of [`ROUNDS`] bulk runs of `busy` connections for `seconds` each.
+async fn median_bulk(
+    place: &Place,
+    entry: SocketAddr,
+    busy: usize,
+    seconds: Duration,
+) -> Result<f64, String> {
+    let mut runs = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        runs.push(load::bulk(place, entry, busy, seconds).await?.0);
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(runs[ROUNDS / 2])
 }
 
 /// CPU time of the tunnel's processes together.
@@ -127,7 +150,7 @@ pub async fn run(
     busy: usize,
     seconds: Duration,
 ) -> Result<(), String> {
-    let (alone, _) = load::bulk(place, entry, busy, seconds).await?;
+    let alone = median_bulk(place, entry, busy, seconds).await?;
     f.put(&format!("{busy} busy conns alone, MB/s each way"), alone);
     let sides = ["client side", "server side"];
     for &n in stalled {
@@ -146,7 +169,8 @@ pub async fn run(
                 "{n} stalled: still moving after 90 s, measured anyway"
             ));
         }
-        let (beside, _) = load::bulk(place, entry, busy, seconds).await?;
+        let held: Vec<u64> = pids.iter().map(|p| procfs::rss(*p)).collect();
+        let beside = median_bulk(place, entry, busy, seconds).await?;
         f.put(
             &format!("{busy} busy beside {n} stalled, MB/s each way"),
             beside,
@@ -155,8 +179,7 @@ pub async fn run(
             &format!("{busy} busy beside {n} stalled, % of alone"),
             100.0 * beside / alone,
         );
-        for (i, pid) in pids.iter().enumerate() {
-            let rss = procfs::rss(*pid);
+        for (i, &rss) in held.iter().enumerate() {
             f.put(
                 &format!("{n} stalled: RSS MiB, {}", sides[i]),
                 rss as f64 / MIB,

@@ -404,6 +404,12 @@ impl Decoder {
         Self::default()
     }
 
+    /// Whether a chunk of `kind` carries its payload as is, so that [`Decoder::decode`] returns
+    /// the body itself and needs no output buffer.
+    pub fn is_raw(kind: u8) -> bool {
+        kind == RAW
+    }
+
     /// Checks a chunk header; returns the kind and the body length to read next.
     pub fn header(header: [u8; 4]) -> Result<(u8, usize), DecodeError> {
         let kind = header[0];

@@ -232,18 +232,18 @@ where
             return Ok((payload, encoded));
         };
         let n = input.len() - HEADER;
-        let compressed;
-        let chunk: &[u8] = if encoder.codec() == Codec::None {
+        let chunk = if encoder.codec() == Codec::None {
             // Sent as read: the header goes in the room left in front of the payload.
             input[..HEADER].copy_from_slice(&compress::raw_header(n));
-            &input
+            input
         } else {
+            // The input goes back before the write, which waits as long as the peer does not
+            // read: a stalled stream holds one buffer, not two.
             let mut out = ChunkBuffer::take();
             encoder.encode(&input[HEADER..], &mut out);
-            compressed = out;
-            &compressed
+            out
         };
-        stream.write_all(chunk).await.map_err(SpliceError::Tunnel)?;
+        stream.write_all(&chunk).await.map_err(SpliceError::Tunnel)?;
         payload += n as u64;
         encoded += chunk.len() as u64;
         add(|m| &m.payload_out, options.meters, n);
@@ -289,11 +289,27 @@ where
             .read_exact(&mut body)
             .await
             .map_err(SpliceError::Tunnel)?;
-        let mut out = ChunkBuffer::take();
-        let data = decoder
-            .decode(kind, &body, &mut out)
-            .map_err(SpliceError::Corrupt)?;
-        socket.write_all(data).await.map_err(SpliceError::Socket)?;
+        // A raw chunk is written from where it was read; a compressed one is decoded into a
+        // second buffer and its body goes back first. Either way a socket that does not read
+        // (its write waits) holds one buffer, not two.
+        let data = if Decoder::is_raw(kind) {
+            // Checked like any chunk; the output buffer, never touched, allocates nothing.
+            decoder
+                .decode(kind, &body, &mut Vec::new())
+                .map_err(SpliceError::Corrupt)?;
+            body
+        } else {
+            let mut out = ChunkBuffer::take();
+            let n = decoder
+                .decode(kind, &body, &mut out)
+                .map_err(SpliceError::Corrupt)?
+                .len();
+            // `decode` returns `out` itself for every kind but RAW.
+            debug_assert_eq!(n, out.len());
+            drop(body);
+            out
+        };
+        socket.write_all(&data).await.map_err(SpliceError::Socket)?;
         payload += data.len() as u64;
         encoded += (HEADER + len) as u64;
         add(|m| &m.payload_in, meters, data.len());
