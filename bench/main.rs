@@ -25,7 +25,11 @@
 //!   clients that write and never read: their MB/s as a share of alone, RSS per side and per
 //!   stalled client ([`slow_readers`]);
 //! - `fairness`: 16 bulk connections: MB/s per connection, Jain's index, and the first-byte
-//!   delay of new connections opened while they run ([`fairness`]).
+//!   delay of new connections opened while they run ([`fairness`]);
+//! - `rr`: 1 KB request/response in a closed loop on 64 connections for `--seconds`:
+//!   requests/s, p50/p99, tunnel CPU per request ([`rr`]);
+//! - `pipelined`: 64 connections each keeping 16 requests of 64 bytes in flight, answered with
+//!   1 KB each by a backend of its own ([`rr`]): requests/s, p50/p99, tunnel CPU per request.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +46,7 @@ mod netns;
 mod peers;
 mod procfs;
 mod report;
+mod rr;
 mod rtb;
 mod slow_readers;
 
@@ -55,7 +60,7 @@ use report::{Figures, Outcome, Run};
 #[command(name = "ferry-bench", version, about)]
 struct Args {
     /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress, idle,
-    /// slow-readers, fairness.
+    /// slow-readers, fairness, rr, pipelined.
     /// Default: throughput, latency, connect, and many on loopback.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
@@ -139,6 +144,8 @@ enum Scenario {
     Idle,
     SlowReaders,
     Fairness,
+    Rr,
+    Pipelined,
 }
 
 fn progress(msg: &str) {
@@ -296,6 +303,25 @@ async fn measure(
             Scenario::Fairness => {
                 progress(&format!("{}: fairness", peer.name()));
                 fairness::run(&mut f, client, tunnel.entry, seconds).await?;
+            }
+            Scenario::Rr => {
+                progress(&format!("{}: request/response, closed loop", peer.name()));
+                rr::run_closed_loop(&mut f, client, tunnel.entry, &pids, seconds).await?;
+            }
+            Scenario::Pipelined => {
+                progress(&format!("{}: request/response, pipelined", peer.name()));
+                // A backend that answers 64-byte requests with 1 KB, and the same tunnel again
+                // in front of it.
+                let port = sites.port();
+                rr::responder_backend(&sites.server, sites.backend_bind(port))
+                    .await
+                    .map_err(|e| format!("cannot start the responder backend: {e}"))?;
+                let Some(answering) = peers::start(peer, sites, port, settings, certs).await?
+                else {
+                    continue;
+                };
+                rr::run_pipelined(&mut f, client, answering.entry, &answering.pids(), seconds)
+                    .await?;
             }
             Scenario::Compress => {
                 let Some(net) = run.net else {

@@ -167,7 +167,9 @@ fn spawn(place: &Place, program: &Path, args: &[String]) -> Result<Child, String
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
-/// Waits until a TCP connection to `entry` from `place` and a 1-byte echo through it work.
+/// Waits until a TCP connection to `entry` from `place` works and answers a probe: 64 bytes
+/// (a whole request for the `pipelined` scenario's backend, which answers nothing shorter),
+/// of whose answer the first byte is enough.
 async fn wait_ready(
     place: &Place,
     entry: SocketAddr,
@@ -186,7 +188,7 @@ async fn wait_ready(
         {
             let mut b = [0u8; 1];
             let probe = async {
-                s.write_all(b"?").await?;
+                s.write_all(&[b'?'; crate::rr::REQUEST_BYTES]).await?;
                 s.read_exact(&mut b).await
             };
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
