@@ -47,28 +47,11 @@ fn message(i: usize) -> Vec<u8> {
 }
 
 /// Raises this process's soft limit on open files to its hard limit (processes started later
-/// inherit it); returns the soft limit now in force.
+/// inherit it), as the tunnel binaries do; returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
-            }
-        }
-    }
-    limit.rlim_cur
+    ferry_tunnel::process::raise_open_files_limit()
+        .soft
+        .unwrap_or(u64::MAX)
 }
 
 /// The echo backend as a process of its own (`ferry-bench --echo-backend ADDR`): serves until

@@ -124,20 +124,6 @@ async fn wait_until_still(written: &AtomicUsize, pids: &[u32], limit: Duration) 
     true
 }
 
-/// The open-files limit in force (the stalled clients and the in-process echo backend each hold
-/// a descriptor per stalled client).
-fn fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct passed.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
-    }
-    limit.rlim_cur
-}
-
 /// Runs the scenario through the tunnel at `entry` whose processes are `pids` (client side
 /// first; none for direct TCP): `busy` bulk clients for `seconds`, alone and beside each count
 /// of `stalled` clients.
@@ -155,7 +141,9 @@ pub async fn run(
     let sides = ["client side", "server side"];
     for &n in stalled {
         let needed = 2 * n as u64 + 256;
-        let limit = fd_limit();
+        // The limit in force (`main` raised it to the hard limit already): the stalled clients
+        // and the in-process echo backend each hold a descriptor per stalled client.
+        let limit = crate::idle::raise_fd_limit();
         if limit < needed {
             return Err(format!(
                 "{n} stalled clients need about {needed} open files, the limit is {limit} \
