@@ -28,10 +28,10 @@ use ring::hkdf;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 
-use crate::ids::Side;
 use crate::recovery::SentFrame;
 use crate::streams::recv::RecvAssembler;
 use crate::streams::send::SendBuffer;
+use crate::wire::ids::Side;
 
 /// Bytes the AEAD tag adds to every sealed packet.
 pub const TAG_LEN: usize = 16;
@@ -347,7 +347,7 @@ impl TlsHandshake {
     pub fn write_frames(&mut self, buf: &mut Vec<u8>, limit: usize, frames: &mut Vec<SentFrame>) {
         loop {
             let room = limit.saturating_sub(buf.len());
-            let header = crate::frame::crypto_header_len(MAX_HANDSHAKE_BYTES, room);
+            let header = crate::wire::frame::crypto_header_len(MAX_HANDSHAKE_BYTES, room);
             let Some(max) = room.checked_sub(header).filter(|m| *m > 0) else {
                 return;
             };
@@ -360,7 +360,7 @@ impl TlsHandshake {
             self.scratch.clear();
             self.send
                 .copy_to(chunk.offset, chunk.len, &mut self.scratch);
-            crate::frame::encode_crypto(chunk.offset, &self.scratch, buf);
+            crate::wire::frame::encode_crypto(chunk.offset, &self.scratch, buf);
             frames.push(SentFrame::Crypto {
                 offset: chunk.offset,
                 len: chunk.len as u32,

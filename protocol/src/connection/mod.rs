@@ -41,22 +41,22 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tracing::{debug, trace};
 
-use crate::coding::BufMutExt;
 use crate::config::TransportConfig;
 use crate::congestion::pacing::Pacer;
 use crate::congestion::{AckedPacket, Controller, LossKind};
 use crate::crypto::{PacketKeys, TlsFailure, TlsHandshake, TAG_LEN};
-use crate::frame::{self, AckFrame, Frame, FrameIter};
-use crate::ids::{ConnectionId, Side, StreamId};
-use crate::packet::{self, decode_packet_number, encode_header, Header, Packet};
 use crate::ranges::RangeSet;
 use crate::recovery::{SentFrame, SentPacket, SentPackets};
 use crate::rtt::RttEstimator;
-use crate::settings::Settings;
-use crate::stateless_reset::{ResetToken, MIN_RESET_LEN, RESET_TOKEN_LEN};
 use crate::streams::{
     ReadOutcome, StreamError, StreamEvent, StreamSet, SMALLEST_USEFUL_STREAM_FRAME,
 };
+use crate::wire::coding::BufMutExt;
+use crate::wire::frame::{self, AckFrame, Frame, FrameIter};
+use crate::wire::ids::{ConnectionId, Side, StreamId};
+use crate::wire::packet::{self, decode_packet_number, encode_header, Header, Packet};
+use crate::wire::settings::Settings;
+use crate::wire::stateless_reset::{ResetToken, MIN_RESET_LEN, RESET_TOKEN_LEN};
 
 mod timer;
 use timer::{Timer, TimerTable};

@@ -79,10 +79,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::coding::{varint_len, BufMutExt};
-use crate::frame::{types, StreamFrame};
-use crate::ids::{Side, StreamId};
 use crate::recovery::SentFrame;
+use crate::wire::coding::{varint_len, BufMutExt};
+use crate::wire::frame::{types, StreamFrame};
+use crate::wire::ids::{Side, StreamId};
 
 pub mod recv;
 mod schedule;

@@ -2,7 +2,7 @@
 //! connection credit.
 
 use super::*;
-use crate::frame::StreamFrame;
+use crate::wire::frame::StreamFrame;
 
 fn set(side: Side) -> StreamSet {
     let limits = StreamLimits {

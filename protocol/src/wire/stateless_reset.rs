@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use ring::hmac;
 
-use crate::cookie::constant_time_eq;
-use crate::ids::ConnectionId;
+use crate::wire::cookie::constant_time_eq;
+use crate::wire::ids::ConnectionId;
 
 /// Length of a reset token.
 pub const RESET_TOKEN_LEN: usize = 16;
