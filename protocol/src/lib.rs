@@ -12,7 +12,7 @@
 //!   [`settings`](wire::settings) (handshake settings), [`cookie`](wire::cookie) (stateless
 //!   address-validation tokens), [`stateless_reset`](wire::stateless_reset) (reset tokens and
 //!   packets), [`fleet`](wire::fleet) (keys and connection-ID layout shared by a fleet of
-//!   servers), [`ids`](wire::ids);
+//!   servers), [`ids`](wire::ids), [`close`](wire::close) (close codes, `ConnectionError`);
 //! - security: [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
 //!   [`congestion`] (controllers and pacing);

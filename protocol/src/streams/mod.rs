@@ -80,6 +80,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::recovery::SentFrame;
+use crate::wire::close::close_code;
 use crate::wire::coding::{varint_len, BufMutExt};
 use crate::wire::frame::{types, StreamFrame};
 use crate::wire::ids::{Side, StreamId};
@@ -289,10 +290,6 @@ pub struct StreamSet {
     events: VecDeque<StreamEvent>,
     /// Stream bytes sent again after a loss.
     retransmitted: u64,
-}
-
-mod codes {
-    pub use crate::connection::close_code::*;
 }
 
 impl StreamSet {
@@ -659,7 +656,7 @@ impl StreamSet {
         }
         if end > s.recv_limit {
             return Err(FlowViolation {
-                code: codes::FLOW_CONTROL,
+                code: close_code::FLOW_CONTROL,
                 reason: format!(
                     "stream {id} data to offset {end} beyond the granted {}",
                     s.recv_limit
@@ -672,12 +669,12 @@ impl StreamSet {
             .recv
             .insert(frame.offset, frame.data, frame.fin)
             .map_err(|e| FlowViolation {
-                code: codes::FINAL_SIZE,
+                code: close_code::FINAL_SIZE,
                 reason: format!("stream {id}: {e}"),
             })?;
         if self.conn_received + grew > self.conn_recv_limit {
             return Err(FlowViolation {
-                code: codes::FLOW_CONTROL,
+                code: close_code::FLOW_CONTROL,
                 reason: format!(
                     "connection data {} beyond the granted {}",
                     self.conn_received + grew,
@@ -704,7 +701,7 @@ impl StreamSet {
         if id.initiator() == self.side {
             if id.index() >= self.local_opened {
                 return Err(FlowViolation {
-                    code: codes::PROTOCOL_VIOLATION,
+                    code: close_code::PROTOCOL_VIOLATION,
                     reason: format!("frame for stream {id} that we never opened"),
                 });
             }
@@ -715,7 +712,7 @@ impl StreamSet {
         }
         if id.index() >= self.peer_limit {
             return Err(FlowViolation {
-                code: codes::STREAM_LIMIT,
+                code: close_code::STREAM_LIMIT,
                 reason: format!(
                     "peer opened stream {id} beyond its limit of {} streams",
                     self.peer_limit
@@ -750,7 +747,7 @@ impl StreamSet {
         };
         if final_size < reached || s.recv.final_size().is_some_and(|f| f != final_size) {
             return Err(FlowViolation {
-                code: codes::FINAL_SIZE,
+                code: close_code::FINAL_SIZE,
                 reason: format!(
                     "stream {id} reset at {final_size} but {reached} bytes were received"
                 ),
@@ -759,7 +756,7 @@ impl StreamSet {
         let grew = final_size - reached;
         if self.conn_received + grew > self.conn_recv_limit {
             return Err(FlowViolation {
-                code: codes::FLOW_CONTROL,
+                code: close_code::FLOW_CONTROL,
                 reason: format!("stream {id} reset final size exceeds connection credit"),
             });
         }

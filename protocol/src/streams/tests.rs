@@ -134,7 +134,7 @@ fn a_stream_nobody_reads_holds_only_its_initial_window() {
             data: b"x",
         })
         .unwrap_err();
-    assert_eq!(err.code, codes::FLOW_CONTROL);
+    assert_eq!(err.code, close_code::FLOW_CONTROL);
     assert_eq!(streams.recv_buffered() as u64, 64 * KIB);
 }
 

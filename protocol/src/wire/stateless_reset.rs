@@ -12,7 +12,7 @@
 //!
 //! The client compares the last 16 bytes of every datagram it cannot attribute to a
 //! connection with the tokens it holds, in constant time; a match ends that connection at once
-//! ([`crate::connection::ConnectionError::StatelessReset`]). Anything else is an ordinary
+//! ([`crate::wire::close::ConnectionError::StatelessReset`]). Anything else is an ordinary
 //! unknown datagram: dropped and counted, so forged resets achieve nothing.
 //!
 //! Loops and amplification: a reset is always shorter than the datagram that caused it, never
