@@ -1,5 +1,5 @@
-//! The counters a connection keeps for monitoring, as [`Connection::stats`](super::Connection::stats)
-//! reports them.
+//! The counters a connection keeps for monitoring, as
+//! [`Connection::stats`](super::Connection::stats) reports them.
 
 use std::time::Duration;
 

@@ -1,7 +1,11 @@
 //! Unit tests of the stream set: ends of streams, window growth, the growth budget and the
 //! connection credit.
 
+use std::time::Duration;
+
 use super::*;
+use crate::recovery::SentFrame;
+use crate::wire::close::close_code;
 use crate::wire::frame::StreamFrame;
 
 fn set(side: Side) -> StreamSet {
