@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::congestion::CongestionConfig;
 use crate::crypto::CryptoConfig;
-use crate::ids::Side;
-use crate::settings::Settings;
 use crate::streams::StreamLimits;
+use crate::wire::ids::Side;
+use crate::wire::settings::Settings;
 
 /// Most streams a configuration may let the peer have open at once: 2^20. With 64 KiB initial
 /// windows that is 64 GiB of credit, beyond [`MAX_CONNECTION_CREDIT`] already; the cap only keeps
@@ -327,13 +327,13 @@ pub struct ServerConfig {
     /// Most connections at once; further clients are refused with a reason. Default 10,000.
     pub max_connections: usize,
     /// The secret the keys of stateless resets and address tokens derive from (see
-    /// [`crate::fleet`]). Give every gateway of a fleet, and every restart of one, the same
+    /// [`crate::wire::fleet`]). Give every gateway of a fleet, and every restart of one, the same
     /// secret, so a packet for a connection this process does not know is answered with a
     /// reset the client can verify, and tokens stay valid. `None` (the default): a random
     /// secret for this process only.
     pub static_secret: Option<StaticSecret>,
     /// The server ID written into the connection IDs this server chooses (see
-    /// [`crate::fleet`]), for load balancers that route by it. Default none.
+    /// [`crate::wire::fleet`]), for load balancers that route by it. Default none.
     pub server_id: Option<u16>,
     /// Stateless resets sent per second at most, on average (a flood of datagrams for unknown
     /// connections is answered at this rate, the rest dropped and counted); a second's worth

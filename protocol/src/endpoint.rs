@@ -19,12 +19,12 @@ use tracing::{debug, trace, warn};
 
 use crate::config::{ServerConfig, TransportConfig};
 use crate::connection::{close_code, Connection, Event, Transmit};
-use crate::cookie::{TokenKey, TokenKind};
-use crate::fleet::{self, FleetKeys};
-use crate::frame;
-use crate::ids::{ConnectionId, Side};
-use crate::packet::{self, encode_header, Header, Packet};
-use crate::stateless_reset::{ResetKey, ResetLimiter, MAX_RESET_LEN, MIN_RESET_LEN};
+use crate::wire::cookie::{TokenKey, TokenKind};
+use crate::wire::fleet::{self, FleetKeys};
+use crate::wire::frame;
+use crate::wire::ids::{ConnectionId, Side};
+use crate::wire::packet::{self, encode_header, Header, Packet};
+use crate::wire::stateless_reset::{ResetKey, ResetLimiter, MAX_RESET_LEN, MIN_RESET_LEN};
 
 /// Identifies a connection within its endpoint. Never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -218,7 +218,7 @@ impl Endpoint {
     }
 
     /// A fresh connection ID: random for a client; for a server, with the fleet layout and
-    /// its server ID (see [`crate::fleet`]).
+    /// its server ID (see [`crate::wire::fleet`]).
     fn new_cid(&mut self) -> ConnectionId {
         let server_id = self.server.as_ref().and_then(|s| s.server_id);
         loop {
@@ -360,7 +360,7 @@ impl Endpoint {
 
     /// A short-header datagram for no connection we know: a client checks whether it is a
     /// stateless reset of one of its connections; a server answers it with one (see
-    /// [`crate::stateless_reset`]). Anything else is dropped and counted.
+    /// [`crate::wire::stateless_reset`]). Anything else is dropped and counted.
     fn handle_unknown_short(
         &mut self,
         now: Instant,
@@ -597,7 +597,7 @@ impl Endpoint {
             self.eventful.push_back(handle);
         }
         if !slot.announced
-            && slot.conn.side() == crate::ids::Side::Server
+            && slot.conn.side() == crate::wire::ids::Side::Server
             && slot.conn.is_established()
         {
             slot.announced = true;

@@ -7,11 +7,13 @@
 //! loss, delay, reordering and blackouts are tested deterministically from a seed.
 //!
 //! Map of the crate (wire code never imports logic code):
-//! - wire: [`coding`] (varints, bounds-checked reader), [`packet`] (headers), [`frame`] (frames),
-//!   [`settings`] (handshake settings), [`cookie`] (stateless address-validation tokens),
-//!   [`stateless_reset`] (reset tokens and packets), [`fleet`] (keys and connection-ID layout
-//!   shared by a fleet of servers),
-//!   [`crypto`] (TLS 1.3 handshake and packet protection);
+//! - [`wire`]: [`coding`](wire::coding) (varints, bounds-checked reader),
+//!   [`packet`](wire::packet) (headers), [`frame`](wire::frame) (frames),
+//!   [`settings`](wire::settings) (handshake settings), [`cookie`](wire::cookie) (stateless
+//!   address-validation tokens), [`stateless_reset`](wire::stateless_reset) (reset tokens and
+//!   packets), [`fleet`](wire::fleet) (keys and connection-ID layout shared by a fleet of
+//!   servers), [`ids`](wire::ids), [`close`](wire::close) (close codes, `ConnectionError`);
+//! - security: [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
 //!   [`congestion`] (controllers and pacing);
 //! - streams: [`streams`] (send buffers, reassembly, flow control);
@@ -20,23 +22,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod coding;
 pub mod config;
 pub mod congestion;
 pub mod connection;
-pub mod cookie;
 pub mod crypto;
 pub mod endpoint;
-pub mod fleet;
-pub mod frame;
-pub mod ids;
-pub mod packet;
 pub mod ranges;
 pub mod recovery;
 pub mod rtt;
-pub mod settings;
 pub mod sim;
-pub mod stateless_reset;
 pub mod streams;
+pub mod wire;
 
-pub use ids::{ConnectionId, Side, StreamId};
+pub use wire::ids::{ConnectionId, Side, StreamId};

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::congestion::DeliveryState;
-use crate::ids::StreamId;
+use crate::wire::ids::StreamId;
 
 /// A retransmittable record of what a packet carried.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::endpoint::Endpoint;
-use ferry_protocol::packet::{self, encode_header, Header, Packet};
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{LinkConfig, Pair};
+use ferry_protocol::wire::packet::{self, encode_header, Header, Packet};
 use ferry_protocol::ConnectionId;
 use proptest::prelude::*;
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ferry_protocol::config::{ServerConfig, StaticSecret, TransportConfig};
 use ferry_protocol::connection::{ConnectionError, Event};
 use ferry_protocol::endpoint::{ConnectionHandle, Endpoint};
-use ferry_protocol::packet::{encode_header, Header};
 use ferry_protocol::sim::{LinkConfig, Pair};
+use ferry_protocol::wire::packet::{encode_header, Header};
 use ferry_protocol::ConnectionId;
 
 const ONE_WAY: Duration = Duration::from_millis(20);

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::{ConnectionError, Event};
-use ferry_protocol::frame::{Frame, FrameIter};
-use ferry_protocol::packet::Packet;
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{Direction, LinkConfig, Pair};
 use ferry_protocol::streams::ReadOutcome;
+use ferry_protocol::wire::frame::{Frame, FrameIter};
+use ferry_protocol::wire::packet::Packet;
 use ferry_protocol::StreamId;
 
 const MS: Duration = Duration::from_millis(1);

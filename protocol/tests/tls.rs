@@ -9,9 +9,9 @@ use std::time::Duration;
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::{ConnectionError, Event};
 use ferry_protocol::crypto::{CryptoConfig, Identity};
-use ferry_protocol::packet::Packet;
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{Direction, LinkConfig, Pair};
+use ferry_protocol::wire::packet::Packet;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,

@@ -9,27 +9,9 @@ use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
 use ferry_protocol::endpoint::ConnectionHandle;
 use ferry_protocol::streams::StreamError;
 
+use crate::conn_ref::ConnRef;
 use crate::shared::Shared;
 use crate::stream::Stream;
-
-/// Owns one reference to a protocol connection; the last one closes it.
-pub(crate) struct ConnRef {
-    pub shared: Arc<Shared>,
-    pub handle: ConnectionHandle,
-}
-
-impl Drop for ConnRef {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        let now = Instant::now();
-        if let Some(conn) = state.endpoint.connection(self.handle) {
-            conn.close(now, close_code::NO_ERROR, "connection handle dropped");
-        }
-        state.conns.remove(&self.handle);
-        state.dispatch_events();
-        state.wake_driver();
-    }
-}
 
 /// A Ferry connection. Cheap to clone; closed (with code 0) when the last clone and the last of
 /// its streams are dropped.

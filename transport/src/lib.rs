@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod conn_ref;
 mod connection;
 pub mod echo;
 mod endpoint;

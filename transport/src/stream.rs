@@ -20,7 +20,7 @@ use ferry_protocol::streams::{ReadOutcome, StreamError};
 use ferry_protocol::StreamId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::ConnRef;
+use crate::conn_ref::ConnRef;
 
 /// Reset code used when a stream handle is dropped before its writing side was finished.
 pub const RESET_DROPPED: u64 = 0x100;

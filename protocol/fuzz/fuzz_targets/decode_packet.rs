@@ -2,16 +2,16 @@
 //! an error to drop and count.
 #![no_main]
 
-use ferry_protocol::frame::FrameIter;
-use ferry_protocol::packet::Packet;
-use ferry_protocol::settings::Settings;
+use ferry_protocol::wire::frame::FrameIter;
+use ferry_protocol::wire::packet::Packet;
+use ferry_protocol::wire::settings::Settings;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(packet) = Packet::decode(data) {
         for frame in FrameIter::new(packet.payload) {
             match frame {
-                Ok(ferry_protocol::frame::Frame::Hello(body)) => {
+                Ok(ferry_protocol::wire::frame::Frame::Hello(body)) => {
                     let _ = Settings::decode(body);
                 }
                 Ok(_) => {}

@@ -11,8 +11,8 @@ use ring::digest;
 
 use crate::connection::{ConnectionError, Event};
 use crate::endpoint::{ConnectionHandle, Endpoint};
-use crate::ids::StreamId;
 use crate::streams::ReadOutcome;
+use crate::wire::ids::StreamId;
 
 /// Progress of one stream at one end.
 pub struct StreamProgress {

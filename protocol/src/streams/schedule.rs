@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use crate::ids::StreamId;
+use crate::wire::ids::StreamId;
 
 /// Which queue a stream was served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl SendQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Side;
+    use crate::wire::ids::Side;
 
     fn drain(q: &mut SendQueue) -> Vec<StreamId> {
         std::iter::from_fn(|| q.pop().map(|(id, _)| id)).collect()

@@ -1,8 +1,12 @@
 //! Unit tests of the stream set: ends of streams, window growth, the growth budget and the
 //! connection credit.
 
+use std::time::Duration;
+
 use super::*;
-use crate::frame::StreamFrame;
+use crate::recovery::SentFrame;
+use crate::wire::close::close_code;
+use crate::wire::frame::StreamFrame;
 
 fn set(side: Side) -> StreamSet {
     let limits = StreamLimits {
@@ -134,7 +138,7 @@ fn a_stream_nobody_reads_holds_only_its_initial_window() {
             data: b"x",
         })
         .unwrap_err();
-    assert_eq!(err.code, codes::FLOW_CONTROL);
+    assert_eq!(err.code, close_code::FLOW_CONTROL);
     assert_eq!(streams.recv_buffered() as u64, 64 * KIB);
 }
 

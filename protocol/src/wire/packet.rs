@@ -18,8 +18,8 @@
 
 use bytes::BufMut;
 
-use crate::coding::{BufMutExt, DecodeError, Reader};
-use crate::ids::ConnectionId;
+use crate::wire::coding::{BufMutExt, DecodeError, Reader};
+use crate::wire::ids::ConnectionId;
 
 /// The protocol version this build speaks: "FE" for Ferry, then the revision.
 pub const VERSION: u32 = 0xFE00_0001;
@@ -237,7 +237,7 @@ pub fn encode_header(header: &Header<'_>, out: &mut impl BufMut) -> usize {
             put_long(out, LongType::Initial as u8, *version, dcid, scid);
             out.put_length_prefixed(token);
             out.put_u32(*pn);
-            len += crate::coding::varint_len(token.len() as u64) + token.len() + 4;
+            len += crate::wire::coding::varint_len(token.len() as u64) + token.len() + 4;
         }
         Header::Handshake {
             version,
@@ -257,7 +257,7 @@ pub fn encode_header(header: &Header<'_>, out: &mut impl BufMut) -> usize {
         } => {
             put_long(out, LongType::Retry as u8, *version, dcid, scid);
             out.put_length_prefixed(token);
-            len += crate::coding::varint_len(token.len() as u64) + token.len();
+            len += crate::wire::coding::varint_len(token.len() as u64) + token.len();
         }
         Header::VersionNegotiation {
             dcid,

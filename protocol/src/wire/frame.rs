@@ -29,8 +29,8 @@ use std::ops::Range;
 
 use bytes::BufMut;
 
-use crate::coding::{varint_len, BufMutExt, DecodeError, Reader};
-use crate::ids::StreamId;
+use crate::wire::coding::{varint_len, BufMutExt, DecodeError, Reader};
+use crate::wire::ids::StreamId;
 
 /// Frame type codes.
 pub mod types {
@@ -283,7 +283,7 @@ impl<'a> Frame<'a> {
                 };
                 if offset
                     .checked_add(data.len() as u64)
-                    .is_none_or(|end| end > crate::coding::VARINT_MAX)
+                    .is_none_or(|end| end > crate::wire::coding::VARINT_MAX)
                 {
                     return Err(DecodeError::Invalid("stream offset overflow"));
                 }
@@ -312,7 +312,7 @@ impl<'a> Frame<'a> {
                 let data = r.length_prefixed()?;
                 if offset
                     .checked_add(data.len() as u64)
-                    .is_none_or(|end| end > crate::coding::VARINT_MAX)
+                    .is_none_or(|end| end > crate::wire::coding::VARINT_MAX)
                 {
                     return Err(DecodeError::Invalid("crypto offset overflow"));
                 }
@@ -321,7 +321,7 @@ impl<'a> Frame<'a> {
             types::RESET_TOKEN => Frame::ResetToken(r.array()?),
             types::NEW_TOKEN => {
                 let token = r.length_prefixed()?;
-                if token.is_empty() || token.len() > crate::packet::MAX_TOKEN_LEN {
+                if token.is_empty() || token.len() > crate::wire::packet::MAX_TOKEN_LEN {
                     return Err(DecodeError::Invalid("address token length"));
                 }
                 Frame::NewToken(token)
@@ -499,7 +499,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_oversized_address_token_is_malformed() {
-        for len in [0, crate::packet::MAX_TOKEN_LEN + 1] {
+        for len in [0, crate::wire::packet::MAX_TOKEN_LEN + 1] {
             let mut buf = Vec::new();
             buf.put_varint(types::NEW_TOKEN);
             buf.put_length_prefixed(&vec![1u8; len]);
@@ -528,7 +528,7 @@ mod tests {
             0x40, 0x0a, 0x5a, 0x80, 0x01, 0x40, 0x00, 0x02, 0x7e, 0xff, 0xff, 0x4b, 0xff, 0x02,
             0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x09,
         ];
-        let packet = crate::packet::Packet::decode(&datagram).unwrap();
+        let packet = crate::wire::packet::Packet::decode(&datagram).unwrap();
         assert!(decode_all(packet.payload).is_err());
     }
 

@@ -12,7 +12,7 @@
 //!
 //! The client compares the last 16 bytes of every datagram it cannot attribute to a
 //! connection with the tokens it holds, in constant time; a match ends that connection at once
-//! ([`crate::connection::ConnectionError::StatelessReset`]). Anything else is an ordinary
+//! ([`crate::wire::close::ConnectionError::StatelessReset`]). Anything else is an ordinary
 //! unknown datagram: dropped and counted, so forged resets achieve nothing.
 //!
 //! Loops and amplification: a reset is always shorter than the datagram that caused it, never
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use ring::hmac;
 
-use crate::cookie::constant_time_eq;
-use crate::ids::ConnectionId;
+use crate::wire::cookie::constant_time_eq;
+use crate::wire::ids::ConnectionId;
 
 /// Length of a reset token.
 pub const RESET_TOKEN_LEN: usize = 16;

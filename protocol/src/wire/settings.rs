@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BufMut;
 
-use crate::coding::{BufMutExt, DecodeError, Reader};
+use crate::wire::coding::{BufMutExt, DecodeError, Reader};
 
 mod keys {
     pub const IDLE_TIMEOUT_MS: u64 = 0x01;

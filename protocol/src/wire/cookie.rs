@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ring::hmac;
 
-use crate::ids::ConnectionId;
+use crate::wire::ids::ConnectionId;
 
 /// Length of every token: kind, 8 bytes of issue time and a 16-byte truncated MAC.
 pub const TOKEN_LEN: usize = 1 + 8 + 16;

@@ -3,10 +3,10 @@
 //! address-validation tokens derive, and the layout of the connection IDs they choose.
 //!
 //! **Keys.** [`FleetKeys::derive`] expands one 32-byte secret with HKDF-SHA256 (RFC 5869) into
-//! independent keys for [`crate::stateless_reset`] and [`crate::cookie`]. Every gateway started
-//! with the same secret can then reset any fleet member's connection, and accepts any member's
-//! tokens; a restarted gateway is the same "member" as before. The binaries take the secret
-//! from the gateway's TLS private key, or from a key file.
+//! independent keys for [`crate::wire::stateless_reset`] and [`crate::wire::cookie`]. Every
+//! gateway started with the same secret can then reset any fleet member's connection, and
+//! accepts any member's tokens; a restarted gateway is the same "member" as before. The
+//! binaries take the secret from the gateway's TLS private key, or from a key file.
 //!
 //! **Connection IDs.** The 8-byte IDs a server chooses follow the plaintext layout of the
 //! QUIC-LB draft (draft-ietf-quic-load-balancers), so a balancer that reads it (Katran, Envoy)
@@ -23,7 +23,7 @@
 
 use ring::hkdf;
 
-use crate::ids::ConnectionId;
+use crate::wire::ids::ConnectionId;
 
 /// Keys derived from a fleet's shared secret.
 pub struct FleetKeys {
