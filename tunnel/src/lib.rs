@@ -3,6 +3,8 @@
 //!
 //! - [`agent`]: the agent, run as `agent::run(config, shutdown)`: client listeners, sessions to
 //!   the gateways with reconnection, a stream per client on the least-loaded session.
+//! - [`gateway`]: the gateway, run as `gateway::run(config, shutdown)`: agent sessions, each
+//!   stream forwarded to the least-loaded healthy backend of its service.
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
 //! - [`chunk_buffer`]: the pool of chunk-sized buffers splices borrow only while bytes pass.
@@ -34,6 +36,7 @@ pub mod chunk_buffer;
 pub mod compress;
 pub mod config;
 pub mod duration;
+pub mod gateway;
 mod load;
 mod monitoring;
 pub mod preamble;
