@@ -172,8 +172,8 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The addresses the TCP listeners are bound to, in the order configured (useful when a
-    /// listener asked for port 0).
+    /// The addresses the TCP listeners are bound to, in the order configured (for a listener
+    /// whose `Address` asks for port 0, which the `--listen` flag refuses but code may ask).
     pub fn tcp_addresses(&self) -> &[SocketAddr] {
         &self.tcp_addresses
     }

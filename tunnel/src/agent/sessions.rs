@@ -292,3 +292,112 @@ impl Sessions {
         crate::registry::close_gracefully(&self.live(), "agent shutting down", deadline).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_transport::ServerConfig;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn timed_out() -> ConnectError {
+        ConnectError::Connection(ConnectionError::HandshakeTimeout(Duration::from_secs(5)))
+    }
+
+    fn refused_at_once() -> ConnectError {
+        ConnectError::Connection(ConnectionError::Unreachable("port unreachable".into()))
+    }
+
+    #[test]
+    fn reconnect_attempts_back_off_to_a_second_apart() {
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
+        let pauses: Vec<_> = (0..6)
+            .map(|_| reconnect_pause(&mut backoff, &timed_out()))
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000].map(|m| m * MS));
+    }
+
+    #[test]
+    fn a_gateway_host_that_refuses_at_once_is_retried_within_250_ms() {
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
+        let pauses: Vec<_> = (0..5)
+            .map(|_| reconnect_pause(&mut backoff, &refused_at_once()))
+            .collect();
+        assert_eq!(pauses, [100, 200, 250, 250, 250].map(|m| m * MS));
+    }
+
+    /// A gateway on loopback that accepts sessions, each allowed `max_streams` streams, and
+    /// keeps them open until the test ends.
+    fn gateway(max_streams: u64) -> SocketAddr {
+        let transport = TransportConfig {
+            max_concurrent_streams: max_streams,
+            ..TransportConfig::default()
+        };
+        let endpoint =
+            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::new(transport)).unwrap();
+        let addr = endpoint.local_addr();
+        tokio::spawn(async move {
+            let mut sessions = Vec::new();
+            while let Some(conn) = endpoint.accept().await {
+                sessions.push(conn);
+            }
+        });
+        addr
+    }
+
+    /// Waits until every link's session is up.
+    async fn all_up(sessions: &Sessions) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !sessions.links().iter().all(|(_, rtt, _)| rtt.is_some()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sessions never came up"
+            );
+            tokio::time::sleep(10 * MS).await;
+        }
+    }
+
+    /// The streams each link carries, in link order.
+    fn loads(sessions: &Sessions) -> Vec<usize> {
+        sessions.links().iter().map(|(_, _, load)| *load).collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_stream_goes_to_the_least_loaded_session_with_room() {
+        // Two gateways: the first allows one stream per session, the second three.
+        let config = TransportConfig::default();
+        let gateways = [(gateway(1), config.clone()), (gateway(3), config)];
+        let sessions = Sessions::start(&gateways, 1, Arc::new(Registry::new())).unwrap();
+        all_up(&sessions).await;
+        let mut open = Vec::new();
+        let mut after_each = Vec::new();
+        for _ in 0..4 {
+            open.push(sessions.open_stream(Duration::ZERO).await.unwrap());
+            after_each.push(loads(&sessions));
+        }
+        // Equal loads go to the first link; a link at its gateway's limit is passed over.
+        assert_eq!(after_each, [[1, 0], [1, 1], [1, 2], [1, 3]]);
+        let full = sessions.open_stream(Duration::ZERO).await.err();
+        assert_eq!(full, Some(NoStream::StreamLimit { open_streams: 3 }));
+        // A lease counts until it is dropped.
+        drop(open.pop());
+        assert_eq!(loads(&sessions), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn with_no_session_up_a_client_waits_session_wait_then_is_told() {
+        // A port nothing listens on: every attempt is refused.
+        let nobody = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let gateways = [(nobody, TransportConfig::default())];
+        let sessions = Sessions::start(&gateways, 2, Arc::new(Registry::new())).unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = sessions.open_stream(200 * MS).await.err();
+        assert_eq!(outcome, Some(NoStream::NoSession));
+        assert!(started.elapsed() >= 200 * MS);
+        assert_eq!(loads(&sessions), [0, 0]);
+        assert!(sessions.close_all(tokio::time::Instant::now()).await);
+    }
+}
