@@ -34,8 +34,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause after an attempt the gateway's host refused at once (ICMP port unreachable).
 const REFUSED_MAX_BACKOFF: Duration = Duration::from_millis(250);
 
-/// The pause before the next attempt to reach a gateway, after `error`: a doubling
-/// [`Backoff`] from [`FIRST_BACKOFF`], which a refusal at once (ICMP) keeps short. The
+/// The pause before the next attempt to reach a gateway, after one failed with `error`: a
+/// doubling [`Backoff`] from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], or up to
+/// [`REFUSED_MAX_BACKOFF`] after a refusal at once (ICMP). That cap bounds the pauses from the
+/// next one on ([`Backoff::next_pause`]), so a run of refusals is retried every 250 ms. Such a
 /// gateway's host is up and its process is not, usually for a restart of a second or two: try
 /// again soon, since an attempt costs one datagram, and a report about an earlier attempt's
 /// datagram can fail a later one, which should cost little.
