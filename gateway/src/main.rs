@@ -1,25 +1,23 @@
 //! `ferry-gateway`: accepts Ferry sessions from agents over UDP and forwards each stream to the
 //! least-loaded healthy backend of the service it names, over TCP or a Unix socket.
+//!
+//! The gateway itself is library code, [`ferry_tunnel::gateway`]; this binary reads its flags
+//! (and `--config FILE`, certificates, the reset key) into a [`GatewayConfig`], sets up
+//! logging, and runs the gateway until SIGINT or SIGTERM.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferry_transport::{Endpoint, ServerConfig, Stream, TransportConfig};
+use ferry_transport::{ServerConfig, TransportConfig};
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
 use ferry_tunnel::compress::Codec;
-use ferry_tunnel::preamble::{is_valid_service_name, Preamble};
-use ferry_tunnel::process::{init_logging, shutdown_signal, Drain, LogFormat};
-use ferry_tunnel::splice::{codes, refuse, splice, Meter, SpliceOptions};
-use tracing::{debug, info, warn};
-
-mod monitor;
-mod pool;
-use pool::Pool;
+use ferry_tunnel::gateway::{Gateway, GatewayConfig};
+use ferry_tunnel::preamble::is_valid_service_name;
+use ferry_tunnel::process::{init_logging, shutdown_signal, LogFormat};
+use tracing::info;
 
 /// Ferry's datacenter side: unpacks tunnelled streams and forwards them to backends.
 #[derive(Debug, clap::Parser)]
@@ -134,16 +132,12 @@ struct Args {
 /// clients than that go over several `--links` on the agent, whose sessions each get this limit.
 const DEFAULT_MAX_STREAMS: u64 = 10_000;
 
-/// Pools by service name; "" is the default service.
-type Services = Arc<HashMap<String, Pool>>;
-
-fn build_services(args: &Args) -> Result<Services, String> {
+/// The backends of each service named by `--backend` (the default service, "") and
+/// `--service NAME=ADDR[,ADDR...]`.
+fn services(args: &Args) -> Result<HashMap<String, Vec<Address>>, String> {
     let mut services = HashMap::new();
     if !args.backends.is_empty() {
-        services.insert(
-            String::new(),
-            Pool::new(args.backends.clone(), args.backend_max_streams),
-        );
+        services.insert(String::new(), args.backends.clone());
     }
     for spec in &args.services {
         let (name, list) = spec
@@ -158,13 +152,7 @@ fn build_services(args: &Args) -> Result<Services, String> {
             .split(',')
             .map(|a| a.trim().parse::<Address>().map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        if services
-            .insert(
-                name.to_owned(),
-                Pool::new(addresses, args.backend_max_streams),
-            )
-            .is_some()
-        {
+        if services.insert(name.to_owned(), addresses).is_some() {
             return Err(format!("service {name:?} is defined twice"));
         }
     }
@@ -173,7 +161,7 @@ fn build_services(args: &Args) -> Result<Services, String> {
             "no backend: give --backend ADDR (default service) or --service NAME=ADDR".into(),
         );
     }
-    Ok(Arc::new(services))
+    Ok(services)
 }
 
 #[tokio::main]
@@ -186,10 +174,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let config = config(&args)?;
+    let gateway = Gateway::start(config).await?;
+    info!(listen = %gateway.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
+    gateway.run(shutdown_signal()).await
+}
+
+/// The gateway's configuration from its flags, with the files they name read. Every flag is
+/// checked before anything with a side effect (the reset key file) happens.
+fn config(args: &Args) -> Result<GatewayConfig, String> {
     if let Some(file) = &args.config {
         info!(config = %file.display(), "settings read from file (command-line flags override it)");
     }
-    let services = build_services(&args)?;
+    let services = services(args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let crypto = args.tls.crypto_config()?;
     let transport = TransportConfig {
@@ -204,137 +201,30 @@ async fn run(args: Args) -> Result<(), String> {
         ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),
         ferry_tunnel::tls::CryptoMode::None => None,
     };
-    // Every flag is checked before anything with a side effect (the reset key file) happens.
-    let monitor_addr =
+    let monitor =
         ferry_tunnel::process::monitor_address(args.monitor.as_deref(), args.listen.port())?;
-    if let Some(addr) = monitor_addr {
+    if let Some(addr) = monitor {
         ferry_monitor::check_address(addr, args.monitor_public)?;
     }
     let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
     info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
-    // Each stream holds one descriptor, its backend connection; one agent may open
-    // --max-streams of them (all sessions together share the same limit).
-    let open_files = ferry_tunnel::process::raise_and_check_open_files(
-        args.max_streams,
-        "--max-streams",
-        "backend connection",
-    );
-    let server = ServerConfig {
-        max_connections: args.max_connections,
-        static_secret: Some(secret.secret),
-        server_id: args.server_id,
-        ..ServerConfig::new(transport)
-    };
-    let endpoint = Endpoint::server(args.listen, server).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "cannot listen on udp {}: address already in use",
-            args.listen
-        ),
-        _ => format!("cannot listen on udp {}: {e}", args.listen),
-    })?;
-    let monitor_listener = match monitor_addr {
-        Some(addr) => Some(ferry_monitor::bind(addr).await?),
-        None => None,
-    };
-    if let Some(list) = allow {
-        info!(allow = %list, "agents restricted by allow-list");
-        endpoint.set_address_filter(Some(Arc::new(move |a: &SocketAddr| list.allows(a.ip()))));
-    }
-    for (name, pool) in services.iter() {
-        let backends: Vec<String> = pool
-            .backends()
-            .iter()
-            .map(|b| b.address.to_string())
-            .collect();
-        let name = if name.is_empty() {
-            "(default)"
-        } else {
-            name.as_str()
-        };
-        info!(service = name, backends = %backends.join(","), "service configured");
-    }
-    info!(listen = %endpoint.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
-    let drain = Drain::default();
-    let fwd = Arc::new(Forwarding {
+    Ok(GatewayConfig {
+        listen: args.listen,
         services,
-        connect_timeout: args.connect_timeout,
-        proxy: args.proxy_protocol,
-        compress: args.compress,
-        meter: Meter::default(),
         backend_max_streams: args.backend_max_streams,
-        open_files: open_files.soft,
-        refusals: Refusals::default(),
-    });
-    // Live sessions, so a shutdown can close each one gracefully (after its streams finished
-    // and everything sent was acknowledged) before the process exits.
-    let sessions = Arc::new(ferry_tunnel::registry::Registry::new());
-    if let Some(listener) = monitor_listener {
-        let source = monitor::GatewaySource {
-            registry: sessions.clone(),
-            endpoint: endpoint.clone(),
-            fwd: fwd.clone(),
-            drain: drain.clone(),
-        };
-        info!(monitor = %listener.local_addr().map_err(|e| e.to_string())?, "monitor serving");
-        tokio::spawn(ferry_monitor::serve(listener, Arc::new(source)));
-    }
-    tokio::spawn(report_refused_sessions(
-        endpoint.clone(),
-        sessions.clone(),
-        args.max_connections,
-    ));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let max_streams = args.max_streams;
-    loop {
-        tokio::select! {
-            conn = endpoint.accept() => {
-                let Some(conn) = conn else { return Err("UDP socket failed".into()) };
-                let meter = sessions.add(&conn);
-                let (fwd, drain, registry) = (fwd.clone(), drain.clone(), sessions.clone());
-                tokio::spawn(async move {
-                    let peer = conn.remote_addr();
-                    debug!(?peer, "agent session accepted");
-                    while let Some(stream) = conn.accept_stream().await {
-                        if conn.stream_count() as u64 >= max_streams {
-                            ferry_tunnel::warn_limited!(agent = ?peer, limit = max_streams, "session at --max-streams: its agent resets new clients until streams close");
-                        }
-                        let guard = drain.enter();
-                        registry.streams_total.fetch_add(1, Ordering::Relaxed);
-                        let (fwd, meter) = (fwd.clone(), meter.clone());
-                        tokio::spawn(async move {
-                            forward(stream, &fwd, &meter).await;
-                            drop(guard);
-                        });
-                    }
-                    debug!(?peer, reason = ?conn.close_reason(), "agent session ended");
-                    registry.remove(&conn);
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    info!(streams = drain.active(), timeout = ?args.drain_timeout, "shutting down: draining open streams");
-    let deadline = tokio::time::Instant::now() + args.drain_timeout;
-    let left = drain.wait(args.drain_timeout).await;
-    // Streams done on our side; each session closes once the agent acknowledged everything.
-    let live = sessions.connections();
-    for conn in &live {
-        conn.close_gracefully("gateway shutting down");
-    }
-    let all_closed = futures_join_all(live.iter().map(|c| c.closed()));
-    if left > 0 || tokio::time::timeout_at(deadline, all_closed).await.is_err() {
-        warn!(
-            streams = drain.active(),
-            "drain timeout passed; remaining streams are reset"
-        );
-        ferry_tunnel::registry::abort_all(
-            &sessions.connections(),
-            "gateway shutting down: drain timeout passed",
-        )
-        .await;
-    }
-    Ok(())
+        server: ServerConfig {
+            max_connections: args.max_connections,
+            static_secret: Some(secret.secret),
+            server_id: args.server_id,
+            ..ServerConfig::new(transport)
+        },
+        allow,
+        connect_timeout: args.connect_timeout,
+        drain_timeout: args.drain_timeout,
+        proxy_protocol: args.proxy_protocol,
+        compress: args.compress,
+        monitor,
+    })
 }
 
 /// A `--max-streams` whose connection credit the protocol would refuse, as a flag error.
@@ -356,201 +246,4 @@ fn check_max_streams(transport: &TransportConfig) -> Result<(), String> {
          {most} streams; carry more clients over more sessions (the agent's --links)",
         transport.max_concurrent_streams
     ))
-}
-
-/// How often the refusals of agent sessions are logged, at most: an agent refused for an hour
-/// retries every second, and its gateway should not log 3,600 lines for it.
-const REFUSED_SESSIONS_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Logs agent sessions the endpoint refused: over `--max-connections` (or, rarely, with an
-/// invalid address token). The first refusal after a quiet spell is logged within a second;
-/// later ones are summed up at most every [`REFUSED_SESSIONS_LOG_INTERVAL`]. They are counted
-/// as `limit` refusals on the monitor.
-async fn report_refused_sessions(
-    endpoint: Endpoint,
-    sessions: Arc<ferry_tunnel::registry::Registry>,
-    max_connections: usize,
-) {
-    let mut reported = endpoint.stats().connections_refused;
-    let mut last_logged: Option<tokio::time::Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let now = tick.tick().await;
-        let refused = endpoint.stats().connections_refused;
-        let due = last_logged.is_none_or(|t| now >= t + REFUSED_SESSIONS_LOG_INTERVAL);
-        if refused == reported || !due {
-            continue;
-        }
-        warn!(
-            refused = refused - reported,
-            sessions = sessions.connections().len(),
-            limit = max_connections,
-            "agent sessions refused: over --max-connections (or an invalid address token)"
-        );
-        reported = refused;
-        last_logged = Some(now);
-    }
-}
-
-/// Waits for every future (a minimal join_all, to avoid a dependency for one call).
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
-    for f in futures {
-        f.await;
-    }
-}
-
-/// What every forwarded stream needs, shared by all sessions.
-struct Forwarding {
-    services: Services,
-    connect_timeout: Duration,
-    proxy: Option<ferry_tunnel::proxy_protocol::Version>,
-    /// What backends' bytes are compressed with on their way to the agent.
-    compress: Codec,
-    /// Payload and encoded bytes of every stream, in total.
-    meter: Meter,
-    /// `--backend-max-streams`, for the log line of a stream refused at it.
-    backend_max_streams: usize,
-    /// The open-files soft limit, for the log line of a stream refused at it.
-    open_files: Option<u64>,
-    /// Streams refused at a limit, by reason.
-    refusals: Refusals,
-}
-
-/// Streams the gateway refused at one of its limits (the agent resets their clients).
-#[derive(Debug, Default)]
-struct Refusals {
-    /// Every backend of the service at `--backend-max-streams`.
-    backend_limit: AtomicU64,
-    /// No descriptor left for the backend connection (RLIMIT_NOFILE).
-    open_files: AtomicU64,
-}
-
-/// Reads the stream's preamble, picks a backend of its service, connects and splices.
-/// `session` is the byte meter of the stream's session.
-async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
-    let (services, connect_timeout, proxy) = (&fwd.services, fwd.connect_timeout, fwd.proxy);
-    let options = SpliceOptions {
-        codec: fwd.compress,
-        meters: &[session, &fwd.meter],
-    };
-    let preamble =
-        match tokio::time::timeout(Duration::from_secs(10), Preamble::read_from(&mut stream)).await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                ferry_tunnel::warn_limited!(error = %e, "stream refused: bad preamble");
-                return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
-            }
-            Err(_) => {
-                ferry_tunnel::warn_limited!("stream refused: no preamble within 10 s");
-                return refuse::<tokio::net::TcpStream>(stream, codes::BAD_PREAMBLE, None);
-            }
-        };
-    let Some(pool) = services.get(&preamble.service) else {
-        ferry_tunnel::warn_limited!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
-        return refuse::<tokio::net::TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
-    };
-    let Some(lease) = pool.pick(Instant::now()) else {
-        fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);
-        ferry_tunnel::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = fwd.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
-        return refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
-    };
-    let backend = lease.backend().clone();
-    let started = Instant::now();
-    let result = match &backend.address {
-        Address::Tcp { .. } => {
-            let target = backend.address.tcp_target().unwrap_or_default();
-            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(target))
-                .await
-            {
-                Ok(Ok(socket)) => {
-                    let _ = socket.set_nodelay(true);
-                    backend.connected(started.elapsed());
-                    let mut socket = socket;
-                    if let Some(version) = proxy {
-                        // The address the client connected to, on the agent; without one (a
-                        // Unix-socket client), this end of the backend connection.
-                        let destination = preamble
-                            .destination
-                            .or_else(|| socket.local_addr().ok())
-                            .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-                        let header = ferry_tunnel::proxy_protocol::header(
-                            version,
-                            preamble.client,
-                            destination,
-                        );
-                        if let Err(e) =
-                            tokio::io::AsyncWriteExt::write_all(&mut socket, &header).await
-                        {
-                            refuse::<tokio::net::TcpStream>(
-                                stream,
-                                codes::BACKEND_UNREACHABLE,
-                                Some(socket),
-                            );
-                            debug!(backend = %backend.address, error = %e, "PROXY header not sent");
-                            return;
-                        }
-                    }
-                    splice(socket, stream, options)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) if ferry_tunnel::process::is_out_of_files(&e) => {
-                    Err(out_of_files(fwd, &backend, stream, &e))
-                }
-                Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
-                Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
-            }
-        }
-        #[cfg(unix)]
-        Address::Unix(path) => {
-            match tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path)).await
-            {
-                Ok(Ok(socket)) => {
-                    backend.connected(started.elapsed());
-                    splice(socket, stream, options)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) if ferry_tunnel::process::is_out_of_files(&e) => {
-                    Err(out_of_files(fwd, &backend, stream, &e))
-                }
-                Ok(Err(e)) => Err(connect_failed(&backend, stream, &e.to_string())),
-                Err(_) => Err(connect_failed(&backend, stream, "connect timed out")),
-            }
-        }
-        #[cfg(not(unix))]
-        Address::Unix(_) => Err(connect_failed(
-            &backend,
-            stream,
-            "unix sockets are not supported here",
-        )),
-    };
-    match result {
-        Ok(stats) => {
-            debug!(backend = %backend.address, up = stats.to_tunnel, down = stats.from_tunnel, "stream done")
-        }
-        Err(e) => debug!(backend = %backend.address, error = %e, "stream ended with an error"),
-    }
-    drop(lease);
-}
-
-/// The gateway is out of descriptors: the stream is refused at that limit, counted, and the
-/// backend stays UP (it did nothing wrong; marking it DOWN would refuse streams that fit).
-fn out_of_files(
-    fwd: &Forwarding,
-    backend: &pool::Backend,
-    stream: Stream,
-    error: &std::io::Error,
-) -> String {
-    fwd.refusals.open_files.fetch_add(1, Ordering::Relaxed);
-    ferry_tunnel::warn_limited!(backend = %backend.address, open_files = fwd.open_files.unwrap_or(0), %error, "stream refused: out of file descriptors (RLIMIT_NOFILE); raise the hard limit or lower --max-streams");
-    refuse::<tokio::net::TcpStream>(stream, codes::LIMIT, None);
-    format!("out of file descriptors: {error}")
-}
-
-fn connect_failed(backend: &pool::Backend, stream: Stream, error: &str) -> String {
-    backend.failed(Instant::now(), error);
-    refuse::<tokio::net::TcpStream>(stream, codes::BACKEND_UNREACHABLE, None);
-    format!("backend unreachable: {error}")
 }

@@ -100,25 +100,35 @@ impl Rates {
     }
 }
 
-/// Serves the monitor on `listener` until the task is dropped.
+/// Serves the monitor on `listener` until this future is dropped (or its task aborted). The
+/// throughput sampler runs inside it and stops with it; a connection already being served
+/// finishes on a task of its own, within [`CONNECTION_TIMEOUT`].
 pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let rates = Arc::new(Rates::default());
-    {
-        let (source, rates) = (source.clone(), rates.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let t = source.snapshot().totals;
-                rates.record(
-                    std::time::Instant::now(),
-                    t.payload_bytes_out + t.payload_bytes_in,
-                    t.wire_bytes_out + t.wire_bytes_in,
-                );
-            }
-        });
+    tokio::join!(
+        sample_rates(source.as_ref(), &rates),
+        accept_connections(listener, source.clone(), rates.clone())
+    );
+}
+
+/// Records the throughput once a second, for [`Rates::per_second`]; never returns.
+async fn sample_rates(source: &dyn Source, rates: &Rates) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let t = source.snapshot().totals;
+        rates.record(
+            std::time::Instant::now(),
+            t.payload_bytes_out + t.payload_bytes_in,
+            t.wire_bytes_out + t.wire_bytes_in,
+        );
     }
+}
+
+/// Accepts HTTP connections and serves each on a task of its own, at most
+/// [`MAX_CONNECTIONS`] at once; never returns.
+async fn accept_connections(listener: TcpListener, source: Arc<dyn Source>, rates: Arc<Rates>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -219,3 +219,32 @@ async fn slow_and_idle_clients_do_not_stall_the_monitor() {
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "a stalled client is disconnected");
 }
+
+/// A source that counts how often it is read.
+#[derive(Default)]
+struct Counted {
+    reads: AtomicU64,
+}
+
+impl Source for Counted {
+    fn snapshot(&self) -> Snapshot {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Snapshot::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_throughput_sampler_stops_with_the_monitor() {
+    let source = Arc::new(Counted::default());
+    let listener = ferry_monitor::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let monitor = tokio::spawn(ferry_monitor::serve(listener, source.clone()));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let sampled = source.reads.load(Ordering::SeqCst);
+    assert!(sampled >= 3, "sampled {sampled} times in 3.5 s");
+    monitor.abort();
+    assert!(monitor.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(source.reads.load(Ordering::SeqCst), sampled);
+}

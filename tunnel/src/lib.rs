@@ -1,4 +1,10 @@
-//! What `ferry-agent` and `ferry-gateway` share, written once.
+//! The tunnel pair as library code: the agent and the gateway themselves, and what they share,
+//! written once.
+//!
+//! - [`agent`]: the agent, run as `agent::run(config, shutdown)`: client listeners, sessions to
+//!   the gateways with reconnection, a stream per client on the least-loaded session.
+//! - [`gateway`]: the gateway, run as `gateway::run(config, shutdown)`: agent sessions, each
+//!   stream forwarded to the least-loaded healthy backend of its service.
 //!
 //! - [`address`]: `tcp://HOST:PORT` and `unix:/PATH` endpoints, parsed with one-line errors.
 //! - [`chunk_buffer`]: the pool of chunk-sized buffers splices borrow only while bytes pass.
@@ -15,15 +21,24 @@
 //! - [`registry`]: live sessions, totals of closed ones and the last 100, for the monitor.
 //! - [`splice`]: moving bytes between a client socket and a Ferry stream with "nothing lost
 //!   silently" semantics: half-close propagates, failure becomes a reset on the other side.
+//!
+//! Crate-private, shared by agent and gateway: `backoff` (the doubling pause after failures),
+//! `load` (streams carried, for least-loaded choices), `monitoring` (the monitor's listener,
+//! task and the common part of a snapshot).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod agent;
 pub mod allow;
+mod backoff;
 pub mod chunk_buffer;
 pub mod compress;
 pub mod config;
 pub mod duration;
+pub mod gateway;
+mod load;
+mod monitoring;
 pub mod preamble;
 pub mod process;
 pub mod proxy_protocol;

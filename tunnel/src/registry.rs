@@ -1,6 +1,8 @@
 //! The registry of a binary's live sessions and what closed ones leave behind (totals, the
 //! last 100 for `/stats-history`), shared by the agent and the gateway: the gateway also uses it
-//! to close every session gracefully at shutdown, the monitor to describe them.
+//! to find every session to close at shutdown, the monitor to describe them. The two ways a
+//! shutdown ends sessions, gracefully ([`close_gracefully`]) and at once ([`abort_all`]), are
+//! here too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,6 +198,27 @@ impl Registry {
         t.streams_total = self.streams_total.load(Ordering::Relaxed);
         sessions
     }
+}
+
+/// Closes every session in `live` gracefully, telling each peer `reason`: each closes once its
+/// streams are finished and everything sent was acknowledged. Returns false if `deadline` came
+/// first. The sessions close concurrently (their drivers do the work); waiting for one after
+/// the other therefore takes as long as the slowest.
+pub async fn close_gracefully(
+    live: &[Connection],
+    reason: &str,
+    deadline: tokio::time::Instant,
+) -> bool {
+    for conn in live {
+        conn.close_gracefully(reason);
+    }
+    tokio::time::timeout_at(deadline, async {
+        for conn in live {
+            conn.closed().await;
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// How long a process that aborts its sessions on the way out gives their driver to send the

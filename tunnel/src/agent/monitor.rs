@@ -4,15 +4,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ferry_monitor::{BackendInfo, Snapshot, Source, Totals};
-use ferry_tunnel::process::Drain;
-use ferry_tunnel::splice::Meter;
+use ferry_monitor::{BackendInfo, Snapshot, Source};
 
-use crate::sessions::Sessions;
+use super::sessions::Sessions;
+use crate::process::Drain;
+use crate::splice::Meter;
 
 /// Clients the agent refused, by reason.
 #[derive(Debug, Default)]
-pub struct Refusals {
+pub(super) struct Refusals {
     /// Not in `--allow-ip`.
     pub allow_list: AtomicU64,
     /// Over `--max-connections`.
@@ -26,7 +26,7 @@ pub struct Refusals {
 }
 
 /// The agent as the monitor sees it.
-pub struct AgentSource {
+pub(super) struct AgentSource {
     pub sessions: Arc<Sessions>,
     pub refusals: Arc<Refusals>,
     pub meter: Arc<Meter>,
@@ -35,15 +35,10 @@ pub struct AgentSource {
 
 impl Source for AgentSource {
     fn snapshot(&self) -> Snapshot {
-        let r = &self.sessions.registry;
-        let mut t = Totals::default();
-        let sessions = r.describe(&mut t);
-        let bytes = self.meter.snapshot();
-        t.payload_bytes_out = bytes.to_tunnel;
-        t.payload_bytes_in = bytes.from_tunnel;
-        t.stream_bytes_out = bytes.to_tunnel_encoded;
-        t.stream_bytes_in = bytes.from_tunnel_encoded;
-        t.streams_active = self.drain.active() as u64;
+        let registry = &self.sessions.registry;
+        let mut snapshot =
+            crate::monitoring::snapshot("ferry-agent", registry, &self.meter, &self.drain);
+        let t = &mut snapshot.totals;
         t.rejected = vec![
             (
                 "allow-list".into(),
@@ -73,7 +68,7 @@ impl Source for AgentSource {
         t.stateless_resets = vec![("received".into(), e.stateless_resets_received)];
         let links = self.sessions.links();
         let up = links.iter().any(|(_, rtt, _)| rtt.is_some());
-        let backends = links
+        snapshot.backends = links
             .into_iter()
             .map(|(gateway, rtt, active)| BackendInfo {
                 service: String::new(),
@@ -83,16 +78,8 @@ impl Source for AgentSource {
                 latency_seconds: rtt.map(|d| d.as_secs_f64()),
             })
             .collect();
-        Snapshot {
-            role: "ferry-agent".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: r.uptime_seconds(),
-            ready: up,
-            not_ready_reason: (!up).then(|| "no gateway session is up yet".into()),
-            totals: t,
-            sessions,
-            backends,
-            history: r.history(),
-        }
+        snapshot.ready = up;
+        snapshot.not_ready_reason = (!up).then(|| "no gateway session is up yet".into());
+        snapshot
     }
 }

@@ -7,21 +7,24 @@
 //! stream probes it, and a success brings it back UP by itself. When every backend is down the
 //! least recently failed one is tried anyway, so a recovered pool is found at once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_tunnel::address::Address;
+use crate::address::Address;
+use crate::backoff::Backoff;
+use crate::load::{Load, LoadShare};
 
 /// First DOWN period after a failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest DOWN period.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Health {
     /// Consecutive connect failures.
     failures: u32,
+    /// How long the next failure keeps the backend DOWN.
+    backoff: Backoff,
     /// DOWN until then.
     down_until: Option<Instant>,
     /// Smoothed connect latency.
@@ -30,10 +33,11 @@ struct Health {
 
 /// One backend of a pool.
 #[derive(Debug)]
-pub struct Backend {
+pub(super) struct Backend {
     /// Where it listens.
     pub address: Address,
-    active: AtomicUsize,
+    /// Streams forwarded to it now.
+    load: Load,
     /// Per-backend stream limit (0: none).
     limit: usize,
     health: Mutex<Health>,
@@ -42,7 +46,7 @@ pub struct Backend {
 impl Backend {
     /// Streams currently forwarded to it.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+        self.load.get()
     }
 
     /// True if not DOWN at `now`.
@@ -61,6 +65,7 @@ impl Backend {
             tracing::info!(backend = %self.address, "backend is UP again");
         }
         h.failures = 0;
+        h.backoff.reset();
         h.down_until = None;
         h.latency = Some(h.latency.map_or(latency, |l| (l * 7 + latency) / 8));
     }
@@ -69,9 +74,7 @@ impl Backend {
     pub fn failed(&self, now: Instant, error: &str) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.failures = h.failures.saturating_add(1);
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1u32 << (h.failures - 1).min(16))
-            .min(MAX_BACKOFF);
+        let backoff = h.backoff.next_pause(MAX_BACKOFF);
         h.down_until = Some(now + backoff);
         tracing::warn!(backend = %self.address, %error, ?backoff, failures = h.failures, "backend is DOWN");
     }
@@ -102,8 +105,9 @@ impl Backend {
 
 /// A backend chosen for one stream; its active count drops when this is dropped.
 #[derive(Debug)]
-pub struct Lease {
+pub(super) struct Lease {
     backend: Arc<Backend>,
+    _load: LoadShare,
 }
 
 impl Lease {
@@ -113,15 +117,9 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.backend.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The backends of one service.
 #[derive(Debug, Clone)]
-pub struct Pool {
+pub(super) struct Pool {
     backends: Arc<Vec<Arc<Backend>>>,
 }
 
@@ -133,9 +131,14 @@ impl Pool {
             .map(|address| {
                 Arc::new(Backend {
                     address,
-                    active: AtomicUsize::new(0),
+                    load: Load::default(),
                     limit: per_backend_limit,
-                    health: Mutex::new(Health::default()),
+                    health: Mutex::new(Health {
+                        failures: 0,
+                        backoff: Backoff::new(FIRST_BACKOFF),
+                        down_until: None,
+                        latency: None,
+                    }),
                 })
             })
             .collect();
@@ -161,9 +164,9 @@ impl Pool {
             .filter(|b| b.is_up(now))
             .min_by_key(|b| (b.active(), b.latency()))
             .or_else(|| with_room().min_by_key(|b| b.down_until()))?;
-        chosen.active.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             backend: chosen.clone(),
+            _load: chosen.load.share(),
         })
     }
 }
@@ -226,6 +229,24 @@ mod tests {
             Arc::ptr_eq(l.backend(), &p.backends()[1]),
             "the one that recovers first"
         );
+    }
+
+    #[test]
+    fn a_success_starts_the_backoff_again() {
+        let p = pool(1, 0);
+        let b = &p.backends()[0];
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.failed(now, "x");
+        }
+        assert!(
+            !b.is_up(now + 3 * FIRST_BACKOFF),
+            "DOWN for 4 x the first backoff"
+        );
+        b.connected(Duration::from_millis(1));
+        b.failed(now, "x");
+        assert!(!b.is_up(now + FIRST_BACKOFF / 2));
+        assert!(b.is_up(now + FIRST_BACKOFF), "the first backoff again");
     }
 
     #[test]

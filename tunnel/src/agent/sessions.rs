@@ -10,16 +10,19 @@
 //! the reconnect skips the Retry round trip with the address token of the previous session.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_transport::{ConnectError, ConnectionError};
 use ferry_transport::{Connection, Endpoint, Stream, TransportConfig};
-use ferry_tunnel::registry::Registry;
-use ferry_tunnel::splice::Meter;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::load::{Load, LoadShare};
+use crate::registry::Registry;
+use crate::splice::Meter;
 
 /// First pause before reconnecting.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -30,6 +33,21 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause after an attempt the gateway's host refused at once (ICMP port unreachable).
 const REFUSED_MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The pause before the next attempt to reach a gateway, after one failed with `error`: a
+/// doubling [`Backoff`] from [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], or up to
+/// [`REFUSED_MAX_BACKOFF`] after a refusal at once (ICMP). That cap bounds the pauses from the
+/// next one on ([`Backoff::next_pause`]), so a run of refusals is retried every 250 ms. Such a
+/// gateway's host is up and its process is not, usually for a restart of a second or two: try
+/// again soon, since an attempt costs one datagram, and a report about an earlier attempt's
+/// datagram can fail a later one, which should cost little.
+fn reconnect_pause(backoff: &mut Backoff, error: &ConnectError) -> Duration {
+    let cap = match error {
+        ConnectError::Connection(ConnectionError::Unreachable(_)) => REFUSED_MAX_BACKOFF,
+        _ => MAX_BACKOFF,
+    };
+    backoff.next_pause(cap)
+}
 
 /// Why a new client got no stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +61,7 @@ pub enum NoStream {
 
 /// What the monitor reports of the links' endpoints.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct EndpointTotals {
+pub(super) struct EndpointTotals {
     pub malformed_dropped: u64,
     pub unknown_session_dropped: u64,
     pub stateless_resets_received: u64,
@@ -54,13 +72,14 @@ struct Slot {
     gateway: SocketAddr,
     /// The live session and its byte meter (payload and encoded, for the compression saving).
     conn: Mutex<Option<(Connection, Arc<Meter>)>>,
-    active: Arc<AtomicUsize>,
+    /// Streams on this link.
+    load: Load,
     /// The link's UDP endpoint, for its counters.
     endpoint: Endpoint,
 }
 
 /// Every session of the agent.
-pub struct Sessions {
+pub(super) struct Sessions {
     slots: Vec<Arc<Slot>>,
     /// Live and closed sessions, for the monitor.
     pub registry: Arc<Registry>,
@@ -72,16 +91,10 @@ pub struct Sessions {
 }
 
 /// The session that carries one client's stream; counts as its load until dropped.
-pub struct Lease {
+pub(super) struct Lease {
     /// The session's byte meter.
     pub meter: Arc<Meter>,
-    active: Arc<AtomicUsize>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-    }
+    _load: LoadShare,
 }
 
 impl Sessions {
@@ -101,7 +114,7 @@ impl Sessions {
                 slots.push(Arc::new(Slot {
                     gateway: *gateway,
                     conn: Mutex::new(None),
-                    active: Arc::default(),
+                    load: Load::default(),
                     endpoint,
                 }));
             }
@@ -127,7 +140,7 @@ impl Sessions {
         config: TransportConfig,
     ) {
         let slot = self.slots[index].clone();
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
         // Failed attempts in a row: the first is a warning, and so is each that fails for a
         // different reason (a gateway that was down and now refuses our certificate must say
         // so); repeats are debug lines, so a gateway down for an hour logs one line.
@@ -147,7 +160,7 @@ impl Sessions {
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((conn.clone(), meter));
                     self.changed.notify_waiters();
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     let reason = conn.closed().await;
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     self.registry.remove(&conn);
@@ -171,18 +184,7 @@ impl Sessions {
                     } else {
                         debug!(gateway = %slot.gateway, link = index, error = %e, attempt = failures, "cannot reach gateway");
                     }
-                    tokio::time::sleep(backoff).await;
-                    // Refused at once (ICMP): the gateway's host is up and its process is
-                    // not, usually for a restart of a second or two. Try again soon: an attempt
-                    // costs one datagram, and a report about an earlier attempt's datagram
-                    // can fail a later one, which should cost little.
-                    let cap = match e {
-                        ConnectError::Connection(ConnectionError::Unreachable(_)) => {
-                            REFUSED_MAX_BACKOFF
-                        }
-                        _ => MAX_BACKOFF,
-                    };
-                    backoff = (backoff * 2).min(cap);
+                    tokio::time::sleep(reconnect_pause(&mut backoff, &e)).await;
                 }
             }
         }
@@ -213,7 +215,7 @@ impl Sessions {
             .map(|s| {
                 let live = s.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let rtt = live.and_then(|(conn, _)| conn.stats()).map(|st| st.rtt);
-                (s.gateway, rtt, s.active.load(Ordering::Relaxed))
+                (s.gateway, rtt, s.load.get())
             })
             .collect()
     }
@@ -230,15 +232,14 @@ impl Sessions {
                 conn.close_reason().is_none().then_some((s, conn, meter))
             })
             .collect();
-        live.sort_by_key(|(s, _, _)| s.active.load(Ordering::Relaxed));
+        live.sort_by_key(|(s, _, _)| s.load.get());
         let mut open_streams = None;
         for (slot, conn, meter) in live {
             match conn.try_open_stream() {
                 Ok(Some(stream)) => {
-                    slot.active.fetch_add(1, Ordering::Relaxed);
                     let lease = Lease {
                         meter,
-                        active: slot.active.clone(),
+                        _load: slot.load.share(),
                     };
                     return Ok((lease, stream));
                 }
@@ -290,16 +291,115 @@ impl Sessions {
     /// and everything sent was acknowledged. Returns false if `deadline` came first.
     pub async fn close_all(&self, deadline: tokio::time::Instant) -> bool {
         self.stopping.store(true, Ordering::SeqCst);
-        let live = self.live();
-        for conn in &live {
-            conn.close_gracefully("agent shutting down");
-        }
-        tokio::time::timeout_at(deadline, async {
-            for conn in &live {
-                conn.closed().await;
+        crate::registry::close_gracefully(&self.live(), "agent shutting down", deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_transport::ServerConfig;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn timed_out() -> ConnectError {
+        ConnectError::Connection(ConnectionError::HandshakeTimeout(Duration::from_secs(5)))
+    }
+
+    fn refused_at_once() -> ConnectError {
+        ConnectError::Connection(ConnectionError::Unreachable("port unreachable".into()))
+    }
+
+    #[test]
+    fn reconnect_attempts_back_off_to_a_second_apart() {
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
+        let pauses: Vec<_> = (0..6)
+            .map(|_| reconnect_pause(&mut backoff, &timed_out()))
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000].map(|m| m * MS));
+    }
+
+    #[test]
+    fn a_gateway_host_that_refuses_at_once_is_retried_within_250_ms() {
+        let mut backoff = Backoff::new(FIRST_BACKOFF);
+        let pauses: Vec<_> = (0..5)
+            .map(|_| reconnect_pause(&mut backoff, &refused_at_once()))
+            .collect();
+        assert_eq!(pauses, [100, 200, 250, 250, 250].map(|m| m * MS));
+    }
+
+    /// A gateway on loopback that accepts sessions, each allowed `max_streams` streams, and
+    /// keeps them open until the test ends.
+    fn gateway(max_streams: u64) -> SocketAddr {
+        let transport = TransportConfig {
+            max_concurrent_streams: max_streams,
+            ..TransportConfig::default()
+        };
+        let endpoint =
+            Endpoint::server("127.0.0.1:0".parse().unwrap(), ServerConfig::new(transport)).unwrap();
+        let addr = endpoint.local_addr();
+        tokio::spawn(async move {
+            let mut sessions = Vec::new();
+            while let Some(conn) = endpoint.accept().await {
+                sessions.push(conn);
             }
-        })
-        .await
-        .is_ok()
+        });
+        addr
+    }
+
+    /// Waits until every link's session is up.
+    async fn all_up(sessions: &Sessions) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !sessions.links().iter().all(|(_, rtt, _)| rtt.is_some()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sessions never came up"
+            );
+            tokio::time::sleep(10 * MS).await;
+        }
+    }
+
+    /// The streams each link carries, in link order.
+    fn loads(sessions: &Sessions) -> Vec<usize> {
+        sessions.links().iter().map(|(_, _, load)| *load).collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_stream_goes_to_the_least_loaded_session_with_room() {
+        // Two gateways: the first allows one stream per session, the second three.
+        let config = TransportConfig::default();
+        let gateways = [(gateway(1), config.clone()), (gateway(3), config)];
+        let sessions = Sessions::start(&gateways, 1, Arc::new(Registry::new())).unwrap();
+        all_up(&sessions).await;
+        let mut open = Vec::new();
+        let mut after_each = Vec::new();
+        for _ in 0..4 {
+            open.push(sessions.open_stream(Duration::ZERO).await.unwrap());
+            after_each.push(loads(&sessions));
+        }
+        // Equal loads go to the first link; a link at its gateway's limit is passed over.
+        assert_eq!(after_each, [[1, 0], [1, 1], [1, 2], [1, 3]]);
+        let full = sessions.open_stream(Duration::ZERO).await.err();
+        assert_eq!(full, Some(NoStream::StreamLimit { open_streams: 3 }));
+        // A lease counts until it is dropped.
+        drop(open.pop());
+        assert_eq!(loads(&sessions), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn with_no_session_up_a_client_waits_session_wait_then_is_told() {
+        // A port nothing listens on: every attempt is refused.
+        let nobody = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let gateways = [(nobody, TransportConfig::default())];
+        let sessions = Sessions::start(&gateways, 2, Arc::new(Registry::new())).unwrap();
+        let started = tokio::time::Instant::now();
+        let outcome = sessions.open_stream(200 * MS).await.err();
+        assert_eq!(outcome, Some(NoStream::NoSession));
+        assert!(started.elapsed() >= 200 * MS);
+        assert_eq!(loads(&sessions), [0, 0]);
+        assert!(sessions.close_all(tokio::time::Instant::now()).await);
     }
 }

@@ -5,15 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_monitor::{BackendInfo, Snapshot, Source, Totals};
+use ferry_monitor::{BackendInfo, Snapshot, Source};
 use ferry_transport::Endpoint;
-use ferry_tunnel::process::Drain;
-use ferry_tunnel::registry::Registry;
 
-use crate::Forwarding;
+use super::forward::Forwarding;
+use crate::process::Drain;
+use crate::registry::Registry;
 
 /// The gateway as the monitor sees it.
-pub struct GatewaySource {
+pub(super) struct GatewaySource {
     pub registry: Arc<Registry>,
     pub endpoint: Endpoint,
     pub fwd: Arc<Forwarding>,
@@ -22,15 +22,13 @@ pub struct GatewaySource {
 
 impl Source for GatewaySource {
     fn snapshot(&self) -> Snapshot {
-        let r = &self.registry;
-        let mut t = Totals::default();
-        let sessions = r.describe(&mut t);
-        let total = self.fwd.meter.snapshot();
-        t.payload_bytes_out = total.to_tunnel;
-        t.payload_bytes_in = total.from_tunnel;
-        t.stream_bytes_out = total.to_tunnel_encoded;
-        t.stream_bytes_in = total.from_tunnel_encoded;
-        t.streams_active = self.drain.active() as u64;
+        let mut snapshot = crate::monitoring::snapshot(
+            "ferry-gateway",
+            &self.registry,
+            &self.fwd.meter,
+            &self.drain,
+        );
+        let t = &mut snapshot.totals;
         let e = self.endpoint.stats();
         t.malformed_dropped = e.malformed_dropped;
         t.unknown_session_dropped = e.unknown_connection_dropped;
@@ -52,10 +50,9 @@ impl Source for GatewaySource {
             ("rate-limited".into(), e.stateless_resets_limited),
         ];
         let now = Instant::now();
-        let mut backends = Vec::new();
         for (service, pool) in self.fwd.services.iter() {
             for b in pool.backends() {
-                backends.push(BackendInfo {
+                snapshot.backends.push(BackendInfo {
                     service: service.clone(),
                     address: b.address.to_string(),
                     state: if b.is_up(now) { "UP" } else { "DOWN" }.into(),
@@ -64,16 +61,6 @@ impl Source for GatewaySource {
                 });
             }
         }
-        Snapshot {
-            role: "ferry-gateway".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: r.uptime_seconds(),
-            ready: true,
-            not_ready_reason: None,
-            totals: t,
-            sessions,
-            backends,
-            history: r.history(),
-        }
+        snapshot
     }
 }

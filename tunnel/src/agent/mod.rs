@@ -1,0 +1,214 @@
+//! The agent: accepts legacy clients' TCP or Unix-socket connections and carries each one as a
+//! stream over Ferry's reliable UDP to a gateway.
+//!
+//! It is library code so that anything can run an agent (the `ferry-agent` binary, a test, a
+//! benchmark) in the mini-redis shape: [`Agent::start`] binds what the configuration names
+//! and fails with a one-line error if it cannot, [`Agent::run`] serves until the `shutdown`
+//! future resolves, then drains. The binary only parses flags, sets up logging and passes the
+//! signal. It lives in `ferry-tunnel`, beside the gateway, rather than in a crate of its own:
+//! the two share most of what they are made of (splice, registry, monitor source, backoff,
+//! load counting), which stays crate-private here instead of becoming public API between crates.
+//!
+//! - `sessions`: `--links` sessions per gateway, reconnection with backoff, the least-loaded
+//!   session with room for each new stream.
+//! - `listeners`: binding the client listeners and accepting clients, with the refusals at the
+//!   allow-list, `--max-connections` and the open-files limit (`spare_descriptor`).
+//! - `client`: one client carried: a stream, the preamble, the splice.
+//! - `monitor`: the agent as the monitor sees it.
+
+mod client;
+mod listeners;
+mod monitor;
+mod sessions;
+mod spare_descriptor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_transport::TransportConfig;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::address::Address;
+use crate::allow::AllowList;
+use crate::compress::Codec;
+use crate::monitoring::{self, Monitor};
+use crate::preamble::is_valid_service_name;
+use crate::process::Drain;
+use crate::registry::Registry;
+use client::Context;
+use listeners::Bound;
+use sessions::Sessions;
+
+/// A listener address and the service its connections reach (`--listen ADDR[=SERVICE]`).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// Where clients connect.
+    pub address: Address,
+    /// The gateway service they reach ("" for the default one).
+    pub service: String,
+}
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (address, service) = match s.rsplit_once('=') {
+            Some((a, svc)) => (a, svc),
+            None => (s, ""),
+        };
+        if !is_valid_service_name(service) {
+            return Err(format!("invalid service name {service:?} in --listen {s:?}: use letters, digits, '.', '_', '-'"));
+        }
+        Ok(Listen {
+            address: address
+                .parse()
+                .map_err(|e: crate::address::AddressError| e.to_string())?,
+            service: service.to_owned(),
+        })
+    }
+}
+
+/// What an agent is told to do; each field is the flag of the same name, read.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where clients connect, and the service each listener's clients reach.
+    pub listen: Vec<Listen>,
+    /// The gateways, each with the transport settings of its sessions.
+    pub gateways: Vec<(SocketAddr, TransportConfig)>,
+    /// Sessions per gateway, each on its own UDP socket.
+    pub links: usize,
+    /// Only TCP clients from these networks are accepted.
+    pub allow: Option<AllowList>,
+    /// Most client connections at once; over it a client is reset at once.
+    pub max_connections: usize,
+    /// How long a new client waits for a gateway session before it is reset.
+    pub session_wait: Duration,
+    /// How long a shutdown waits for open connections to finish.
+    pub drain_timeout: Duration,
+    /// What clients' bytes are compressed with on their way to the gateway.
+    pub compress: Codec,
+    /// Where the HTTP monitor listens (`None`: off).
+    pub monitor: Option<SocketAddr>,
+}
+
+/// Runs an agent until `shutdown` resolves, then drains it: [`Agent::start`], then
+/// [`Agent::run`].
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    Agent::start(config).await?.run(shutdown).await
+}
+
+/// A started agent: listening, its sessions connecting, its monitor serving.
+pub struct Agent {
+    ctx: Arc<Context>,
+    listeners: Vec<JoinHandle<()>>,
+    tcp_addresses: Vec<SocketAddr>,
+    unix_paths: Vec<PathBuf>,
+    drain_timeout: Duration,
+    _monitor: Option<Monitor>,
+}
+
+impl Agent {
+    /// Binds the monitor and the client listeners, raises the open-files limit, starts the
+    /// sessions and starts accepting clients. Every error is one line.
+    pub async fn start(config: AgentConfig) -> Result<Agent, String> {
+        let monitor_listener = monitoring::bind(config.monitor).await?;
+        // Each client connection holds one descriptor.
+        let open_files = crate::process::raise_and_check_open_files(
+            config.max_connections as u64,
+            "--max-connections",
+            "client connection",
+        );
+        let mut bound = Vec::new();
+        for l in &config.listen {
+            bound.push((listeners::bind(&l.address).await?, l));
+        }
+        let registry = Arc::new(Registry::new());
+        let sessions = Sessions::start(&config.gateways, config.links, registry)
+            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        let ctx = Arc::new(Context {
+            sessions,
+            allow: config.allow,
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
+            session_wait: config.session_wait,
+            drain: Drain::default(),
+            compress: config.compress,
+            meter: Arc::default(),
+            refusals: Arc::default(),
+            spare: spare_descriptor::SpareDescriptor::new(),
+            open_files: open_files.soft,
+        });
+        let source = monitor::AgentSource {
+            sessions: ctx.sessions.clone(),
+            refusals: ctx.refusals.clone(),
+            meter: ctx.meter.clone(),
+            drain: ctx.drain.clone(),
+        };
+        let monitor = monitoring::serve(monitor_listener, source)?;
+        let mut agent = Agent {
+            ctx: ctx.clone(),
+            listeners: Vec::new(),
+            tcp_addresses: Vec::new(),
+            unix_paths: Vec::new(),
+            drain_timeout: config.drain_timeout,
+            _monitor: monitor,
+        };
+        for (listener, l) in bound {
+            info!(listen = %l.address, service = %l.service, "accepting clients");
+            match &listener {
+                Bound::Tcp(tcp) => agent.tcp_addresses.extend(tcp.local_addr().ok()),
+                #[cfg(unix)]
+                Bound::Unix(_, path) => agent.unix_paths.push(path.clone()),
+            }
+            let task = listeners::accept(listener, l.service.clone(), ctx.clone());
+            agent.listeners.push(tokio::spawn(task));
+        }
+        Ok(agent)
+    }
+
+    /// The addresses the TCP listeners are bound to, in the order configured (for a listener
+    /// whose `Address` asks for port 0, which the `--listen` flag refuses but code may ask).
+    pub fn tcp_addresses(&self) -> &[SocketAddr] {
+        &self.tcp_addresses
+    }
+
+    /// Serves clients until `shutdown` resolves; then stops accepting, waits up to the drain
+    /// timeout for open connections to finish and for every session to close gracefully, and
+    /// resets what is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        shutdown.await;
+        for l in &self.listeners {
+            l.abort();
+        }
+        for p in &self.unix_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let (ctx, timeout) = (&self.ctx, self.drain_timeout);
+        info!(
+            connections = ctx.drain.active(),
+            ?timeout,
+            "shutting down: draining open connections"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = ctx.drain.wait(timeout).await;
+        // Connections done on our side; each session closes once the gateway acknowledged everything.
+        if left > 0 || !ctx.sessions.close_all(deadline).await {
+            warn!(
+                connections = ctx.drain.active(),
+                "drain timeout passed; remaining connections are reset"
+            );
+            crate::registry::abort_all(
+                &ctx.sessions.live(),
+                "agent shutting down: drain timeout passed",
+            )
+            .await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! One tunnelled stream forwarded to a backend: the preamble read (within 10 s), the service's
+//! least-loaded backend picked, connected to over TCP (with an optional PROXY header first) or a
+//! Unix socket, and spliced with the stream. Every stream that cannot be forwarded is reset
+//! with a code that tells the agent why, and the limits it meets are counted.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_transport::Stream;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::pool::{Backend, Pool};
+use crate::address::Address;
+use crate::compress::Codec;
+use crate::preamble::Preamble;
+use crate::proxy_protocol;
+use crate::splice::{codes, refuse, splice, Meter, SpliceOptions};
+
+/// How long an agent has to send a stream's preamble.
+const PREAMBLE_WAIT: Duration = Duration::from_secs(10);
+
+/// What every forwarded stream needs, shared by all sessions.
+pub(super) struct Forwarding {
+    /// Pools by service name; "" is the default service.
+    pub services: HashMap<String, Pool>,
+    pub connect_timeout: Duration,
+    pub proxy: Option<proxy_protocol::Version>,
+    /// What backends' bytes are compressed with on their way to the agent.
+    pub compress: Codec,
+    /// Payload and encoded bytes of every stream, in total.
+    pub meter: Meter,
+    /// `--backend-max-streams`, for the log line of a stream refused at it.
+    pub backend_max_streams: usize,
+    /// The open-files soft limit, for the log line of a stream refused at it.
+    pub open_files: Option<u64>,
+    /// Streams refused at a limit, by reason.
+    pub refusals: Refusals,
+}
+
+/// Streams the gateway refused at one of its limits (the agent resets their clients).
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    /// Every backend of the service at `--backend-max-streams`.
+    pub backend_limit: AtomicU64,
+    /// No descriptor left for the backend connection (RLIMIT_NOFILE).
+    pub open_files: AtomicU64,
+}
+
+/// Reads the stream's preamble, picks a backend of its service, connects and splices.
+/// `session` is the byte meter of the stream's session.
+pub(super) async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
+    let options = SpliceOptions {
+        codec: fwd.compress,
+        meters: &[session, &fwd.meter],
+    };
+    let preamble = match tokio::time::timeout(PREAMBLE_WAIT, Preamble::read_from(&mut stream)).await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            crate::warn_limited!(error = %e, "stream refused: bad preamble");
+            return refuse::<TcpStream>(stream, codes::BAD_PREAMBLE, None);
+        }
+        Err(_) => {
+            crate::warn_limited!("stream refused: no preamble within 10 s");
+            return refuse::<TcpStream>(stream, codes::BAD_PREAMBLE, None);
+        }
+    };
+    let Some(pool) = fwd.services.get(&preamble.service) else {
+        crate::warn_limited!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
+        return refuse::<TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
+    };
+    let Some(lease) = pool.pick(Instant::now()) else {
+        fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = fwd.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
+        return refuse::<TcpStream>(stream, codes::LIMIT, None);
+    };
+    let backend = lease.backend().clone();
+    let started = Instant::now();
+    let result = match &backend.address {
+        Address::Tcp { .. } => {
+            let target = backend.address.tcp_target().unwrap_or_default();
+            let connecting = async {
+                let socket = TcpStream::connect(target).await?;
+                let _ = socket.set_nodelay(true);
+                Ok(socket)
+            };
+            match connect_within(fwd.connect_timeout, connecting).await {
+                Ok(mut socket) => {
+                    backend.connected(started.elapsed());
+                    if let Some(version) = fwd.proxy {
+                        if let Err(e) = send_proxy_header(&mut socket, version, &preamble).await {
+                            refuse(stream, codes::BACKEND_UNREACHABLE, Some(socket));
+                            debug!(backend = %backend.address, error = %e, "PROXY header not sent");
+                            return;
+                        }
+                    }
+                    splice(socket, stream, options)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(failure) => Err(failure.refuse(stream, fwd, &backend)),
+            }
+        }
+        #[cfg(unix)]
+        Address::Unix(path) => {
+            let connecting = tokio::net::UnixStream::connect(path);
+            match connect_within(fwd.connect_timeout, connecting).await {
+                Ok(socket) => {
+                    backend.connected(started.elapsed());
+                    splice(socket, stream, options)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(failure) => Err(failure.refuse(stream, fwd, &backend)),
+            }
+        }
+        #[cfg(not(unix))]
+        Address::Unix(_) => {
+            let failure = NotConnected::Failed("unix sockets are not supported here".into());
+            Err(failure.refuse(stream, fwd, &backend))
+        }
+    };
+    match result {
+        Ok(stats) => {
+            debug!(backend = %backend.address, up = stats.to_tunnel, down = stats.from_tunnel, "stream done")
+        }
+        Err(e) => debug!(backend = %backend.address, error = %e, "stream ended with an error"),
+    }
+    drop(lease);
+}
+
+/// Writes the PROXY header that tells a TCP backend the client's address. The destination is
+/// the address the client connected to, on the agent; without one (a Unix-socket client), this
+/// end of the backend connection.
+async fn send_proxy_header(
+    socket: &mut TcpStream,
+    version: proxy_protocol::Version,
+    preamble: &Preamble,
+) -> std::io::Result<()> {
+    let destination = preamble
+        .destination
+        .or_else(|| socket.local_addr().ok())
+        .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+    let header = proxy_protocol::header(version, preamble.client, destination);
+    tokio::io::AsyncWriteExt::write_all(socket, &header).await
+}
+
+/// Why a stream got no backend connection.
+enum NotConnected {
+    /// The gateway is out of file descriptors: a limit reached, not the backend's fault.
+    OutOfFiles(std::io::Error),
+    /// The backend refused, failed or did not answer within the connect timeout.
+    Failed(String),
+}
+
+/// The connection `connecting` makes within `timeout`, or why there is none.
+async fn connect_within<S>(
+    timeout: Duration,
+    connecting: impl Future<Output = std::io::Result<S>>,
+) -> Result<S, NotConnected> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(e)) if crate::process::is_out_of_files(&e) => Err(NotConnected::OutOfFiles(e)),
+        Ok(Err(e)) => Err(NotConnected::Failed(e.to_string())),
+        Err(_) => Err(NotConnected::Failed("connect timed out".into())),
+    }
+}
+
+impl NotConnected {
+    /// Resets `stream` with the code that says why, counts and logs it; returns the reason.
+    /// Out of descriptors, the stream is refused at that limit and the backend stays UP (it
+    /// did nothing wrong; marking it DOWN would refuse streams that fit); otherwise the
+    /// backend goes DOWN.
+    fn refuse(self, stream: Stream, fwd: &Forwarding, backend: &Backend) -> String {
+        match self {
+            NotConnected::OutOfFiles(error) => {
+                fwd.refusals.open_files.fetch_add(1, Ordering::Relaxed);
+                crate::warn_limited!(backend = %backend.address, open_files = fwd.open_files.unwrap_or(0), %error, "stream refused: out of file descriptors (RLIMIT_NOFILE); raise the hard limit or lower --max-streams");
+                refuse::<TcpStream>(stream, codes::LIMIT, None);
+                format!("out of file descriptors: {error}")
+            }
+            NotConnected::Failed(error) => {
+                backend.failed(Instant::now(), &error);
+                refuse::<TcpStream>(stream, codes::BACKEND_UNREACHABLE, None);
+                format!("backend unreachable: {error}")
+            }
+        }
+    }
+}

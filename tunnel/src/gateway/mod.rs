@@ -1,0 +1,264 @@
+//! The gateway: accepts Ferry sessions from agents over UDP and forwards each stream to the
+//! least-loaded healthy backend of the service it names, over TCP or a Unix socket.
+//!
+//! Library code for the reason the agent is (see [`crate::agent`]): [`Gateway::start`] binds
+//! the UDP endpoint and the monitor and fails with a one-line error if it cannot,
+//! [`Gateway::run`] serves until the `shutdown` future resolves, then drains; [`run`] does
+//! both. The `ferry-gateway` binary only parses flags, reads files, sets up logging and passes
+//! the signal.
+//!
+//! - `pool`: a service's backends, the least-loaded healthy choice, DOWN with backoff.
+//! - `forward`: one stream forwarded: preamble, backend, connect, splice.
+//! - `monitor`: the gateway as the monitor sees it.
+
+mod forward;
+mod monitor;
+mod pool;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_transport::{Endpoint, ServerConfig};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::address::Address;
+use crate::allow::AllowList;
+use crate::compress::Codec;
+use crate::process::Drain;
+use crate::proxy_protocol;
+use crate::registry::Registry;
+use crate::splice::Meter;
+use forward::{forward, Forwarding};
+use pool::Pool;
+
+/// What a gateway is told to do; each field is the flag of the same name, read.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// UDP address to accept agent sessions on.
+    pub listen: SocketAddr,
+    /// The backends of each service, by name; "" is the default service.
+    pub services: HashMap<String, Vec<Address>>,
+    /// Most streams forwarded to one backend at once (0: no limit).
+    pub backend_max_streams: usize,
+    /// The endpoint's settings: most sessions, the static secret, the server ID, and the
+    /// sessions' transport (most streams per session, idle timeout, batching, crypto).
+    pub server: ServerConfig,
+    /// Only agents from these networks are accepted.
+    pub allow: Option<AllowList>,
+    /// Give up connecting to a backend after this long.
+    pub connect_timeout: Duration,
+    /// How long a shutdown waits for open streams to finish.
+    pub drain_timeout: Duration,
+    /// Send a PROXY protocol header to TCP backends first.
+    pub proxy_protocol: Option<proxy_protocol::Version>,
+    /// What backends' bytes are compressed with on their way to the agent.
+    pub compress: Codec,
+    /// Where the HTTP monitor listens (`None`: off).
+    pub monitor: Option<SocketAddr>,
+}
+
+/// Runs a gateway until `shutdown` resolves, then drains it: [`Gateway::start`], then
+/// [`Gateway::run`].
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    Gateway::start(config).await?.run(shutdown).await
+}
+
+/// A started gateway: its UDP endpoint and monitor bound, not yet accepting sessions.
+pub struct Gateway {
+    endpoint: Endpoint,
+    fwd: Arc<Forwarding>,
+    /// Live sessions, so a shutdown can close each one gracefully (after its streams finished
+    /// and everything sent was acknowledged) before the process exits.
+    sessions: Arc<Registry>,
+    monitor_listener: Option<TcpListener>,
+    max_streams: u64,
+    max_connections: usize,
+    drain_timeout: Duration,
+}
+
+impl Gateway {
+    /// Raises the open-files limit, binds the UDP endpoint and the monitor, and sets up the
+    /// allow-list and the services' pools. Every error is one line.
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, String> {
+        let max_streams = config.server.transport.max_concurrent_streams;
+        let max_connections = config.server.max_connections;
+        // Each stream holds one descriptor, its backend connection; one agent may open
+        // --max-streams of them (all sessions together share the same limit).
+        let open_files = crate::process::raise_and_check_open_files(
+            max_streams,
+            "--max-streams",
+            "backend connection",
+        );
+        let listen = config.listen;
+        let endpoint = Endpoint::server(listen, config.server).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!("cannot listen on udp {listen}: address already in use")
+            }
+            _ => format!("cannot listen on udp {listen}: {e}"),
+        })?;
+        let monitor_listener = crate::monitoring::bind(config.monitor).await?;
+        if let Some(list) = config.allow {
+            info!(allow = %list, "agents restricted by allow-list");
+            endpoint.set_address_filter(Some(Arc::new(move |a: &SocketAddr| list.allows(a.ip()))));
+        }
+        let services: HashMap<String, Pool> = config
+            .services
+            .into_iter()
+            .map(|(name, addresses)| (name, Pool::new(addresses, config.backend_max_streams)))
+            .collect();
+        for (name, pool) in services.iter() {
+            let backends: Vec<String> = pool
+                .backends()
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect();
+            let name = if name.is_empty() {
+                "(default)"
+            } else {
+                name.as_str()
+            };
+            info!(service = name, backends = %backends.join(","), "service configured");
+        }
+        let fwd = Arc::new(Forwarding {
+            services,
+            connect_timeout: config.connect_timeout,
+            proxy: config.proxy_protocol,
+            compress: config.compress,
+            meter: Meter::default(),
+            backend_max_streams: config.backend_max_streams,
+            open_files: open_files.soft,
+            refusals: forward::Refusals::default(),
+        });
+        Ok(Gateway {
+            endpoint,
+            fwd,
+            sessions: Arc::new(Registry::new()),
+            monitor_listener,
+            max_streams,
+            max_connections,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The UDP address the gateway is bound to (useful when it asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr()
+    }
+
+    /// Accepts agent sessions and forwards their streams until `shutdown` resolves; then
+    /// stops accepting, waits up to the drain timeout for open streams to finish and for every
+    /// session to close gracefully, and resets what is left.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        let drain = Drain::default();
+        let source = monitor::GatewaySource {
+            registry: self.sessions.clone(),
+            endpoint: self.endpoint.clone(),
+            fwd: self.fwd.clone(),
+            drain: drain.clone(),
+        };
+        let _monitor = crate::monitoring::serve(self.monitor_listener, source)?;
+        let reporter = tokio::spawn(report_refused_sessions(
+            self.endpoint.clone(),
+            self.sessions.clone(),
+            self.max_connections,
+        ));
+        let (endpoint, sessions) = (&self.endpoint, &self.sessions);
+        tokio::pin!(shutdown);
+        let max_streams = self.max_streams;
+        loop {
+            tokio::select! {
+                conn = endpoint.accept() => {
+                    let Some(conn) = conn else {
+                        reporter.abort();
+                        return Err("UDP socket failed".into());
+                    };
+                    let meter = sessions.add(&conn);
+                    let (fwd, drain, registry) = (self.fwd.clone(), drain.clone(), sessions.clone());
+                    tokio::spawn(async move {
+                        let peer = conn.remote_addr();
+                        debug!(?peer, "agent session accepted");
+                        while let Some(stream) = conn.accept_stream().await {
+                            if conn.stream_count() as u64 >= max_streams {
+                                crate::warn_limited!(agent = ?peer, limit = max_streams, "session at --max-streams: its agent resets new clients until streams close");
+                            }
+                            let guard = drain.enter();
+                            registry.streams_total.fetch_add(1, Ordering::Relaxed);
+                            let (fwd, meter) = (fwd.clone(), meter.clone());
+                            tokio::spawn(async move {
+                                forward(stream, &fwd, &meter).await;
+                                drop(guard);
+                            });
+                        }
+                        debug!(?peer, reason = ?conn.close_reason(), "agent session ended");
+                        registry.remove(&conn);
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        let timeout = self.drain_timeout;
+        info!(
+            streams = drain.active(),
+            ?timeout,
+            "shutting down: draining open streams"
+        );
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = drain.wait(timeout).await;
+        // Streams done on our side; each session closes once the agent acknowledged everything.
+        let live = sessions.connections();
+        if left > 0
+            || !crate::registry::close_gracefully(&live, "gateway shutting down", deadline).await
+        {
+            warn!(
+                streams = drain.active(),
+                "drain timeout passed; remaining streams are reset"
+            );
+            crate::registry::abort_all(
+                &sessions.connections(),
+                "gateway shutting down: drain timeout passed",
+            )
+            .await;
+        }
+        reporter.abort();
+        Ok(())
+    }
+}
+
+/// How often the refusals of agent sessions are logged, at most: an agent refused for an hour
+/// retries every second, and its gateway should not log 3,600 lines for it.
+const REFUSED_SESSIONS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs agent sessions the endpoint refused: over `--max-connections` (or, rarely, with an
+/// invalid address token). The first refusal after a quiet spell is logged within a second;
+/// later ones are summed up at most every [`REFUSED_SESSIONS_LOG_INTERVAL`]. They are counted
+/// as `limit` refusals on the monitor.
+async fn report_refused_sessions(
+    endpoint: Endpoint,
+    sessions: Arc<Registry>,
+    max_connections: usize,
+) {
+    let mut reported = endpoint.stats().connections_refused;
+    let mut last_logged: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let now = tick.tick().await;
+        let refused = endpoint.stats().connections_refused;
+        let due = last_logged.is_none_or(|t| now >= t + REFUSED_SESSIONS_LOG_INTERVAL);
+        if refused == reported || !due {
+            continue;
+        }
+        warn!(
+            refused = refused - reported,
+            sessions = sessions.connections().len(),
+            limit = max_connections,
+            "agent sessions refused: over --max-connections (or an invalid address token)"
+        );
+        reported = refused;
+        last_logged = Some(now);
+    }
+}
