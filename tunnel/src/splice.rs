@@ -243,7 +243,10 @@ where
             encoder.encode(&input[HEADER..], &mut out);
             out
         };
-        stream.write_all(&chunk).await.map_err(SpliceError::Tunnel)?;
+        stream
+            .write_all(&chunk)
+            .await
+            .map_err(SpliceError::Tunnel)?;
         payload += n as u64;
         encoded += chunk.len() as u64;
         add(|m| &m.payload_out, options.meters, n);
