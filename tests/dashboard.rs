@@ -112,8 +112,8 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
 
     // A screenshot under load, for the record (copied to docs/ by hand when it changes).
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("monitor-dashboard.png");
-    // Load: 8 clients moving data until the screenshot is taken; the monitor samples its
-    // throughput once a second, so give it two seconds of load first.
+    // Load: 8 clients moving data until the screenshot is taken, which waits until the
+    // monitor (sampling once a second) reports throughput, so the picture shows some.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load: Vec<_> = (0..8)
         .map(|_| {
@@ -125,7 +125,22 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get(monitor, "/stats?format=json").await;
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if stats["payload_bytes_per_second"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no throughput reported under load: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let status = {
         let (browser, url, shot) = (browser.clone(), url.clone(), shot.clone());
         tokio::task::spawn_blocking(move || {
