@@ -5,9 +5,9 @@
 //! timeout never panics either.
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_protocol::config::TransportConfig;
 use ferry_protocol::settings::{Settings, MAX_REQUIRED, MAX_REQUIRED_LEN};
 use libfuzzer_sys::fuzz_target;
 
@@ -31,14 +31,7 @@ fuzz_target!(|data: &[u8]| {
         .min(Duration::from_millis(u64::from(u32::MAX)));
     assert_eq!(again, expected);
 
-    let ours = Settings {
-        idle_timeout: Duration::from_secs(30),
-        max_datagram_size: 1350,
-        initial_max_data: 1 << 24,
-        initial_max_stream_data: 1 << 20,
-        initial_max_streams: 256,
-        required: BTreeMap::from([("crypto".into(), "none".into())]),
-    };
+    let ours = TransportConfig::default().settings();
     match ours.check_required("server", &peer, "client") {
         Ok(()) => assert_eq!(ours.required, peer.required),
         Err(line) => {
