@@ -343,6 +343,8 @@ pub struct Connection {
     path_responses: VecDeque<(SocketAddr, [u8; 8])>,
     close_frame: Option<(u64, String)>,
     close_pending: bool,
+    /// Packets received while closing: the CLOSE is sent again for the 1st, 2nd, 4th, 8th...
+    closing_received: u32,
     graceful_close: Option<String>,
     /// Stream frames (stream, offset) owed again as tail duplicates: the packet that carries
     /// them does not duplicate them once more, but may duplicate fresh data riding with them.
@@ -446,6 +448,7 @@ impl Connection {
             path_responses: VecDeque::new(),
             close_frame: None,
             close_pending: false,
+            closing_received: 0,
             graceful_close: None,
             duplicating: Vec::new(),
             last_loss: None,
@@ -801,8 +804,15 @@ impl Connection {
         match self.state {
             State::Closed | State::Draining => return,
             State::Closing => {
-                // Answer with CLOSE again (at most once per packet received).
-                self.close_pending = true;
+                // Answer with CLOSE again, to the 1st, 2nd, 4th, 8th... packet received
+                // meanwhile (RFC 9000 section 10.2.1): a peer whose own CLOSE crossed ours
+                // answers each of our CLOSEs too, and one answer per packet would keep both
+                // sending to each other for the whole closing period (found by the
+                // established_session fuzz target, where no time passes).
+                self.closing_received = self.closing_received.saturating_add(1);
+                if self.closing_received.is_power_of_two() {
+                    self.close_pending = true;
+                }
                 return;
             }
             _ => {}
