@@ -374,8 +374,10 @@ mod tests {
     fn relay_delays_and_drops_datagrams_between_the_namespaces() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-            eprintln!("skipped: the impaired link needs root and /dev/net/tun");
-            return;
+            return ferry_test_support::skip(
+                "root",
+                "the impaired link needs root and /dev/net/tun",
+            );
         }
         let profile: Profile = "delay=15ms,loss=20%,seed=5".parse().unwrap();
         let link = NetLink::up(&profile, "cubic").unwrap();

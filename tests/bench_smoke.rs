@@ -76,8 +76,7 @@ fn can_build_links() -> bool {
 #[test]
 fn ferry_bench_sweeps_loss_on_the_impaired_link() {
     if !can_build_links() {
-        eprintln!("skipped: the impaired link needs root and /dev/net/tun");
-        return;
+        return ferry_test_support::skip("root", "the impaired link needs root and /dev/net/tun");
     }
     let dir = std::env::temp_dir().join(format!("ferry-bench-link-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

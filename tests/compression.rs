@@ -119,7 +119,7 @@ async fn already_compressed_data_passes_through_intact_at_its_own_size() {
 /// 200 clients each send one small request at about the same time; returns the datagrams
 /// the relay forwarded for them, and checks every reply.
 async fn small_requests(batch: &str) -> usize {
-    let (backend, _) = echo_backend().await;
+    let (backend, accepted) = echo_backend().await;
     let (_gw, gw_addr) = gateway(&[
         "--backend",
         &format!("tcp://{backend}"),
@@ -129,12 +129,19 @@ async fn small_requests(batch: &str) -> usize {
     let (relay, counts) = impairment_relay(gw_addr, Impairment::default()).await;
     let (_agent, listen) = agent(relay, &["--batch-delay", batch]).await;
     ready(listen).await;
-    // Open every connection first, so only the requests themselves are counted.
+    // Open every connection first, so only the requests themselves are counted: all 200
+    // streams reached the backend (and with them the datagrams that opened them).
+    let opened_before = accepted.load(Relaxed);
     let mut clients = Vec::new();
     for _ in 0..200 {
         clients.push(TcpStream::connect(listen).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until(
+        "the 200 streams reached the backend",
+        Duration::from_secs(20),
+        || accepted.load(Relaxed) - opened_before >= 200,
+    )
+    .await;
     let before = counts.forwarded.load(Relaxed);
     let mut tasks = Vec::new();
     for (i, s) in clients.into_iter().enumerate() {

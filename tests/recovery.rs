@@ -331,13 +331,18 @@ async fn a_five_second_outage_costs_no_byte() {
     let (_gw, gw_addr) = gateway(&["--backend", &format!("tcp://{backend}")]);
     let link = Impairment::default();
     let down = link.down.clone();
-    let (relay, _) = impairment_relay(gw_addr, link).await;
+    let (relay, counts) = impairment_relay(gw_addr, link).await;
     let (_agent, listen) = agent(relay, &[]).await;
     ready(listen).await;
     let data = payload(5, 16 << 20);
     let s = TcpStream::connect(listen).await.unwrap();
+    let before = counts.forwarded_bytes.load(Ordering::SeqCst);
     let echo = tokio::spawn(round_trip(s, data.clone()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The outage begins mid-transfer: once 1 MiB of it has crossed the link.
+    wait_until("the transfer under way", Duration::from_secs(20), || {
+        counts.forwarded_bytes.load(Ordering::SeqCst) - before >= 1 << 20
+    })
+    .await;
     down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let back = Instant::now();

@@ -75,22 +75,30 @@ async fn three_equal_backends_share_the_streams_evenly() {
     ready(listen).await;
     let counters = [c1, c2, c3];
     let base: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
-    // Concurrent, long enough that every stream is open while the others are chosen.
+    // Concurrent, and every stream stays open (its echo came back: it reached its backend)
+    // until all 150 have, so each was chosen while all the earlier ones were open.
+    let all_open = Arc::new(tokio::sync::Barrier::new(150));
     let mut tasks = Vec::new();
     for i in 0..150u64 {
+        let all_open = all_open.clone();
         tasks.push(tokio::spawn(async move {
             let s = TcpStream::connect(listen).await.unwrap();
             let (mut r, mut w) = tokio::io::split(s);
             w.write_all(&payload(i, 1000)).await.unwrap();
             let mut buf = vec![0u8; 1000];
             r.read_exact(&mut buf).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            all_open.wait().await;
             w.shutdown().await.unwrap();
         }));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    // A client that failed never reaches the barrier: the others would wait for it forever.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await
+    .expect("150 streams open at once within 60 s");
     let shares: Vec<usize> = counters
         .iter()
         .zip(&base)
@@ -352,8 +360,7 @@ async fn allow_ip_refuses_ipv4_and_ipv6_clients_outside_the_list() {
 
     // An IPv6 listener with an IPv4-only list: ::1 must not slip past.
     let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
-        eprintln!("skipped the IPv6 half: no IPv6 loopback");
-        return;
+        return ferry_test_support::skip("ipv6", "no IPv6 loopback for the test's IPv6 half");
     };
     let v6_port = probe.local_addr().unwrap().port();
     drop(probe);
@@ -520,17 +527,37 @@ async fn a_slow_backend_gets_fewer_streams() {
         slow_count.load(Ordering::SeqCst),
         fast_count.load(Ordering::SeqCst),
     );
-    // Clients arrive every 10 ms, each making one request.
+    // Clients arrive one after another, each making one request: the next comes once this
+    // one's stream has reached a backend and, if that was the fast one, its echo is done.
+    // So at each arrival the fast backend has no stream open and the slow one has those of
+    // the last 300 ms: only the load decides, however fast or slow this machine is.
+    let fast_done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..60u64 {
+        let done = fast_done.clone();
+        let to_slow = slow_count.clone();
         tasks.push(tokio::spawn(async move {
+            let before = to_slow.load(Ordering::SeqCst);
             let s = TcpStream::connect(listen).await.unwrap();
             assert_eq!(
                 round_trip(s, payload(i, 100)).await.unwrap(),
                 payload(i, 100)
             );
+            if to_slow.load(Ordering::SeqCst) == before {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
         }));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let placed = i as usize + 1;
+        wait_until(
+            &format!("client {i} placed, and served if it went to the fast backend"),
+            Duration::from_secs(10),
+            || {
+                let slow = slow_count.load(Ordering::SeqCst) - slow0;
+                let fast = fast_count.load(Ordering::SeqCst) - fast0;
+                slow + fast == placed && fast_done.load(Ordering::SeqCst) == fast
+            },
+        )
+        .await;
     }
     for t in tasks {
         t.await.unwrap();

@@ -384,6 +384,41 @@ fn graceful_close_and_abort_are_reported_with_their_reasons() {
     );
 }
 
+/// Found by the `established_session` fuzz target: when both ends close at once, their CLOSE
+/// frames cross, and each end, closing, answered every packet it received with its CLOSE again,
+/// so each answered the other's answers: a ping-pong for the whole closing period (with no time
+/// passing, as in the fuzz target, without end). Now the 1st, 2nd, 4th, 8th... packet received
+/// while closing is answered, and the exchange dies out in a few packets.
+#[test]
+fn two_ends_closing_at_once_do_not_answer_each_other_for_the_closing_period() {
+    let mut pair = Pair::symmetric(
+        11,
+        ServerConfig::default(),
+        LinkConfig::default().with_delay(MS),
+    );
+    let (ch, sh) = pair.establish(TransportConfig::default()).unwrap();
+    let now = pair.now;
+    pair.client
+        .connection(ch)
+        .unwrap()
+        .close(now, 1, "client stops");
+    pair.server
+        .connection(sh)
+        .unwrap()
+        .close(now, 2, "server stops");
+    pair.capture = Some(Vec::new());
+    let closed = pair.run_until(Duration::from_secs(10), |p| {
+        while p.client.poll_event().is_some() {}
+        while p.server.poll_event().is_some() {}
+        p.client.connection_count() == 0 && p.server.connection_count() == 0
+    });
+    assert!(closed, "both ends forgot their connection");
+    // Each end's first CLOSE, then at most the answers to the 1st, 2nd and 4th packets of the
+    // other: before, about 2 per millisecond of the closing period (hundreds).
+    let sent = pair.capture.map_or(0, |c| c.len());
+    assert!(sent <= 8, "{sent} datagrams while closing");
+}
+
 /// Full packets are all exactly `max_datagram_size` long, so a bulk sender's packets leave in
 /// GSO batches (a batch ends at its first shorter packet), and batches cut at their segment size
 /// still deliver every byte, repairs of lost packets included. The stream frame header was once

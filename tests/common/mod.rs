@@ -187,6 +187,17 @@ pub async fn agent(gateway: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
     (proc, listen)
 }
 
+/// Waits until `condition` holds, looking every 5 ms; fails the test, naming `what`, if it
+/// does not within `timeout`. For a test that must wait for something to happen, not guess
+/// how long it takes.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).await.is_err() {

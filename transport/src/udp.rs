@@ -572,7 +572,7 @@ mod tests {
         match BatchSocket::bind(V6.parse().unwrap()) {
             Ok(s) => Some(s),
             Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
-                eprintln!("skipped: no IPv6 loopback on this machine");
+                ferry_test_support::skip("ipv6", "no IPv6 loopback on this machine");
                 None
             }
             Err(e) => panic!("binding [::1]: {e}"),
@@ -779,8 +779,10 @@ mod tests {
         let a = bind(V4);
         let b = bind(V4);
         if a.max_gso_segments() == 1 {
-            eprintln!("skipped: no GSO on this machine");
-            return;
+            return ferry_test_support::skip(
+                "gso",
+                "no UDP GSO on this machine (kernel or driver)",
+            );
         }
         const SEGMENTS: usize = 300;
         a.gso_override.store(SEGMENTS, Ordering::Relaxed);

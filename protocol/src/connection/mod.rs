@@ -211,6 +211,8 @@ pub struct Connection {
     path_responses: VecDeque<(SocketAddr, [u8; 8])>,
     close_frame: Option<(u64, String)>,
     close_pending: bool,
+    /// Packets received while closing: the CLOSE is sent again for the 1st, 2nd, 4th, 8th...
+    closing_received: u32,
     graceful_close: Option<String>,
     /// Stream frames (stream, offset) owed again as tail duplicates: the packet that carries
     /// them does not duplicate them once more, but may duplicate fresh data riding with them.
@@ -314,6 +316,7 @@ impl Connection {
             path_responses: VecDeque::new(),
             close_frame: None,
             close_pending: false,
+            closing_received: 0,
             graceful_close: None,
             duplicating: Vec::new(),
             last_loss: None,

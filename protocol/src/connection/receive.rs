@@ -30,8 +30,15 @@ impl Connection {
         match self.state {
             State::Closed | State::Draining => return,
             State::Closing => {
-                // Answer with CLOSE again (at most once per packet received).
-                self.close_pending = true;
+                // Answer with CLOSE again, to the 1st, 2nd, 4th, 8th... packet received
+                // meanwhile (RFC 9000 section 10.2.1): a peer whose own CLOSE crossed ours
+                // answers each of our CLOSEs too, and one answer per packet would keep both
+                // sending to each other for the whole closing period (found by the
+                // established_session fuzz target, where no time passes).
+                self.closing_received = self.closing_received.saturating_add(1);
+                if self.closing_received.is_power_of_two() {
+                    self.close_pending = true;
+                }
                 return;
             }
             _ => {}

@@ -116,6 +116,11 @@ impl Settings {
                         .map_err(|_| DecodeError::Invalid("setting name"))?;
                     let val = std::str::from_utf8(val)
                         .map_err(|_| DecodeError::Invalid("setting value"))?;
+                    // A mismatch is reported in one line that both ends log: a peer's line
+                    // breaks (or terminal escapes) must not forge lines of their own there.
+                    if name.chars().chain(val.chars()).any(char::is_control) {
+                        return Err(DecodeError::Invalid("control character in a setting"));
+                    }
                     required.insert(name.to_owned(), val.to_owned());
                     if required.len() > MAX_REQUIRED {
                         return Err(DecodeError::Invalid("too many required settings"));
@@ -222,6 +227,34 @@ mod tests {
         );
         assert!(!err.contains('\n'));
         assert!(ours.check_required("server", &sample(), "client").is_ok());
+    }
+
+    /// Found by `cargo fuzz run settings`: a peer's required setting named with a carriage
+    /// return (among other control characters) broke the one-line mismatch report in two.
+    #[test]
+    fn fuzz_crash_required_setting_with_a_line_break_is_malformed() {
+        let crash = [
+            0x05, 0x01, 0x2d, 0x06, 0x2d, 0x06, 0x05, 0x01, 0x2d, 0x5d, 0x0d, 0x00, 0x04, 0x04,
+            0x03, 0x04, 0x04, 0x24, 0x04, 0x04, 0x00, 0x01, 0x01, 0x00, 0x02, 0x02, 0x7a, 0x03,
+            0x04, 0x06, 0x00, 0x00, 0x00, 0x03, 0x01, 0x03, 0x03, 0x04, 0x04, 0x24, 0x04, 0x04,
+            0x03, 0x03, 0x04, 0x04, 0x24, 0x04, 0x04, 0x00, 0x01, 0x01, 0x00, 0x02, 0x02, 0x7a,
+            0x03, 0x04, 0x01, 0x03, 0x03, 0x04, 0x04, 0x24, 0x04, 0x04,
+        ];
+        assert_eq!(
+            Settings::decode(&crash),
+            Err(DecodeError::Invalid("control character in a setting"))
+        );
+        for (name, value) in [
+            ("tunnel\nforged", "a"),
+            ("tunnel", "a\rb"),
+            ("t", "\u{1b}[2J"),
+        ] {
+            let mut s = sample();
+            s.required.insert(name.into(), value.into());
+            let mut buf = Vec::new();
+            s.encode(&mut buf);
+            assert!(Settings::decode(&buf).is_err(), "{name:?} = {value:?}");
+        }
     }
 
     #[test]
