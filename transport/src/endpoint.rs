@@ -3,8 +3,11 @@
 //! The driver task is a hand-written future rather than a `select!` loop: on each wake-up it
 //! drains the socket in batches (GRO/recvmmsg), runs due timers, routes events to waiting
 //! handles, and sends everything the protocol has ready in GSO batches, then sleeps until the
-//! socket is readable, a handle wakes it, or the next protocol timer is due.
+//! socket is readable, a handle wakes it, or the next protocol timer is due. The socket calls
+//! happen with the shared lock released: transmits are built under it, a few at a time, and
+//! sent after, so a stream handle never waits behind a system call.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -118,8 +121,8 @@ impl Endpoint {
             shared: shared.clone(),
             socket,
             batch,
-            send_buf: Vec::with_capacity(1 << 16),
-            pending_send: None,
+            outgoing: VecDeque::new(),
+            spare: Vec::new(),
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             timer_deadline: None,
         };
@@ -195,26 +198,37 @@ struct Driver {
     shared: Arc<Shared>,
     socket: BatchSocket,
     batch: RecvBatch,
-    send_buf: Vec<u8>,
-    /// A transmit the socket could not take yet: (destination, length, segment size).
-    pending_send: Option<(SocketAddr, usize, Option<usize>)>,
+    /// Transmits built under the lock and sent after it is released, oldest first; a transmit
+    /// the socket could not take yet stays at the front.
+    outgoing: VecDeque<Outgoing>,
+    /// Buffers of sent transmits, for the next ones (at most [`TRANSMITS_PER_LOCK`]).
+    spare: Vec<Vec<u8>>,
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
+}
+
+/// A datagram, or a GSO batch of equal-size datagrams, ready for the socket.
+struct Outgoing {
+    destination: SocketAddr,
+    contents: Vec<u8>,
+    segment_size: Option<usize>,
 }
 
 /// Receive batches handled per wake-up before sending, so neither direction starves the other.
 const RECV_BATCHES_PER_TURN: usize = 16;
 /// Transmits per wake-up before yielding to other tasks.
 const SENDS_PER_TURN: usize = 256;
+/// Transmits built per hold of the lock. The socket calls happen with the lock released, so the
+/// application's stream handles never wait behind a system call; a few transmits per hold keep
+/// the locking cost per datagram small and bound the buffers (each up to 64 KiB).
+const TRANSMITS_PER_LOCK: usize = 8;
 
 impl Driver {
     /// Datagrams per GSO batch: what the socket allows, and under 64 KiB of 1350-byte datagrams.
     fn max_segments(&self) -> usize {
         self.socket.max_gso_segments().clamp(1, 40)
     }
-}
 
-impl Driver {
     /// ICMP port unreachable on a connected socket: tells the connections to that peer.
     fn report_unreachable(&self, state: &mut State) {
         if self.socket.take_refused() > 0 {
@@ -222,6 +236,55 @@ impl Driver {
                 state.endpoint.handle_unreachable(Instant::now(), peer);
             }
         }
+    }
+
+    /// Builds up to [`TRANSMITS_PER_LOCK`] transmits, fewer if the protocol runs out.
+    fn build_transmits(&mut self, state: &mut State) {
+        let max_segments = self.max_segments();
+        while self.outgoing.len() < TRANSMITS_PER_LOCK {
+            let mut contents = self.spare.pop().unwrap_or_default();
+            match state
+                .endpoint
+                .poll_transmit(Instant::now(), &mut contents, max_segments)
+            {
+                Some(t) => {
+                    contents.truncate(t.size);
+                    self.outgoing.push_back(Outgoing {
+                        destination: t.destination,
+                        contents,
+                        segment_size: t.segment_size,
+                    });
+                }
+                None => {
+                    self.spare.push(contents);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends queued transmits until the queue is empty, the socket is full (`false`), or the
+    /// turn's share is used up. Runs without the lock.
+    fn send_queued(&mut self, cx: &mut Context<'_>, sends: &mut usize) -> bool {
+        while let Some(next) = self.outgoing.front() {
+            match self
+                .socket
+                .poll_send(cx, next.destination, &next.contents, next.segment_size)
+            {
+                Poll::Ready(Ok(())) => *sends += 1,
+                Poll::Ready(Err(e)) => {
+                    // One destination's failure (unreachable, refused) must not stop the others.
+                    let dest = next.destination;
+                    tracing::debug!(error = %e, %dest, "UDP send failed; datagram dropped");
+                }
+                Poll::Pending => return false,
+            }
+            let sent = self.outgoing.pop_front().expect("front exists");
+            if self.spare.len() < TRANSMITS_PER_LOCK {
+                self.spare.push(sent.contents);
+            }
+        }
+        true
     }
 }
 
@@ -231,18 +294,21 @@ impl Future for Driver {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let shared = this.shared.clone();
-        let mut state = shared.lock();
-        state.driver_waker = Some(cx.waker().clone());
-        if state.endpoint_refs == 0 && state.endpoint.connection_count() == 0 {
-            return Poll::Ready(());
+        {
+            let mut state = shared.lock();
+            state.driver_waker = Some(cx.waker().clone());
+            if state.endpoint_refs == 0 && state.endpoint.connection_count() == 0 {
+                return Poll::Ready(());
+            }
         }
         let mut keep_going = false;
 
-        // Receive.
+        // Receive: the system call without the lock, the protocol under it.
         for turn in 0..RECV_BATCHES_PER_TURN {
             match this.socket.poll_recv(cx, &mut this.batch) {
                 Poll::Ready(Ok(_)) => {
                     let now = Instant::now();
+                    let mut state = shared.lock();
                     for (addr, datagram) in this.batch.iter() {
                         state.endpoint.handle_datagram(now, addr, datagram);
                     }
@@ -252,62 +318,46 @@ impl Future for Driver {
                 }
                 Poll::Ready(Err(e)) => {
                     tracing::error!(error = %e, "UDP socket receive failed; endpoint stopping");
-                    state.fail_all(&format!("UDP receive failed: {e}"));
+                    shared.lock().fail_all(&format!("UDP receive failed: {e}"));
                     return Poll::Ready(());
                 }
                 Poll::Pending => break,
             }
         }
 
-        this.report_unreachable(&mut state);
+        // Timers, events, and the first transmits.
+        {
+            let mut state = shared.lock();
+            this.report_unreachable(&mut state);
+            state.endpoint.handle_timeout(Instant::now());
+            state.dispatch_events();
+            this.build_transmits(&mut state);
+        }
 
-        // Timers.
-        let now = Instant::now();
-        state.endpoint.handle_timeout(now);
-        state.dispatch_events();
-
-        // Send.
-        let max_segments = this.max_segments();
+        // Send, building more under the lock whenever the queue empties.
         let mut sends = 0;
         loop {
-            if this.pending_send.is_none() {
-                if sends >= SENDS_PER_TURN {
-                    keep_going = true;
-                    break;
-                }
-                match state
-                    .endpoint
-                    .poll_transmit(Instant::now(), &mut this.send_buf, max_segments)
-                {
-                    Some(t) => this.pending_send = Some((t.destination, t.size, t.segment_size)),
-                    None => break,
-                }
-            }
-            let Some((dest, size, segment)) = this.pending_send else {
+            if !this.send_queued(cx, &mut sends) {
                 break;
-            };
-            match this
-                .socket
-                .poll_send(cx, dest, &this.send_buf[..size], segment)
-            {
-                Poll::Ready(Ok(())) => {
-                    this.pending_send = None;
-                    sends += 1;
-                }
-                Poll::Ready(Err(e)) => {
-                    // One destination's failure (unreachable, refused) must not stop the others.
-                    tracing::debug!(error = %e, %dest, "UDP send failed; datagram dropped");
-                    this.pending_send = None;
-                }
-                Poll::Pending => break,
+            }
+            if sends >= SENDS_PER_TURN {
+                keep_going = true;
+                break;
+            }
+            let mut state = shared.lock();
+            this.build_transmits(&mut state);
+            if this.outgoing.is_empty() {
+                break;
             }
         }
-        this.report_unreachable(&mut state);
-        state.dispatch_events();
 
         // Sleep until the next protocol timer.
-        let next = state.endpoint.poll_timeout();
-        drop(state);
+        let next = {
+            let mut state = shared.lock();
+            this.report_unreachable(&mut state);
+            state.dispatch_events();
+            state.endpoint.poll_timeout()
+        };
         if next != this.timer_deadline {
             this.timer_deadline = next;
             if let Some(at) = next {

@@ -103,20 +103,25 @@ impl AsyncRead for Stream {
         }
         let mut state = this.conn.shared.lock();
         let handle = this.conn.handle;
-        let result = match state.endpoint.connection(handle) {
-            Some(conn) => conn.read(Instant::now(), this.id, buf.initialize_unfilled()),
-            None => Err(StreamError::ConnectionClosed),
+        // Reading may grant flow-control credit or free a stream: the driver runs only then,
+        // not for every read (a wake-up per message would cost a task switch each).
+        let (result, driver_needed) = match state.endpoint.connection(handle) {
+            Some(conn) => {
+                let r = conn.read(Instant::now(), this.id, buf.initialize_unfilled());
+                (r, conn.has_pending_control() || conn.has_events())
+            }
+            None => (Err(StreamError::ConnectionClosed), false),
         };
+        if driver_needed {
+            state.wake_driver();
+        }
         match result {
             Ok(ReadOutcome::Data(n)) => {
                 buf.advance(n);
-                // Reading may have granted flow-control credit to send.
-                state.wake_driver();
                 Poll::Ready(Ok(()))
             }
             Ok(ReadOutcome::Finished) => {
                 this.read_finished = true;
-                state.wake_driver();
                 Poll::Ready(Ok(()))
             }
             Ok(ReadOutcome::Blocked) => {

@@ -486,6 +486,12 @@ impl Connection {
         !self.events.is_empty()
     }
 
+    /// True when stream control frames (flow-control credit, stream limits, resets) wait to be
+    /// sent: after a read, an I/O driver needs to run only then.
+    pub fn has_pending_control(&self) -> bool {
+        self.streams.has_pending_control()
+    }
+
     fn check_open(&self) -> Result<(), StreamError> {
         if self.state == State::Established {
             Ok(())
