@@ -210,7 +210,55 @@ fn cpu(pids: &[u32]) -> Duration {
     pids.iter().map(|p| procfs::cpu_time(*p)).sum()
 }
 
-fn report(f: &mut Figures, label: &str, mut out: Outcome, cpu: Option<Duration>) {
+/// UDP datagrams sent so far in the network namespaces of `pids` (each namespace counted once):
+/// the kernel's `Udp: OutDatagrams`, which counts every datagram of a GSO batch.
+fn udp_datagrams_sent(pids: &[u32]) -> u64 {
+    let mut namespaces = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for pid in pids {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !namespaces.insert(ns) {
+            continue;
+        }
+        let Ok(snmp) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
+            continue;
+        };
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            continue;
+        };
+        let column = names.split_whitespace().position(|n| n == "OutDatagrams");
+        total += column
+            .and_then(|c| values.split_whitespace().nth(c))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// What the tunnel processes used while a run lasted.
+struct Usage {
+    cpu: Duration,
+    datagrams: u64,
+}
+
+/// Measures the tunnel processes `pids` around `run`; `None` for direct TCP (no tunnel).
+async fn measured<F: std::future::Future<Output = Result<Outcome, String>>>(
+    pids: &[u32],
+    run: F,
+) -> Result<(Outcome, Option<Usage>), String> {
+    let (cpu0, udp0) = (cpu(pids), udp_datagrams_sent(pids));
+    let out = run.await?;
+    let usage = (!pids.is_empty()).then(|| Usage {
+        cpu: cpu(pids).saturating_sub(cpu0),
+        datagrams: udp_datagrams_sent(pids).saturating_sub(udp0),
+    });
+    Ok((out, usage))
+}
+
+fn report(f: &mut Figures, label: &str, mut out: Outcome, usage: Option<Usage>) {
     f.put(
         &format!("{label}: requests/s"),
         out.requests as f64 / out.elapsed.as_secs_f64(),
@@ -223,10 +271,15 @@ fn report(f: &mut Figures, label: &str, mut out: Outcome, cpu: Option<Duration>)
         &format!("{label}: p99 ms"),
         percentile_ms(&mut out.times, 99.0),
     );
-    if let Some(cpu) = cpu {
+    if let Some(usage) = usage {
+        let requests = out.requests.max(1) as f64;
         f.put(
             &format!("{label}: tunnel CPU us per request"),
-            cpu.as_secs_f64() * 1e6 / out.requests.max(1) as f64,
+            usage.cpu.as_secs_f64() * 1e6 / requests,
+        );
+        f.put(
+            &format!("{label}: UDP datagrams per request"),
+            usage.datagrams as f64 / requests,
         );
     }
 }
@@ -239,10 +292,8 @@ pub async fn run_closed_loop(
     pids: &[u32],
     seconds: Duration,
 ) -> Result<(), String> {
-    let before = cpu(pids);
-    let out = closed_loop(place, entry, seconds).await?;
-    let used = (!pids.is_empty()).then(|| cpu(pids).saturating_sub(before));
-    report(f, "1 KB rr, 64 conns", out, used);
+    let (out, usage) = measured(pids, closed_loop(place, entry, seconds)).await?;
+    report(f, "1 KB rr, 64 conns", out, usage);
     Ok(())
 }
 
@@ -254,9 +305,7 @@ pub async fn run_pipelined(
     pids: &[u32],
     seconds: Duration,
 ) -> Result<(), String> {
-    let before = cpu(pids);
-    let out = pipelined(place, entry, seconds).await?;
-    let used = (!pids.is_empty()).then(|| cpu(pids).saturating_sub(before));
-    report(f, "64 B get x16, 64 conns", out, used);
+    let (out, usage) = measured(pids, pipelined(place, entry, seconds)).await?;
+    report(f, "64 B get x16, 64 conns", out, usage);
     Ok(())
 }

@@ -84,6 +84,13 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
     batch_delay: Duration,
 
+    /// Delayed acknowledgement: an ACK for a packet that arrived in order waits up to this long
+    /// for data (a reply) to carry it, so a request and its response cost two datagrams, not
+    /// four. Gaps and duplicates are acknowledged at once; the peer allows for the delay in its
+    /// retransmission timeout. 0: acknowledge every packet at once. At most 100ms.
+    #[arg(long, env = "FERRY_AGENT_ACK_DELAY", default_value = "1ms", value_parser = ferry_tunnel::duration::parse)]
+    ack_delay: Duration,
+
     #[command(flatten)]
     tls: ferry_tunnel::tls::AgentTlsArgs,
 
@@ -126,12 +133,16 @@ fn config(args: Args) -> Result<AgentConfig, String> {
             let config = TransportConfig {
                 idle_timeout: args.idle_timeout,
                 batch_delay: args.batch_delay,
+                ack_delay: args.ack_delay,
                 crypto: crypto.for_gateway(*g),
                 ..TransportConfig::default()
             };
-            (*g, config)
+            config
+                .validate_for(ferry_protocol::Side::Client)
+                .map_err(|e| format!("invalid transport settings: {e}"))?;
+            Ok((*g, config))
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     let first_port = args.listen.iter().find_map(|l| match &l.address {
         Address::Tcp { port, .. } => Some(*port),
         Address::Unix(_) => None,

@@ -115,6 +115,13 @@ struct Args {
     /// streams' small messages share packets (0: send at once).
     #[arg(long, env = "FERRY_GATEWAY_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
     batch_delay: Duration,
+
+    /// Delayed acknowledgement: an ACK for a packet that arrived in order waits up to this long
+    /// for data (a reply) to carry it, so a request and its response cost two datagrams, not
+    /// four. Gaps and duplicates are acknowledged at once; the peer allows for the delay in its
+    /// retransmission timeout. 0: acknowledge every packet at once. At most 100ms.
+    #[arg(long, env = "FERRY_GATEWAY_ACK_DELAY", default_value = "1ms", value_parser = ferry_tunnel::duration::parse)]
+    ack_delay: Duration,
 }
 
 /// Default of `--max-streams`: 10,000, the agent's default `--max-connections`, so that an
@@ -193,6 +200,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
         batch_delay: args.batch_delay,
+        ack_delay: args.ack_delay,
         crypto,
         ..TransportConfig::default()
     };

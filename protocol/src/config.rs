@@ -108,6 +108,14 @@ pub struct TransportConfig {
     /// once). Control frames never wait; an acknowledgement with no data to ride with waits
     /// up to the same delay (its delay field keeps the peer's RTT estimate exact).
     pub batch_delay: Duration,
+    /// Delayed acknowledgement: an ACK owed for a packet that arrived in order, while less than
+    /// two full datagrams' worth is unacknowledged, waits up to this long for data (a reply)
+    /// to carry it, as TCP's delayed ACK does (RFC 1122 section 4.2.3.2, RFC 5681 section
+    /// 4.2). A request/response exchange then costs two datagrams, not four. Gaps, reordering,
+    /// duplicates and handshake packets are acknowledged at once, so loss recovery is not
+    /// slowed; the delay is announced in the handshake and the peer adds it to its
+    /// retransmission timeout. Default 1 ms; zero acknowledges every packet at once.
+    pub ack_delay: Duration,
     /// Packet protection. Default none; the binaries default to TLS. Both ends must agree:
     /// the mode is a required setting, so a mismatch fails the handshake with a clear reason.
     pub crypto: CryptoConfig,
@@ -137,6 +145,7 @@ impl Default for TransportConfig {
             required_settings: BTreeMap::new(),
             crypto: CryptoConfig::None,
             batch_delay: Duration::ZERO,
+            ack_delay: Duration::from_millis(1),
         }
     }
 }
@@ -221,6 +230,18 @@ impl TransportConfig {
         self
     }
 
+    /// Sets the acknowledgement delay (see [`Self::ack_delay`]).
+    pub fn ack_delay(mut self, delay: Duration) -> Self {
+        self.ack_delay = delay;
+        self
+    }
+
+    /// Longest an acknowledgement may wait at this end: the ACK delay, or the batch delay
+    /// (an ACK waits for batched data too), whichever is longer. Announced to the peer.
+    pub fn max_ack_delay(&self) -> Duration {
+        self.ack_delay.max(self.batch_delay)
+    }
+
     /// Sets the batch delay (see [`Self::batch_delay`]).
     pub fn batch_delay(mut self, delay: Duration) -> Self {
         self.batch_delay = delay;
@@ -284,6 +305,9 @@ impl TransportConfig {
         if self.batch_delay > Duration::from_secs(1) {
             return Err("batch_delay must be at most 1 s".into());
         }
+        if self.ack_delay > Duration::from_millis(100) {
+            return Err("ack_delay must be at most 100 ms".into());
+        }
         if self.stream_send_buffer < 1024 {
             return Err("stream_send_buffer must be at least 1 KiB".into());
         }
@@ -303,6 +327,7 @@ impl TransportConfig {
             initial_max_data: self.connection_credit_window(),
             initial_max_stream_data: self.stream_limits().initial_stream_window,
             initial_max_streams: self.max_concurrent_streams,
+            max_ack_delay: self.max_ack_delay(),
             required: {
                 let mut required = self.required_settings.clone();
                 required.insert("crypto".into(), self.crypto.mode().into());

@@ -148,7 +148,12 @@ impl Connection {
     }
 
     pub(super) fn current_rto(&self) -> Duration {
-        let base = self.rtt.rto(self.config.rto_floor, GRANULARITY);
+        // The peer may hold its ACK back for its announced delay: that is not a loss.
+        let peer_ack_delay = self
+            .peer_settings
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.max_ack_delay);
+        let base = self.rtt.rto(self.config.rto_floor, GRANULARITY) + peer_ack_delay;
         let factor = self.config.rto_backoff.powi(self.rto_count.min(64) as i32);
         base.mul_f64(factor.min(1e6))
             .min(self.config.rto_ceiling.max(base))

@@ -236,8 +236,16 @@ pub struct Connection {
     open_buf: Vec<u8>,
     /// Since when stream data has been held back to fill a packet (batching).
     batch_since: Option<Instant>,
-    /// Since when an acknowledgement has been held back to ride with data (batching).
-    ack_held_since: Option<Instant>,
+    /// Delayed acknowledgement (see [`TransportConfig::ack_delay`]): when an owed ACK must
+    /// leave even if no data has come to carry it.
+    ///
+    /// [`TransportConfig::ack_delay`]: crate::config::TransportConfig::ack_delay
+    ack_deadline: Option<Instant>,
+    /// The owed ACK leaves at once: a gap, reordering, a duplicate, or two full datagrams'
+    /// worth received since the last ACK.
+    ack_immediate: bool,
+    /// Bytes of ack-eliciting packets received since the last ACK was sent.
+    unacked_received_bytes: usize,
     /// Ack-eliciting packets that may be sent beyond the congestion window: after a
     /// retransmission timeout, probes must leave whatever the window says.
     probe_credit: u8,
@@ -327,7 +335,9 @@ impl Connection {
             peer_hello: Vec::new(),
             open_buf: Vec::new(),
             batch_since: None,
-            ack_held_since: None,
+            ack_deadline: None,
+            ack_immediate: false,
+            unacked_received_bytes: 0,
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
             events: VecDeque::new(),
@@ -622,7 +632,7 @@ impl Connection {
                     return;
                 }
                 Timer::Keepalive => self.ping_pending = true,
-                Timer::Pacing | Timer::Batch => {}
+                Timer::Pacing | Timer::Batch | Timer::Ack => {}
                 Timer::Loss => self.on_loss_timer(now),
             }
         }

@@ -112,7 +112,9 @@ impl Connection {
         {
             // A duplicate or a replay: never processed twice.
             self.stats.duplicate_packets += 1;
+            // The peer sent it again, so our ACK went missing: acknowledge at once.
             self.ack_pending = true;
+            self.ack_immediate = true;
             return;
         }
         if !sealed {
@@ -173,6 +175,9 @@ impl Connection {
         let newest = self
             .largest_received
             .is_none_or(|(largest, _)| pn > largest);
+        let in_order = self
+            .largest_received
+            .is_some_and(|(largest, _)| pn == largest + 1);
         if remote != self.remote {
             // Handshake packets come only from the address that proved itself; later, a newer
             // packet from elsewhere starts path validation (reordered old ones do not).
@@ -198,7 +203,7 @@ impl Connection {
             self.largest_received = Some((pn, now));
         }
         if ack_eliciting {
-            self.ack_pending = true;
+            self.owe_ack(now, in_order, datagram_len);
         }
         self.last_received = Some(now);
         if let Some(idle) = self.idle_timeout {
@@ -208,6 +213,27 @@ impl Connection {
         }
         self.drain_stream_events();
         self.check_graceful_close(now);
+    }
+
+    /// An ack-eliciting packet arrived: an ACK is owed, at once or within the ACK delay (see
+    /// [`TransportConfig::ack_delay`]).
+    ///
+    /// [`TransportConfig::ack_delay`]: crate::config::TransportConfig::ack_delay
+    fn owe_ack(&mut self, now: Instant, in_order: bool, datagram_len: usize) {
+        self.ack_pending = true;
+        self.unacked_received_bytes = self.unacked_received_bytes.saturating_add(datagram_len);
+        let delay = self.config.max_ack_delay();
+        if !in_order
+            || delay.is_zero()
+            || self.state != State::Established
+            || self.unacked_received_bytes >= 2 * self.max_datagram
+        {
+            self.ack_immediate = true;
+        } else if self.ack_deadline.is_none() {
+            let at = now + delay;
+            self.ack_deadline = Some(at);
+            self.timers.set(Timer::Ack, at);
+        }
     }
 
     fn apply_frame(&mut self, now: Instant, remote: SocketAddr, frame: &Frame<'_>) {

@@ -139,7 +139,10 @@ impl Connection {
             AckFrame::encode(std::iter::once(top.clone()), delay, 1, out)
         };
         self.ack_pending = false;
-        self.ack_held_since = None;
+        self.ack_deadline = None;
+        self.ack_immediate = false;
+        self.unacked_received_bytes = 0;
+        self.timers.stop(Timer::Ack);
         written.then(|| top.end - 1)
     }
 
@@ -293,41 +296,35 @@ impl Connection {
         // Room for stream data in one packet: the datagram less headers, frame headers and tag.
         let room = self.max_datagram.saturating_sub(64) as u64;
         if delay.is_zero() || urgent || self.streams.pending_data_at_least(room) {
-            self.batch_since = None;
+            self.end_batch();
             return false;
         }
-        match self.batch_since {
-            None => {
-                self.batch_since = Some(now);
-                self.timers.set_earliest(Timer::Batch, now + delay);
-                true
-            }
-            Some(since) if now >= since + delay => {
-                self.batch_since = None;
-                false
-            }
-            Some(_) => true,
+        let since = *self.batch_since.get_or_insert(now);
+        if now >= since + delay {
+            self.end_batch();
+            return false;
         }
+        // Armed on every hold, not only the first: a timer of an earlier batch may have fired
+        // (and been used up) in between.
+        self.timers.set_earliest(Timer::Batch, since + delay);
+        true
     }
 
-    /// Batching: true while an acknowledgement with nothing to carry it should wait for data
-    /// (at most [`TransportConfig::batch_delay`]; the ACK's delay field tells the peer, so its
-    /// RTT estimate is unaffected). Without batching ACKs leave at once.
+    fn end_batch(&mut self) {
+        self.batch_since = None;
+        self.timers.stop(Timer::Batch);
+    }
+
+    /// True while an owed acknowledgement with nothing to carry it should wait for data (see
+    /// [`TransportConfig::ack_delay`]; the ACK's delay field tells the peer, so its RTT
+    /// estimate is unaffected).
     ///
-    /// [`TransportConfig::batch_delay`]: crate::config::TransportConfig::batch_delay
-    fn ack_held(&mut self, now: Instant) -> bool {
-        let delay = self.config.batch_delay;
-        if delay.is_zero() || self.state != State::Established {
+    /// [`TransportConfig::ack_delay`]: crate::config::TransportConfig::ack_delay
+    fn ack_held(&self, now: Instant) -> bool {
+        if self.ack_immediate || self.state != State::Established {
             return false;
         }
-        match self.ack_held_since {
-            None => {
-                self.ack_held_since = Some(now);
-                self.timers.set_earliest(Timer::Batch, now + delay);
-                true
-            }
-            Some(since) => now < since + delay,
-        }
+        self.ack_deadline.is_some_and(|at| now < at)
     }
 
     /// Server: the client's reset and address tokens, if owed and there is room.

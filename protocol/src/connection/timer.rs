@@ -18,15 +18,18 @@ pub(super) enum Timer {
     Close,
     /// Batched stream data must leave by then.
     Batch,
+    /// A delayed acknowledgement must leave by then.
+    Ack,
 }
 
-const ALL: [Timer; 6] = [
+const ALL: [Timer; 7] = [
     Timer::Idle,
     Timer::Loss,
     Timer::Keepalive,
     Timer::Pacing,
     Timer::Close,
     Timer::Batch,
+    Timer::Ack,
 ];
 
 /// Deadline of each timer, if armed.

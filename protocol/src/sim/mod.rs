@@ -16,6 +16,7 @@ use crate::config::{ServerConfig, TransportConfig};
 use crate::connection::Transmit;
 use crate::endpoint::{ConnectionHandle, Endpoint};
 
+pub mod exchange;
 pub mod link;
 pub mod transfer;
 

@@ -25,6 +25,7 @@ mod keys {
     pub const INITIAL_MAX_STREAM_DATA: u64 = 0x04;
     pub const INITIAL_MAX_STREAMS: u64 = 0x05;
     pub const REQUIRED: u64 = 0x06;
+    pub const MAX_ACK_DELAY_US: u64 = 0x07;
 }
 
 /// At most this many required settings are accepted from a peer.
@@ -45,9 +46,17 @@ pub struct Settings {
     pub initial_max_stream_data: u64,
     /// How many streams the peer may open before further credit.
     pub initial_max_streams: u64,
+    /// Longest this end holds an acknowledgement back, hoping for data to carry it: the peer
+    /// adds it to its retransmission timeout, so a delayed ACK never looks like a loss. Absent
+    /// (an older peer) means zero.
+    pub max_ack_delay: Duration,
     /// Settings that must be identical on both ends, by name.
     pub required: BTreeMap<String, String>,
 }
+
+/// Largest acknowledgement delay a peer may announce: a longer one would stretch our
+/// retransmission timeout past any use.
+pub const MAX_ACK_DELAY_LIMIT: Duration = Duration::from_secs(1);
 
 impl Settings {
     /// Appends the encoded settings.
@@ -67,6 +76,10 @@ impl Settings {
             (keys::INITIAL_MAX_DATA, self.initial_max_data),
             (keys::INITIAL_MAX_STREAM_DATA, self.initial_max_stream_data),
             (keys::INITIAL_MAX_STREAMS, self.initial_max_streams),
+            (
+                keys::MAX_ACK_DELAY_US,
+                self.max_ack_delay.as_micros().min(u128::from(u32::MAX)) as u64,
+            ),
         ] {
             num.clear();
             num.put_varint(value);
@@ -88,6 +101,7 @@ impl Settings {
         let mut max_data = None;
         let mut max_stream_data = None;
         let mut max_streams = None;
+        let mut max_ack_delay = Duration::ZERO;
         let mut required = BTreeMap::new();
         while !r.is_empty() {
             let key = r.varint()?;
@@ -105,6 +119,12 @@ impl Settings {
                 keys::INITIAL_MAX_DATA => max_data = Some(number()?),
                 keys::INITIAL_MAX_STREAM_DATA => max_stream_data = Some(number()?),
                 keys::INITIAL_MAX_STREAMS => max_streams = Some(number()?),
+                keys::MAX_ACK_DELAY_US => {
+                    max_ack_delay = Duration::from_micros(number()?);
+                    if max_ack_delay > MAX_ACK_DELAY_LIMIT {
+                        return Err(DecodeError::Invalid("max ack delay"));
+                    }
+                }
                 keys::REQUIRED => {
                     let mut pr = Reader::new(value);
                     let name = pr.length_prefixed()?;
@@ -136,6 +156,7 @@ impl Settings {
             initial_max_data: max_data.ok_or(missing)?,
             initial_max_stream_data: max_stream_data.ok_or(missing)?,
             initial_max_streams: max_streams.ok_or(missing)?,
+            max_ack_delay,
             required,
         })
     }
@@ -198,6 +219,7 @@ mod tests {
             initial_max_data: 1 << 24,
             initial_max_stream_data: 1 << 20,
             initial_max_streams: 256,
+            max_ack_delay: Duration::from_millis(2),
             required: BTreeMap::from([("crypto".into(), "none".into())]),
         }
     }
@@ -210,6 +232,34 @@ mod tests {
         buf.put_varint(0x7777);
         buf.put_length_prefixed(b"future");
         assert_eq!(Settings::decode(&buf), Ok(s));
+    }
+
+    #[test]
+    fn an_absent_ack_delay_is_zero_and_a_huge_one_is_malformed() {
+        let mut s = sample();
+        s.max_ack_delay = Duration::ZERO;
+        let mut buf = Vec::new();
+        s.encode(&mut buf);
+        // Drop the ack-delay record, as an older peer would: it decodes as zero.
+        let mut older = Vec::new();
+        let mut r = Reader::new(&buf);
+        while !r.is_empty() {
+            let key = r.varint().unwrap();
+            let value = r.length_prefixed().unwrap();
+            if key != keys::MAX_ACK_DELAY_US {
+                older.put_varint(key);
+                older.put_length_prefixed(value);
+            }
+        }
+        assert!(older.len() < buf.len());
+        assert_eq!(Settings::decode(&older), Ok(s.clone()));
+        s.max_ack_delay = MAX_ACK_DELAY_LIMIT + Duration::from_micros(1);
+        let mut huge = Vec::new();
+        s.encode(&mut huge);
+        assert_eq!(
+            Settings::decode(&huge),
+            Err(DecodeError::Invalid("max ack delay"))
+        );
     }
 
     #[test]
