@@ -150,7 +150,7 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} not found: build with `cargo build --release` first",
+            "{} not found: build with `cargo build --release --features bench` first",
             path.display()
         ))
     }

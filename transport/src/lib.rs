@@ -10,6 +10,7 @@
 
 mod conn_ref;
 mod connection;
+#[cfg(feature = "echo")]
 pub mod echo;
 mod endpoint;
 mod shared;

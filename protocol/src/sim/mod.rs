@@ -8,6 +8,14 @@
 //!
 //! Addresses are only labels here; they are loopback ones so that nothing could ever leave the
 //! machine even if they were used by mistake.
+//!
+//! It is compiled only with the crate's `sim` feature: the tests and benchmarks that use it turn
+//! it on (this crate's own through a dev-dependency on itself, `ferry-bench` through its `bench`
+//! feature), and the shipped binaries leave it out. A feature rather than a crate of its own:
+//! `ferry-bench` lives in the root package beside `ferry-agent` and `ferry-gateway`, so a crate
+//! it needed would be a dependency of theirs too, whereas a feature can be required by
+//! `ferry-bench` alone (`required-features`); and the simulator, the protocol's test bench, moves
+//! with the protocol's API in the same commits.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
