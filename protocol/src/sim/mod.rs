@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{ServerConfig, TransportConfig};
-use crate::connection::Transmit;
+use crate::connection::{ConnectionError, Event, Transmit};
 use crate::endpoint::{ConnectionHandle, Endpoint};
 
 pub mod link;
@@ -326,5 +326,30 @@ impl Pair {
                     .is_some_and(|c| c.is_established())
         });
         ok.then(|| (client, server.expect("accepted")))
+    }
+
+    /// Runs until both ends have reported [`Event::Closed`], for at most `limit` of virtual
+    /// time; returns the client's and the server's errors, `None` for an end that had not
+    /// closed by then. Every other event is taken and dropped.
+    pub fn run_until_both_closed(
+        &mut self,
+        limit: Duration,
+    ) -> (Option<ConnectionError>, Option<ConnectionError>) {
+        let mut client_error = None;
+        let mut server_error = None;
+        self.run_until(limit, |p| {
+            while let Some((_, ev)) = p.client.poll_event() {
+                if let Event::Closed(e) = ev {
+                    client_error = Some(e);
+                }
+            }
+            while let Some((_, ev)) = p.server.poll_event() {
+                if let Event::Closed(e) = ev {
+                    server_error = Some(e);
+                }
+            }
+            client_error.is_some() && server_error.is_some()
+        });
+        (client_error, server_error)
     }
 }
