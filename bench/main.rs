@@ -46,10 +46,9 @@ mod netns;
 mod peers;
 mod report;
 mod rr;
-mod rtb;
 mod slow_readers;
 
-use ferry_test_support::procfs;
+use ferry_test_support::{procfs, rtb};
 
 use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;

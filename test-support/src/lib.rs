@@ -1,6 +1,6 @@
 //! What Ferry's test suites and benchmarks share, and nothing the shipped crates need:
 //! [`skip`] (below), [`payload`] (incompressible bytes from a seed), [`procfs`] (a process's CPU
-//! time and memory), [`http`] (a minimal GET, for the monitor's pages), [`sibling`] (a program
+//! time and memory), [`rtb`] (RTB-like JSON messages), [`http`] (a minimal GET, for the monitor's pages), [`sibling`] (a program
 //! built beside this one). A dev-dependency of the crates whose tests use it, and a dependency
 //! of the root package only for `ferry-bench` and `ferry-demo`, which the agent and the gateway
 //! do not link.
@@ -22,6 +22,7 @@ use std::io::Write;
 pub mod http;
 pub mod payload;
 pub mod procfs;
+pub mod rtb;
 mod sibling;
 
 pub use http::{http_get, http_get_accepting};
