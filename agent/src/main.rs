@@ -139,7 +139,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
     let monitor =
         ferry_tunnel::process::monitor_address(args.monitor.as_deref(), first_port.unwrap_or(0))?;
     if let Some(addr) = monitor {
-        ferry_monitor::check_address(addr, args.monitor_public)?;
+        ferry_monitor::check_address(addr, args.monitor_public).map_err(|e| e.to_string())?;
     }
     Ok(AgentConfig {
         listen: args.listen,
