@@ -117,7 +117,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         info!(config = %file.display(), "settings read from file (command-line flags override it)");
     }
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
-    let crypto = args.tls.crypto_config()?;
+    let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     info!(crypto = crypto.mode(), "encryption");
     let gateways = args
         .gateways

@@ -188,7 +188,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     }
     let services = services(args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
-    let crypto = args.tls.crypto_config()?;
+    let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     let transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
