@@ -21,24 +21,22 @@ pub fn cpu_time(pid: impl Display) -> Duration {
 
 /// Peak resident memory (VmHWM) of process `pid` in bytes; zero if unknown.
 pub fn peak_rss(pid: impl Display) -> u64 {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    status_bytes(pid, "VmHWM:")
 }
 
 /// Resident memory now (VmRSS) of process `pid` in bytes; zero if unknown.
 pub fn rss(pid: impl Display) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The `field` line of `/proc/<pid>/status` (a figure in kB) in bytes; zero if unknown.
+fn status_bytes(pid: impl Display, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
