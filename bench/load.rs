@@ -42,17 +42,7 @@ const CHUNK: usize = 64 << 10;
 
 fn pattern() -> &'static [u8] {
     static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    PATTERN.get_or_init(|| {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..PATTERN_BYTES + CHUNK)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    })
+    PATTERN.get_or_init(|| ferry_test_support::payload(1, PATTERN_BYTES + CHUNK))
 }
 
 /// Echoes the pattern through one new connection to `entry` (written and read at once) until

@@ -44,11 +44,11 @@ mod link;
 mod load;
 mod netns;
 mod peers;
-mod procfs;
 mod report;
 mod rr;
-mod rtb;
 mod slow_readers;
+
+use ferry_test_support::{procfs, rtb};
 
 use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;

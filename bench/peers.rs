@@ -144,16 +144,10 @@ fn free_port() -> u16 {
 }
 
 fn sibling(name: &str) -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot locate ferry-bench: {e}"))?;
-    let path = me.with_file_name(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build with `cargo build --release` first",
-            path.display()
-        ))
-    }
+    ferry_test_support::sibling(
+        name,
+        "build with `cargo build --release --features bench` first",
+    )
 }
 
 fn spawn(place: &Place, program: &Path, args: &[String]) -> Result<Child, String> {

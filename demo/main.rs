@@ -50,16 +50,7 @@ impl Drop for Children {
 }
 
 fn sibling(name: &str) -> Result<PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot locate this program: {e}"))?;
-    let path = me.with_file_name(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build everything first with `cargo build --release`",
-            path.display()
-        ))
-    }
+    ferry_test_support::sibling(name, "build everything first with `cargo build --release`")
 }
 
 async fn echo_backend() -> std::io::Result<SocketAddr> {

@@ -124,7 +124,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         info!(config = %file.display(), "settings read from file (command-line flags override it)");
     }
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
-    let crypto = args.tls.crypto_config()?;
+    let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     info!(crypto = crypto.mode(), "encryption");
     let gateways = args
         .gateways
@@ -150,7 +150,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
     let monitor =
         ferry_tunnel::process::monitor_address(args.monitor.as_deref(), first_port.unwrap_or(0))?;
     if let Some(addr) = monitor {
-        ferry_monitor::check_address(addr, args.monitor_public)?;
+        ferry_monitor::check_address(addr, args.monitor_public).map_err(|e| e.to_string())?;
     }
     Ok(AgentConfig {
         listen: args.listen,

@@ -195,7 +195,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     }
     let services = services(args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
-    let crypto = args.tls.crypto_config()?;
+    let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     let transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
@@ -212,9 +212,10 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     let monitor =
         ferry_tunnel::process::monitor_address(args.monitor.as_deref(), args.listen.port())?;
     if let Some(addr) = monitor {
-        ferry_monitor::check_address(addr, args.monitor_public)?;
+        ferry_monitor::check_address(addr, args.monitor_public).map_err(|e| e.to_string())?;
     }
-    let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)?;
+    let secret = ferry_tunnel::static_secret::load(args.reset_key_file.as_deref(), tls_key)
+        .map_err(|e| e.to_string())?;
     info!(source = %secret.source, server_id = ?args.server_id, "stateless reset key");
     Ok(GatewayConfig {
         listen: args.listen,

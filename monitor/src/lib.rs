@@ -47,25 +47,42 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No HTTP connection lives longer than this (keep-alive included).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why the monitor cannot serve where it was asked to: one line, naming the address.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// A `--monitor` address off loopback, without `--monitor-public`.
+    #[error(
+        "--monitor {0} is not a loopback address: the monitor shows peers and traffic; \
+         add --monitor-public to serve it there anyway"
+    )]
+    NotLoopback(SocketAddr),
+    /// Something else listens there.
+    #[error("cannot serve the monitor on {0}: address already in use")]
+    AddressInUse(SocketAddr),
+    /// The listener could not be bound for another reason.
+    #[error("cannot serve the monitor on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Checks a `--monitor` address: loopback only, unless `public` (the operator asked for it).
-pub fn check_address(addr: SocketAddr, public: bool) -> Result<(), String> {
+pub fn check_address(addr: SocketAddr, public: bool) -> Result<(), MonitorError> {
     if addr.ip().is_loopback() || public {
         Ok(())
     } else {
-        Err(format!(
-            "--monitor {addr} is not a loopback address: the monitor shows peers and traffic; \
-             add --monitor-public to serve it there anyway"
-        ))
+        Err(MonitorError::NotLoopback(addr))
     }
 }
 
 /// Binds the monitor's listener, with a one-line error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MonitorError> {
     TcpListener::bind(addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            format!("cannot serve the monitor on {addr}: address already in use")
-        }
-        _ => format!("cannot serve the monitor on {addr}: {e}"),
+        std::io::ErrorKind::AddrInUse => MonitorError::AddressInUse(addr),
+        _ => MonitorError::Bind { addr, source: e },
     })
 }
 

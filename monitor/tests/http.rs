@@ -66,28 +66,8 @@ async fn start() -> (std::net::SocketAddr, Arc<Fake>) {
     (addr, fake)
 }
 
-/// A minimal HTTP/1.1 GET; returns status, content type and body.
-async fn get(addr: std::net::SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req =
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    // Bodies are small and sent whole; a chunked one is not expected.
-    (status, content_type, body.to_owned())
-}
+/// A minimal HTTP/1.1 GET with an `Accept` header; returns status, content type and body.
+use ferry_test_support::http_get_accepting as get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_with_its_content_type_and_parses() {
@@ -189,7 +169,9 @@ async fn every_endpoint_answers_with_its_content_type_and_parses() {
 fn the_monitor_stays_on_loopback_unless_asked() {
     assert!(ferry_monitor::check_address("127.0.0.1:10000".parse().unwrap(), false).is_ok());
     assert!(ferry_monitor::check_address("[::1]:10000".parse().unwrap(), false).is_ok());
-    let e = ferry_monitor::check_address("0.0.0.0:10000".parse().unwrap(), false).unwrap_err();
+    let e = ferry_monitor::check_address("0.0.0.0:10000".parse().unwrap(), false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--monitor-public"), "{e}");
     assert!(ferry_monitor::check_address("0.0.0.0:10000".parse().unwrap(), true).is_ok());
 }

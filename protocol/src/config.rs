@@ -23,6 +23,62 @@ pub const MAX_CONCURRENT_STREAMS_LIMIT: u64 = 1 << 20;
 /// refused rather than silently promising more memory than a tunnel host has.
 pub const MAX_CONNECTION_CREDIT: u64 = 4 << 30;
 
+/// Why a [`TransportConfig`] was refused: a value that would make the protocol misbehave (the
+/// message names the field), or packet protection that does not fit the side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `max_datagram_size` is outside 1200..=65527.
+    #[error("max_datagram_size {0} is outside 1200..=65527")]
+    MaxDatagramSize(u16),
+    /// `reorder_threshold` is zero.
+    #[error("reorder_threshold must be at least 1")]
+    ReorderThreshold,
+    /// `time_threshold` is below 1 or not finite.
+    #[error("time_threshold must be a finite number >= 1")]
+    TimeThreshold,
+    /// `rto_backoff` is below 1 or not finite.
+    #[error("rto_backoff must be a finite number >= 1")]
+    RtoBackoff,
+    /// A receive window is below 1 KiB, or the connection's is below a stream's.
+    #[error("receive windows must be >= 1 KiB and the connection window >= the stream window")]
+    ReceiveWindows,
+    /// `stream_initial_receive_window` is below 1 KiB.
+    #[error("stream_initial_receive_window must be at least 1 KiB")]
+    StreamInitialReceiveWindow,
+    /// `max_concurrent_streams` (the value) is above [`MAX_CONCURRENT_STREAMS_LIMIT`].
+    #[error("max_concurrent_streams {0} is above {MAX_CONCURRENT_STREAMS_LIMIT}")]
+    MaxConcurrentStreams(u64),
+    /// The credit one connection may be given (the value, in bytes) is above
+    /// [`MAX_CONNECTION_CREDIT`].
+    #[error(
+        "max_concurrent_streams x stream_initial_receive_window + connection_receive_window \
+         is {0} bytes, above the {MAX_CONNECTION_CREDIT}-byte bound on what one \
+         connection may hold"
+    )]
+    ConnectionCredit(u64),
+    /// `batch_delay` is above 1 s.
+    #[error("batch_delay must be at most 1 s")]
+    BatchDelay,
+    /// `stream_send_buffer` is below 1 KiB.
+    #[error("stream_send_buffer must be at least 1 KiB")]
+    StreamSendBuffer,
+    /// A fixed congestion rate below 8000 bit/s.
+    #[error("fixed congestion rate must be at least 8000 bit/s")]
+    FixedRate,
+    /// A TLS client configuration given to a server.
+    #[error("a TLS client configuration cannot serve")]
+    TlsClientCannotServe,
+    /// A TLS server configuration given to a client.
+    #[error("a TLS server configuration cannot connect")]
+    TlsServerCannotConnect,
+    /// A TLS configuration that does not offer Ferry's ALPN.
+    #[error(
+        "the TLS configuration must offer ALPN {:?} (use ferry_protocol::crypto::ALPN)",
+        String::from_utf8_lossy(crate::crypto::ALPN)
+    )]
+    MissingAlpn,
+}
+
 /// Per-connection transport settings. Build with [`TransportConfig::default`] and the setters.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -255,65 +311,54 @@ impl TransportConfig {
     }
 
     /// Checks the configuration for one side, crypto included.
-    pub fn validate_for(&self, side: Side) -> Result<(), String> {
+    pub fn validate_for(&self, side: Side) -> Result<(), ConfigError> {
         self.validate()?;
         self.crypto.validate(side)
     }
 
     /// Checks values that would make the protocol misbehave. The error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1200..=65527).contains(&self.max_datagram_size) {
-            return Err(format!(
-                "max_datagram_size {} is outside 1200..=65527",
-                self.max_datagram_size
-            ));
+            return Err(ConfigError::MaxDatagramSize(self.max_datagram_size));
         }
         if self.reorder_threshold == 0 {
-            return Err("reorder_threshold must be at least 1".into());
+            return Err(ConfigError::ReorderThreshold);
         }
         if !(self.time_threshold >= 1.0 && self.time_threshold.is_finite()) {
-            return Err("time_threshold must be a finite number >= 1".into());
+            return Err(ConfigError::TimeThreshold);
         }
         if !(self.rto_backoff >= 1.0 && self.rto_backoff.is_finite()) {
-            return Err("rto_backoff must be a finite number >= 1".into());
+            return Err(ConfigError::RtoBackoff);
         }
         if self.stream_receive_window < 1024
             || self.connection_receive_window < self.stream_receive_window
         {
-            return Err(
-                "receive windows must be >= 1 KiB and the connection window >= the stream window"
-                    .into(),
-            );
+            return Err(ConfigError::ReceiveWindows);
         }
         if self.stream_initial_receive_window < 1024 {
-            return Err("stream_initial_receive_window must be at least 1 KiB".into());
+            return Err(ConfigError::StreamInitialReceiveWindow);
         }
         if self.max_concurrent_streams > MAX_CONCURRENT_STREAMS_LIMIT {
-            return Err(format!(
-                "max_concurrent_streams {} is above {MAX_CONCURRENT_STREAMS_LIMIT}",
-                self.max_concurrent_streams
+            return Err(ConfigError::MaxConcurrentStreams(
+                self.max_concurrent_streams,
             ));
         }
         let credit = self.connection_credit_window();
         if credit > MAX_CONNECTION_CREDIT {
-            return Err(format!(
-                "max_concurrent_streams x stream_initial_receive_window + connection_receive_window \
-                 is {credit} bytes, above the {MAX_CONNECTION_CREDIT}-byte bound on what one \
-                 connection may hold"
-            ));
+            return Err(ConfigError::ConnectionCredit(credit));
         }
         if self.batch_delay > Duration::from_secs(1) {
-            return Err("batch_delay must be at most 1 s".into());
+            return Err(ConfigError::BatchDelay);
         }
         if self.ack_delay > Duration::from_millis(100) {
             return Err("ack_delay must be at most 100 ms".into());
         }
         if self.stream_send_buffer < 1024 {
-            return Err("stream_send_buffer must be at least 1 KiB".into());
+            return Err(ConfigError::StreamSendBuffer);
         }
         if let CongestionConfig::Fixed { rate_bps } = self.congestion {
             if rate_bps < 8_000 {
-                return Err("fixed congestion rate must be at least 8000 bit/s".into());
+                return Err(ConfigError::FixedRate);
             }
         }
         Ok(())
@@ -431,13 +476,13 @@ mod tests {
             max_concurrent_streams: 100_000,
             ..TransportConfig::default()
         };
-        let err = config.validate().unwrap_err();
+        let err = config.validate().unwrap_err().to_string();
         assert!(
             err.contains("max_concurrent_streams x stream_initial_receive_window"),
             "{err}"
         );
         config.max_concurrent_streams = u64::MAX;
-        assert!(config.validate().unwrap_err().contains("above"));
+        assert!(config.validate().unwrap_err().to_string().contains("above"));
         let tiny = TransportConfig::default().stream_initial_receive_window(512);
         assert!(tiny.validate().is_err());
     }

@@ -17,7 +17,7 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tracing::{debug, trace, warn};
 
-use crate::config::{ServerConfig, TransportConfig};
+use crate::config::{ConfigError, ServerConfig, TransportConfig};
 use crate::connection::{close_code, Connection, Event, Transmit};
 use crate::wire::cookie::{TokenKey, TokenKind};
 use crate::wire::fleet::{self, FleetKeys};
@@ -87,7 +87,7 @@ const HANDSHAKE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::fro
 pub enum ConnectError {
     /// The transport configuration is unusable.
     #[error("invalid transport configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(ConfigError),
 }
 
 /// Most stateless replies queued at once; beyond that they are dropped (and counted).

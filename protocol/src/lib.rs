@@ -3,7 +3,7 @@
 //! Nothing in this crate touches a socket or reads a clock: an [`Endpoint`] is fed datagrams and
 //! the current [`Instant`](std::time::Instant), and is asked for datagrams to send, for the next
 //! instant it needs to be woken at, and for application events. The tokio driver in
-//! `ferry-transport` does the I/O; the simulator in [`sim`] moves datagrams in virtual time, so
+//! `ferry-transport` does the I/O; the simulator in `sim` (feature `sim`) moves datagrams in virtual time, so
 //! loss, delay, reordering and blackouts are tested deterministically from a seed.
 //!
 //! Map of the crate (wire code never imports logic code):
@@ -18,7 +18,7 @@
 //!   [`congestion`] (controllers and pacing);
 //! - streams: [`streams`] (send buffers, reassembly, flow control);
 //! - state machines: [`connection`], [`endpoint`] (many connections on one socket);
-//! - testing: [`sim`] (seeded network simulator in virtual time).
+//! - testing: `sim` (seeded network simulator in virtual time), with the `sim` feature only.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,6 +30,7 @@ pub mod endpoint;
 pub mod ranges;
 pub mod recovery;
 pub mod rtt;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod streams;
 pub mod wire;

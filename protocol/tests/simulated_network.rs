@@ -283,21 +283,7 @@ fn mismatched_required_settings_fail_the_handshake_with_the_same_line_on_both_en
         LinkConfig::default().with_delay(5 * MS),
     );
     let ch = pair.connect(client_config);
-    let mut client_error = None;
-    let mut server_error = None;
-    pair.run_until(Duration::from_secs(5), |p| {
-        while let Some((_, ev)) = p.client.poll_event() {
-            if let Event::Closed(e) = ev {
-                client_error = Some(e);
-            }
-        }
-        while let Some((_, ev)) = p.server.poll_event() {
-            if let Event::Closed(e) = ev {
-                server_error = Some(e);
-            }
-        }
-        client_error.is_some() && server_error.is_some()
-    });
+    let (client_error, server_error) = pair.run_until_both_closed(Duration::from_secs(5));
     let expected = ConnectionError::HandshakeFailed(
         "settings differ: compress: server snappy, client none".into(),
     );

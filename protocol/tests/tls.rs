@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
-use ferry_protocol::connection::{ConnectionError, Event};
+use ferry_protocol::connection::ConnectionError;
 use ferry_protocol::crypto::{CryptoConfig, Identity};
 use ferry_protocol::sim::transfer::{verify, BulkSide};
 use ferry_protocol::sim::{Direction, LinkConfig, Pair};
@@ -125,22 +125,7 @@ fn handshake_errors(
     client: CryptoConfig,
 ) -> (Option<ConnectionError>, Option<ConnectionError>) {
     pair.connect(TransportConfig::default().crypto(client));
-    let mut client_error = None;
-    let mut server_error = None;
-    pair.run_until(Duration::from_secs(15), |p| {
-        while let Some((_, ev)) = p.client.poll_event() {
-            if let Event::Closed(e) = ev {
-                client_error = Some(e);
-            }
-        }
-        while let Some((_, ev)) = p.server.poll_event() {
-            if let Event::Closed(e) = ev {
-                server_error = Some(e);
-            }
-        }
-        client_error.is_some() && server_error.is_some()
-    });
-    (client_error, server_error)
+    pair.run_until_both_closed(Duration::from_secs(15))
 }
 
 fn assert_failed(error: &Option<ConnectionError>, side: &str, words: &[&str]) {

@@ -1,4 +1,9 @@
-//! What Ferry's test suites share, and nothing the shipped crates need.
+//! What Ferry's test suites and benchmarks share, and nothing the shipped crates need:
+//! [`skip`] (below), [`payload`] (incompressible bytes from a seed), [`procfs`] (a process's CPU
+//! time and memory), [`rtb`] (RTB-like JSON messages), [`http`] (a minimal GET, for the monitor's pages), [`sibling`] (a program
+//! built beside this one). A dev-dependency of the crates whose tests use it, and a dependency
+//! of the root package only for `ferry-bench` and `ferry-demo`, which the agent and the gateway
+//! do not link.
 //!
 //! A test that cannot run on this machine (no Chromium, not root, no IPv6 loopback...) must not
 //! pass as if it had: a green run would then say nothing about what it covers. So [`skip`]
@@ -13,6 +18,16 @@
 #![warn(missing_docs)]
 
 use std::io::Write;
+
+pub mod http;
+pub mod payload;
+pub mod procfs;
+pub mod rtb;
+mod sibling;
+
+pub use http::{http_get, http_get_accepting};
+pub use payload::payload;
+pub use sibling::sibling;
 
 /// The variable that lets tests skip.
 pub const ALLOW_SKIP: &str = "FERRY_ALLOW_SKIP";

@@ -258,17 +258,8 @@ pub async fn expect_reset(addr: SocketAddr, what: &str) {
     );
 }
 
-pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[allow(unused_imports)] // Not every suite sends a payload.
+pub use ferry_test_support::payload;
 
 /// An in-test UDP impairment relay between the agent and the gateway: every datagram, in both
 /// directions, is dropped with probability `loss`, or else delivered after `delay` plus a
@@ -515,22 +506,5 @@ pub fn metric(body: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
 }
 
 /// GET `path` from a monitor at `addr`; returns status, content type and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
-}
+#[allow(unused_imports)] // Not every suite reads a monitor.
+pub use ferry_test_support::http_get;

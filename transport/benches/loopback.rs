@@ -15,23 +15,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_test_support::procfs::cpu_time;
 use ferry_transport::{rustls, CryptoConfig, Endpoint, Identity, ServerConfig, TransportConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// CPU time (user + system) of a process, from /proc.
-fn cpu_time(pid: &str) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    // Linux reports in USER_HZ, which is 100 on every mainstream architecture.
-    Duration::from_millis(ticks * 10)
-}
 
 /// Period of the payload pattern: writes and checks are slices of it, so the load generator
 /// costs a memcpy/memcmp per byte and the figures measure the tunnels, not the generator.
@@ -41,18 +28,8 @@ const CHUNK_BYTES: usize = 64 << 10;
 
 fn pattern() -> &'static [u8] {
     static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    PATTERN.get_or_init(|| {
-        // xorshift64: incompressible enough for a tunnel without compression.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..PATTERN_BYTES)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    })
+    // Incompressible enough for a tunnel without compression.
+    PATTERN.get_or_init(|| ferry_test_support::payload(1, PATTERN_BYTES))
 }
 
 /// True when `data` equals the pattern's bytes from stream offset `at`.
@@ -266,8 +243,7 @@ async fn kcptun_run(mib: usize, backend: SocketAddr, crypt: &str) -> Option<Meas
     stream.set_nodelay(true).ok()?;
     let (r, w) = stream.into_split();
     let pids = [k.server.id().to_string(), k.client.id().to_string()];
-    let cpu =
-        |pids: &[String]| cpu_time("self") + pids.iter().map(|p| cpu_time(p)).sum::<Duration>();
+    let cpu = |pids: &[String]| cpu_time("self") + pids.iter().map(cpu_time).sum::<Duration>();
     let cpu0 = cpu(&pids);
     let t0 = Instant::now();
     echo_through(r, w, mib << 20, false)

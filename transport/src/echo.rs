@@ -1,5 +1,7 @@
 //! An echo service: every stream of every accepted connection is sent back to its sender.
-//! Used by the quick start, the tests and the benchmarks as a backend that needs nothing else.
+//! Used by the quick start example, the tests and the benchmarks as a backend that needs nothing
+//! else; compiled only with the crate's `echo` feature (they turn it on through this crate's
+//! dev-dependency on itself), so the shipped library does not carry it.
 
 use tokio::io::AsyncWriteExt;
 

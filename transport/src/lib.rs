@@ -10,6 +10,7 @@
 
 mod conn_ref;
 mod connection;
+#[cfg(feature = "echo")]
 pub mod echo;
 mod endpoint;
 mod shared;
@@ -20,6 +21,6 @@ pub use connection::Connection;
 pub use endpoint::{ConnectError, Endpoint};
 pub use ferry_protocol::config::{ServerConfig, StaticSecret, TransportConfig};
 pub use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
-pub use ferry_protocol::crypto::{rustls, CryptoConfig, Identity};
+pub use ferry_protocol::crypto::{rustls, CryptoConfig, CryptoConfigError, Identity};
 pub use ferry_protocol::endpoint::ConnectionHandle;
 pub use stream::{Stream, RESET_DROPPED};

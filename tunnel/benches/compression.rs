@@ -21,10 +21,7 @@ use ferry_tunnel::compress::Codec;
 use ferry_tunnel::splice::{receive_chunks, send_chunks, Meter, SpliceOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
-#[path = "../../bench/rtb.rs"]
-mod rtb;
-
-use rtb::{bid_request, bid_response, Gen};
+use ferry_test_support::rtb::{bid_request, bid_response, Gen};
 
 struct Outcome {
     payload: u64,

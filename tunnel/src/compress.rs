@@ -100,10 +100,24 @@ impl fmt::Display for Codec {
     }
 }
 
-impl FromStr for Codec {
-    type Err = String;
+/// Why a `--compress` value was refused: one line naming the input and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// `flate:N` with N outside 1..=9.
+    #[error("invalid compression level in {0:?}: use flate:1 to flate:9")]
+    FlateLevel(String),
+    /// `zstd:N` with N outside 1..=19.
+    #[error("invalid compression level in {0:?}: use zstd:1 to zstd:19")]
+    ZstdLevel(String),
+    /// No such codec.
+    #[error("unknown compression {0:?}: use none, snappy, flate[:1-9] or zstd[:1-19]")]
+    Unknown(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Codec {
+    type Err = CodecError;
+
+    fn from_str(s: &str) -> Result<Self, CodecError> {
         match s {
             "none" => Ok(Codec::None),
             "snappy" => Ok(Codec::Snappy),
@@ -113,22 +127,16 @@ impl FromStr for Codec {
                 if let Some(level) = s.strip_prefix("flate:") {
                     return match level.parse::<u32>() {
                         Ok(level) if (1..=9).contains(&level) => Ok(Codec::Flate(level)),
-                        _ => Err(format!(
-                            "invalid compression level in {s:?}: use flate:1 to flate:9"
-                        )),
+                        _ => Err(CodecError::FlateLevel(s.to_owned())),
                     };
                 }
                 if let Some(level) = s.strip_prefix("zstd:") {
                     return match level.parse::<i32>() {
                         Ok(level) if (1..=19).contains(&level) => Ok(Codec::Zstd(level)),
-                        _ => Err(format!(
-                            "invalid compression level in {s:?}: use zstd:1 to zstd:19"
-                        )),
+                        _ => Err(CodecError::ZstdLevel(s.to_owned())),
                     };
                 }
-                Err(format!(
-                    "unknown compression {s:?}: use none, snappy, flate[:1-9] or zstd[:1-19]"
-                ))
+                Err(CodecError::Unknown(s.to_owned()))
             }
         }
     }
@@ -599,15 +607,7 @@ mod tests {
     }
 
     fn random(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        ferry_test_support::payload(1, len)
     }
 
     #[test]
@@ -836,12 +836,18 @@ mod tests {
         assert!("flate:0"
             .parse::<Codec>()
             .unwrap_err()
+            .to_string()
             .contains("flate:1 to flate:9"));
-        assert!("lz4".parse::<Codec>().unwrap_err().contains("none, snappy"));
+        assert!("lz4"
+            .parse::<Codec>()
+            .unwrap_err()
+            .to_string()
+            .contains("none, snappy"));
         assert_eq!("zstd".parse::<Codec>(), Ok(Codec::Zstd(3)));
         assert!("zstd:30"
             .parse::<Codec>()
             .unwrap_err()
+            .to_string()
             .contains("zstd:1 to zstd:19"));
         for c in [Codec::None, Codec::Snappy, Codec::Flate(3), Codec::Zstd(7)] {
             assert_eq!(c.to_string().parse::<Codec>(), Ok(c));

@@ -9,10 +9,45 @@
 
 use std::ffi::OsString;
 
+/// Why `--config FILE` could not be used: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// `--config` was the last argument.
+    #[error("--config needs a FILE")]
+    MissingFile,
+    /// The file could not be read.
+    #[error("cannot read config {file}: {source}")]
+    Read {
+        /// The file, as given.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a configuration.
+    #[error("invalid config {file}: {source}")]
+    Invalid {
+        /// The file, as given.
+        file: String,
+        /// What is wrong in it.
+        source: TomlError,
+    },
+}
+
+/// What is wrong in a configuration's TOML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TomlError {
+    /// Not TOML: the first line of the parser's message.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key whose value no flag can take (a table, a date...).
+    #[error("key {0:?}: use a string, number, boolean or a list of them")]
+    Value(String),
+}
+
 /// Inserts the flags that the file named by `--config FILE` (or `--config=FILE`) holds right
 /// after the program name; `--config` itself stays for the parser to document and report.
 /// Without `--config`, returns `args` unchanged.
-pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, ConfigFileError> {
     let mut rest = Vec::with_capacity(args.len());
     let mut file = None;
     let mut it = args.into_iter();
@@ -20,7 +55,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     while let Some(arg) = it.next() {
         let text = arg.to_string_lossy();
         if text == "--config" {
-            let path = it.next().ok_or("--config needs a FILE")?;
+            let path = it.next().ok_or(ConfigFileError::MissingFile)?;
             file = Some(path.clone());
             rest.extend([arg, path]);
         } else {
@@ -33,22 +68,31 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out: Vec<OsString> = program.into_iter().collect();
     if let Some(path) = file {
         let shown = path.to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read config {shown}: {e}"))?;
-        out.extend(flags_from_toml(&text).map_err(|e| format!("invalid config {shown}: {e}"))?);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
+            file: shown.clone(),
+            source,
+        })?;
+        out.extend(
+            flags_from_toml(&text).map_err(|source| ConfigFileError::Invalid {
+                file: shown,
+                source,
+            })?,
+        );
     }
     out.extend(rest);
     Ok(out)
 }
 
 /// The flags a TOML document stands for.
-pub fn flags_from_toml(text: &str) -> Result<Vec<OsString>, String> {
+pub fn flags_from_toml(text: &str) -> Result<Vec<OsString>, TomlError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        e.message()
-            .lines()
-            .next()
-            .unwrap_or("syntax error")
-            .to_owned()
+        TomlError::Syntax(
+            e.message()
+                .lines()
+                .next()
+                .unwrap_or("syntax error")
+                .to_owned(),
+        )
     })?;
     let mut flags = Vec::new();
     for (key, value) in table {
@@ -68,11 +112,7 @@ pub fn flags_from_toml(text: &str) -> Result<Vec<OsString>, String> {
                 }
                 toml::Value::Boolean(true) => flags.push(OsString::from(&flag)),
                 toml::Value::Boolean(false) => {}
-                _ => {
-                    return Err(format!(
-                        "key {key:?}: use a string, number, boolean or a list of them"
-                    ))
-                }
+                _ => return Err(TomlError::Value(key)),
             }
         }
     }
@@ -124,15 +164,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_in_one_line() {
-        let e = expand(os(&["x", "--config=/nonexistent/ferry.toml"])).unwrap_err();
+        let e = expand(os(&["x", "--config=/nonexistent/ferry.toml"]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("cannot read config /nonexistent/ferry.toml"),
             "{e}"
         );
-        let e = flags_from_toml("listen = ").unwrap_err();
+        let e = flags_from_toml("listen = ").unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
         assert!(flags_from_toml("x = { a = 1 }")
             .unwrap_err()
+            .to_string()
             .contains("key \"x\""));
         assert_eq!(
             expand(os(&["x", "--listen", "a"])).unwrap(),

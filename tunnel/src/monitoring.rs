@@ -19,7 +19,9 @@ use crate::splice::Meter;
 /// Binds the monitor's listener at `address` (`None`: the monitor is off).
 pub(crate) async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
     match address {
-        Some(addr) => Ok(Some(ferry_monitor::bind(addr).await?)),
+        Some(addr) => Ok(Some(
+            ferry_monitor::bind(addr).await.map_err(|e| e.to_string())?,
+        )),
         None => Ok(None),
     }
 }

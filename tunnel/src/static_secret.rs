@@ -44,61 +44,115 @@ pub fn default_key_file() -> Option<PathBuf> {
     Some(base.join("ferry").join("gateway-reset-key"))
 }
 
+/// Why the gateway's secret could not be had: one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticSecretError {
+    /// The TLS private key could not be read.
+    #[error("{}: cannot read the private key: {source}", .path.display())]
+    TlsKey {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: ferry_transport::rustls::pki_types::pem::Error,
+    },
+    /// Neither a key file nor a place to make one.
+    #[error(
+        "no place for the reset key file: set HOME or STATE_DIRECTORY, or give --reset-key-file"
+    )]
+    NoPlace,
+    /// A key file that does not hold the key.
+    #[error(
+        "{}: a reset key file holds {} hexadecimal digits (it is made on first start if absent)",
+        .0.display(),
+        2 * KEY_FILE_BYTES
+    )]
+    Malformed(PathBuf),
+    /// The key file could not be read.
+    #[error("cannot read the reset key file {}: {source}", .path.display())]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file could not be made.
+    #[error("cannot create the reset key file {}: {source}", .path.display())]
+    Create {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file just made could not be read back.
+    #[error("cannot read {}: {source}", .path.display())]
+    ReadBack {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The gateway's secret: from `key_file` if given; else from the TLS private key `tls_key`
 /// if TLS is on; else from the default key file.
-pub fn load(key_file: Option<&Path>, tls_key: Option<&Path>) -> Result<Loaded, String> {
+pub fn load(key_file: Option<&Path>, tls_key: Option<&Path>) -> Result<Loaded, StaticSecretError> {
     if let Some(path) = key_file {
         return from_key_file(path);
     }
     if let Some(path) = tls_key {
-        let key = PrivateKeyDer::from_pem_file(path)
-            .map_err(|e| format!("{}: cannot read the private key: {e}", path.display()))?;
+        let key =
+            PrivateKeyDer::from_pem_file(path).map_err(|source| StaticSecretError::TlsKey {
+                path: path.to_owned(),
+                source,
+            })?;
         return Ok(Loaded {
             secret: StaticSecret(key.secret_der().to_vec()),
             source: format!("TLS key {}", path.display()),
         });
     }
-    let path = default_key_file().ok_or(
-        "no place for the reset key file: set HOME or STATE_DIRECTORY, or give --reset-key-file",
-    )?;
+    let path = default_key_file().ok_or(StaticSecretError::NoPlace)?;
     from_key_file(&path)
 }
 
 /// Reads a key file, or creates it (and its directory) with a fresh random secret.
-pub fn from_key_file(path: &Path) -> Result<Loaded, String> {
+pub fn from_key_file(path: &Path) -> Result<Loaded, StaticSecretError> {
+    let malformed = || StaticSecretError::Malformed(path.to_owned());
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Loaded {
-            secret: StaticSecret(parse(&text).map_err(|e| format!("{}: {e}", path.display()))?),
+            secret: StaticSecret(parse(&text).ok_or_else(malformed)?),
             source: format!("key file {}", path.display()),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create(path)
-                .map_err(|e| format!("cannot create the reset key file {}: {e}", path.display()))?;
+            create(path).map_err(|source| StaticSecretError::Create {
+                path: path.to_owned(),
+                source,
+            })?;
             // Read back what is there now: a gateway started at the same moment may have won.
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| StaticSecretError::ReadBack {
+                    path: path.to_owned(),
+                    source,
+                })?;
             Ok(Loaded {
-                secret: StaticSecret(parse(&text).map_err(|e| format!("{}: {e}", path.display()))?),
+                secret: StaticSecret(parse(&text).ok_or_else(malformed)?),
                 source: format!("key file {} (created)", path.display()),
             })
         }
-        Err(e) => Err(format!(
-            "cannot read the reset key file {}: {e}",
-            path.display()
-        )),
+        Err(source) => Err(StaticSecretError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
-fn parse(text: &str) -> Result<Vec<u8>, String> {
+/// The key in a key file's text; `None` unless it is exactly the hexadecimal digits of one.
+fn parse(text: &str) -> Option<Vec<u8>> {
     let hex = text.trim();
     if hex.len() != 2 * KEY_FILE_BYTES || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "a reset key file holds {} hexadecimal digits (it is made on first start if absent)",
-            2 * KEY_FILE_BYTES
-        ));
+        return None;
     }
     (0..KEY_FILE_BYTES)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
         .collect()
 }
 
@@ -150,7 +204,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&path, "not hex\n").unwrap();
-        let err = from_key_file(&path).err().unwrap();
+        let err = from_key_file(&path).err().unwrap().to_string();
         assert!(err.contains("hexadecimal"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ferry_transport::rustls::pki_types::pem::{self, PemObject};
 use ferry_transport::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use ferry_transport::rustls::RootCertStore;
-use ferry_transport::{CryptoConfig, Identity};
+use ferry_transport::{CryptoConfig, CryptoConfigError, Identity};
 
 /// Packet protection on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +24,55 @@ pub enum CryptoMode {
 }
 
 const DEV_HINT: &str = "make a development set with `ferry-certs --out DIR`, or use --crypto none on a trusted network";
+
+/// Why the encryption flags could not be turned into a configuration: one line naming the flag
+/// or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A TLS flag given with `--crypto none`.
+    #[error("{0} is set but --crypto is none: remove it, or use --crypto tls")]
+    Unused(&'static str),
+    /// A gateway under TLS without its certificate or key.
+    #[error("--crypto tls (the default) needs --tls-cert FILE and --tls-key FILE: {DEV_HINT}")]
+    NeedsCertAndKey,
+    /// `--tls-server-name` is neither a DNS name nor an IP address.
+    #[error("invalid --tls-server-name {0:?}: not a DNS name or IP")]
+    ServerName(String),
+    /// A PEM file that could not be read or holds no `what` (`certificate`, `private key`).
+    #[error("{}", pem_message(.path, .what, .source))]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+        /// Why it could not be used.
+        source: pem::Error,
+    },
+    /// A CA certificate that cannot be a trust anchor.
+    #[error("{}: not a usable CA certificate: {source}", .path.display())]
+    UnusableCa {
+        /// The file.
+        path: PathBuf,
+        /// rustls's reason.
+        source: ferry_transport::rustls::Error,
+    },
+    /// No `--tls-ca` and no system roots; `detail` is the first loading error, if any, as
+    /// ` (reason)`.
+    #[error("no --tls-ca given and no system CA certificates found{detail}: pass --tls-ca FILE")]
+    NoSystemRoots {
+        /// The first loading error, parenthesised with a leading space, or empty.
+        detail: String,
+    },
+    /// The files were read but rustls refused the configuration; `file` is the certificate
+    /// (or `TLS` when there is none).
+    #[error("{}: {source}", .file.display())]
+    Config {
+        /// The certificate, or `TLS`.
+        file: PathBuf,
+        /// Why.
+        source: CryptoConfigError,
+    },
+}
 
 /// The gateway's encryption flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +98,7 @@ pub struct GatewayTlsArgs {
 
 impl GatewayTlsArgs {
     /// Reads the files and builds the server's crypto configuration.
-    pub fn crypto_config(&self) -> Result<CryptoConfig, String> {
+    pub fn crypto_config(&self) -> Result<CryptoConfig, TlsError> {
         if self.crypto == CryptoMode::None {
             reject_unused(&[
                 ("--tls-cert", self.tls_cert.is_some()),
@@ -59,13 +108,14 @@ impl GatewayTlsArgs {
             return Ok(CryptoConfig::None);
         }
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Err(format!(
-                "--crypto tls (the default) needs --tls-cert FILE and --tls-key FILE: {DEV_HINT}"
-            ));
+            return Err(TlsError::NeedsCertAndKey);
         };
         let identity = load_identity(cert, key)?;
         let client_roots = self.tls_client_ca.as_deref().map(load_roots).transpose()?;
-        CryptoConfig::server(identity, client_roots).map_err(|e| format!("{}: {e}", cert.display()))
+        CryptoConfig::server(identity, client_roots).map_err(|source| TlsError::Config {
+            file: cert.clone(),
+            source,
+        })
     }
 }
 
@@ -132,7 +182,7 @@ impl AgentCrypto {
 
 impl AgentTlsArgs {
     /// Reads the files and builds the client's crypto configuration.
-    pub fn crypto_config(&self) -> Result<AgentCrypto, String> {
+    pub fn crypto_config(&self) -> Result<AgentCrypto, TlsError> {
         if self.crypto == CryptoMode::None {
             reject_unused(&[
                 ("--tls-ca", self.tls_ca.is_some()),
@@ -149,8 +199,7 @@ impl AgentTlsArgs {
             .tls_server_name
             .as_deref()
             .map(|n| {
-                ServerName::try_from(n.to_owned())
-                    .map_err(|_| format!("invalid --tls-server-name {n:?}: not a DNS name or IP"))
+                ServerName::try_from(n.to_owned()).map_err(|_| TlsError::ServerName(n.to_owned()))
             })
             .transpose()?;
         let roots = match &self.tls_ca {
@@ -163,9 +212,14 @@ impl AgentTlsArgs {
         };
         // The name is replaced per gateway; any valid one serves to build the configuration.
         let placeholder = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let config = CryptoConfig::client(roots, placeholder, identity).map_err(|e| {
-            let file = self.tls_cert.as_deref().unwrap_or(Path::new("TLS"));
-            format!("{}: {e}", file.display())
+        let config = CryptoConfig::client(roots, placeholder, identity).map_err(|source| {
+            TlsError::Config {
+                file: self
+                    .tls_cert
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("TLS")),
+                source,
+            }
         })?;
         Ok(AgentCrypto {
             config,
@@ -174,17 +228,15 @@ impl AgentTlsArgs {
     }
 }
 
-fn reject_unused(flags: &[(&str, bool)]) -> Result<(), String> {
+fn reject_unused(flags: &[(&'static str, bool)]) -> Result<(), TlsError> {
     match flags.iter().find(|(_, set)| *set) {
-        Some((flag, _)) => Err(format!(
-            "{flag} is set but --crypto is none: remove it, or use --crypto tls"
-        )),
+        Some((flag, _)) => Err(TlsError::Unused(flag)),
         None => Ok(()),
     }
 }
 
 /// A certificate chain and its key.
-fn load_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
+fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     Ok(Identity {
         chain: load_certs(cert)?,
         key: load_key(key)?,
@@ -192,7 +244,7 @@ fn load_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
 }
 
 /// Every certificate in a PEM file; at least one.
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(path, "certificate", e))?
         .collect::<Result<Vec<_>, _>>()
@@ -204,11 +256,19 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// The private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, "private key", e))
 }
 
-fn pem_error(path: &Path, what: &str, e: pem::Error) -> String {
+fn pem_error(path: &Path, what: &'static str, source: pem::Error) -> TlsError {
+    TlsError::Pem {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+fn pem_message(path: &Path, what: &str, e: &pem::Error) -> String {
     let file = path.display();
     match e {
         pem::Error::Io(e) => format!("{file}: cannot read: {e}"),
@@ -218,30 +278,30 @@ fn pem_error(path: &Path, what: &str, e: pem::Error) -> String {
 }
 
 /// Trust anchors from a PEM file of CA certificates.
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        roots.add(cert).map_err(|source| TlsError::UnusableCa {
+            path: path.to_owned(),
+            source,
+        })?;
     }
     Ok(roots)
 }
 
 /// The operating system's trusted roots.
-fn system_roots() -> Result<RootCertStore, String> {
+fn system_roots() -> Result<RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(format!(
-            "no --tls-ca given and no system CA certificates found{}: pass --tls-ca FILE",
-            found
+        return Err(TlsError::NoSystemRoots {
+            detail: found
                 .errors
                 .first()
                 .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        ));
+                .unwrap_or_default(),
+        });
     }
     Ok(roots)
 }
@@ -261,7 +321,10 @@ mod tests {
 
     #[test]
     fn tls_without_a_certificate_says_how_to_get_one() {
-        let e = gateway_args(CryptoMode::Tls).crypto_config().unwrap_err();
+        let e = gateway_args(CryptoMode::Tls)
+            .crypto_config()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--tls-cert") && e.contains("ferry-certs"), "{e}");
     }
 
@@ -270,7 +333,7 @@ mod tests {
         let mut args = gateway_args(CryptoMode::None);
         assert!(matches!(args.crypto_config(), Ok(CryptoConfig::None)));
         args.tls_client_ca = Some("ca.pem".into());
-        let e = args.crypto_config().unwrap_err();
+        let e = args.crypto_config().unwrap_err().to_string();
         assert!(
             e.contains("--tls-client-ca") && e.contains("--crypto"),
             "{e}"
@@ -282,7 +345,7 @@ mod tests {
         let mut args = gateway_args(CryptoMode::Tls);
         args.tls_cert = Some("/nonexistent/gateway.pem".into());
         args.tls_key = Some("/nonexistent/gateway.key".into());
-        let e = args.crypto_config().unwrap_err();
+        let e = args.crypto_config().unwrap_err().to_string();
         assert!(e.contains("/nonexistent/gateway.pem"), "{e}");
     }
 }

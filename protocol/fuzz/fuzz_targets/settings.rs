@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
     let ours = TransportConfig::default().settings();
     match ours.check_required("server", &peer, "client") {
         Ok(()) => assert_eq!(ours.required, peer.required),
-        Err(line) => {
+        Err(mismatch) => {
+            let line = mismatch.to_string();
             assert_ne!(ours.required, peer.required);
             assert!(line.starts_with("settings differ: "));
             // Both ends log this line: a peer's names and values must not break it in two.

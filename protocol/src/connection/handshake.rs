@@ -82,8 +82,9 @@ impl Connection {
             Side::Client => ("client", "server"),
             Side::Server => ("server", "client"),
         };
-        if let Err(reason) = self.local_settings.check_required(ours, &peer, theirs) {
+        if let Err(mismatch) = self.local_settings.check_required(ours, &peer, theirs) {
             // Both ends log this same line: the server sends it in its CLOSE.
+            let reason = mismatch.to_string();
             self.enter_closing(
                 now,
                 close_code::SETTINGS_MISMATCH,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 
+use crate::config::ConfigError;
 use crate::wire::ids::Side;
 
 /// ALPN protocol name both ends require, so a Ferry handshake cannot be confused with another
@@ -57,23 +58,46 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_error(what: &str, e: rustls::Error) -> String {
+/// Why a TLS configuration could not be built: one line, naming the part that was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoConfigError {
+    /// rustls refused `what` (`TLS`, `certificate`, `client certificate`).
+    #[error("{what}: {}", tls_reason(.source))]
+    Tls {
+        /// The part refused.
+        what: &'static str,
+        /// rustls's reason.
+        source: rustls::Error,
+    },
+    /// The client CA cannot verify client certificates.
+    #[error("client CA: {0}")]
+    ClientCa(#[source] rustls::server::VerifierBuilderError),
+}
+
+fn tls_reason(e: &rustls::Error) -> String {
     match e {
         rustls::Error::InconsistentKeys(_) => {
-            format!("{what}: the private key does not belong to the certificate")
+            "the private key does not belong to the certificate".to_owned()
         }
-        e => format!("{what}: {e}"),
+        e => e.to_string(),
     }
+}
+
+fn tls_error(what: &'static str) -> impl FnOnce(rustls::Error) -> CryptoConfigError {
+    move |source| CryptoConfigError::Tls { what, source }
 }
 
 impl CryptoConfig {
     /// A TLS server as Ferry needs it (TLS 1.3 only, ALPN [`ALPN`], no session tickets):
     /// presents `identity`; with `client_roots`, requires every client to present a certificate
     /// issued by one of them (mutual TLS).
-    pub fn server(identity: Identity, client_roots: Option<RootCertStore>) -> Result<Self, String> {
+    pub fn server(
+        identity: Identity,
+        client_roots: Option<RootCertStore>,
+    ) -> Result<Self, CryptoConfigError> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| tls_error("TLS", e))?;
+            .map_err(tls_error("TLS"))?;
         let builder = match client_roots {
             None => builder.with_no_client_auth(),
             Some(roots) => {
@@ -82,13 +106,13 @@ impl CryptoConfig {
                     provider(),
                 )
                 .build()
-                .map_err(|e| format!("client CA: {e}"))?;
+                .map_err(CryptoConfigError::ClientCa)?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         let mut config = builder
             .with_single_cert(identity.chain, identity.key)
-            .map_err(|e| tls_error("certificate", e))?;
+            .map_err(tls_error("certificate"))?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         // Sessions are long-lived and keys come from the exporter: no tickets, no resumption.
         config.send_tls13_tickets = 0;
@@ -101,16 +125,16 @@ impl CryptoConfig {
         roots: RootCertStore,
         server_name: ServerName<'static>,
         identity: Option<Identity>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CryptoConfigError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| tls_error("TLS", e))?
+            .map_err(tls_error("TLS"))?
             .with_root_certificates(Arc::new(roots));
         let mut config = match identity {
             None => builder.with_no_client_auth(),
             Some(id) => builder
                 .with_client_auth_cert(id.chain, id.key)
-                .map_err(|e| tls_error("client certificate", e))?,
+                .map_err(tls_error("client certificate"))?,
         };
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.resumption = rustls::client::Resumption::disabled();
@@ -145,23 +169,20 @@ impl CryptoConfig {
     }
 
     /// Checks that the configuration fits this side and Ferry's needs.
-    pub(crate) fn validate(&self, side: Side) -> Result<(), String> {
+    pub(crate) fn validate(&self, side: Side) -> Result<(), ConfigError> {
         let alpn = match (self, side) {
             (CryptoConfig::None, _) => return Ok(()),
             (CryptoConfig::TlsClient { config, .. }, Side::Client) => &config.alpn_protocols,
             (CryptoConfig::TlsServer(config), Side::Server) => &config.alpn_protocols,
             (CryptoConfig::TlsClient { .. }, Side::Server) => {
-                return Err("a TLS client configuration cannot serve".into())
+                return Err(ConfigError::TlsClientCannotServe)
             }
             (CryptoConfig::TlsServer(_), Side::Client) => {
-                return Err("a TLS server configuration cannot connect".into())
+                return Err(ConfigError::TlsServerCannotConnect)
             }
         };
         if !alpn.iter().any(|p| p == ALPN) {
-            return Err(format!(
-                "the TLS configuration must offer ALPN {:?} (use ferry_protocol::crypto::ALPN)",
-                String::from_utf8_lossy(ALPN)
-            ));
+            return Err(ConfigError::MissingAlpn);
         }
         Ok(())
     }

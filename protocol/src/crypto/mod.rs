@@ -28,7 +28,7 @@ mod config;
 mod handshake;
 mod keys;
 
-pub use config::{CryptoConfig, Identity, ALPN};
+pub use config::{CryptoConfig, CryptoConfigError, Identity, ALPN};
 pub(crate) use handshake::{TlsFailure, TlsHandshake};
 pub(crate) use keys::PacketKeys;
 pub use keys::TAG_LEN;

@@ -8,12 +8,20 @@
 //!
 //! Addresses are only labels here; they are loopback ones so that nothing could ever leave the
 //! machine even if they were used by mistake.
+//!
+//! It is compiled only with the crate's `sim` feature: the tests and benchmarks that use it turn
+//! it on (this crate's own through a dev-dependency on itself, `ferry-bench` through its `bench`
+//! feature), and the shipped binaries leave it out. A feature rather than a crate of its own:
+//! `ferry-bench` lives in the root package beside `ferry-agent` and `ferry-gateway`, so a crate
+//! it needed would be a dependency of theirs too, whereas a feature can be required by
+//! `ferry-bench` alone (`required-features`); and the simulator, the protocol's test bench, moves
+//! with the protocol's API in the same commits.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{ServerConfig, TransportConfig};
-use crate::connection::Transmit;
+use crate::connection::{ConnectionError, Event, Transmit};
 use crate::endpoint::{ConnectionHandle, Endpoint};
 
 pub mod exchange;
@@ -319,5 +327,30 @@ impl Pair {
                     .is_some_and(|c| c.is_established())
         });
         ok.then(|| (client, server.expect("accepted")))
+    }
+
+    /// Runs until both ends have reported [`Event::Closed`], for at most `limit` of virtual
+    /// time; returns the client's and the server's errors, `None` for an end that had not
+    /// closed by then. Every other event is taken and dropped.
+    pub fn run_until_both_closed(
+        &mut self,
+        limit: Duration,
+    ) -> (Option<ConnectionError>, Option<ConnectionError>) {
+        let mut client_error = None;
+        let mut server_error = None;
+        self.run_until(limit, |p| {
+            while let Some((_, ev)) = p.client.poll_event() {
+                if let Event::Closed(e) = ev {
+                    client_error = Some(e);
+                }
+            }
+            while let Some((_, ev)) = p.server.poll_event() {
+                if let Event::Closed(e) = ev {
+                    server_error = Some(e);
+                }
+            }
+            client_error.is_some() && server_error.is_some()
+        });
+        (client_error, server_error)
     }
 }

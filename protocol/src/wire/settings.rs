@@ -169,7 +169,7 @@ impl Settings {
         ours_role: &str,
         peer: &Settings,
         theirs_role: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SettingsMismatch> {
         let mut diffs = String::new();
         let names: std::collections::BTreeSet<&String> =
             self.required.keys().chain(peer.required.keys()).collect();
@@ -193,7 +193,7 @@ impl Settings {
         if diffs.is_empty() {
             Ok(())
         } else {
-            Err(format!("settings differ: {diffs}"))
+            Err(SettingsMismatch { differences: diffs })
         }
     }
 
@@ -206,6 +206,15 @@ impl Settings {
             (false, false) => Some(self.idle_timeout.min(peer.idle_timeout)),
         }
     }
+}
+
+/// Required settings on which the two ends differ: one line naming each difference with both
+/// ends' values (`settings differ: compress: server snappy, client none`), which both ends log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("settings differ: {differences}")]
+pub struct SettingsMismatch {
+    /// The differences, `; `-separated: `name: <role> <value>, <role> <value>`.
+    pub differences: String,
 }
 
 #[cfg(test)]
@@ -272,10 +281,10 @@ mod tests {
             .check_required("server", &theirs, "client")
             .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "settings differ: compress: server unset, client snappy; crypto: server none, client tls"
         );
-        assert!(!err.contains('\n'));
+        assert!(!err.to_string().contains('\n'));
         assert!(ours.check_required("server", &sample(), "client").is_ok());
     }
 

@@ -54,21 +54,40 @@ pub struct Listen {
     pub service: String,
 }
 
-impl FromStr for Listen {
-    type Err = String;
+/// Why a `--listen` value was refused: one line naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The part after `=` is not a service name.
+    #[error(
+        "invalid service name {service:?} in --listen {listen:?}: use letters, digits, '.', '_', '-'"
+    )]
+    Service {
+        /// The service name given.
+        service: String,
+        /// The whole value.
+        listen: String,
+    },
+    /// The address is not one.
+    #[error(transparent)]
+    Address(#[from] crate::address::AddressError),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Listen {
+    type Err = ListenError;
+
+    fn from_str(s: &str) -> Result<Self, ListenError> {
         let (address, service) = match s.rsplit_once('=') {
             Some((a, svc)) => (a, svc),
             None => (s, ""),
         };
         if !is_valid_service_name(service) {
-            return Err(format!("invalid service name {service:?} in --listen {s:?}: use letters, digits, '.', '_', '-'"));
+            return Err(ListenError::Service {
+                service: service.to_owned(),
+                listen: s.to_owned(),
+            });
         }
         Ok(Listen {
-            address: address
-                .parse()
-                .map_err(|e: crate::address::AddressError| e.to_string())?,
+            address: address.parse()?,
             service: service.to_owned(),
         })
     }

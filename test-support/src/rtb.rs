@@ -1,21 +1,26 @@
 //! An RTB-like workload: OpenRTB-style JSON bid requests (1.5-2 KB: the same keys every time,
 //! values drawn from realistic small vocabularies plus unique IDs) and bid responses (about
 //! 600 B), generated deterministically so every run and every codec sees the same traffic.
-//! Shared by `ferry-bench`'s `compress` scenario and `ferry-tunnel`'s compression benchmark.
+//! Shared by `ferry-bench`'s `compress` scenario and `ferry-tunnel`'s compression benchmark,
+//! which is why it lives here rather than in either.
 
 /// A deterministic generator (xorshift) so every configuration sees the same traffic.
 pub struct Gen(pub u64);
 
 impl Gen {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)] // Not an iterator: it never ends.
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
+    /// One of `items`, chosen at random.
     pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
         items[(self.next() % items.len() as u64) as usize]
     }
+    /// `len` random lower-case hex digits.
     pub fn hex(&mut self, len: usize) -> String {
         (0..len)
             .map(|_| char::from_digit((self.next() % 16) as u32, 16).unwrap_or('0'))
@@ -40,6 +45,7 @@ const COUNTRIES: &[&str] = &["USA", "DEU", "FRA", "GBR", "BRA", "IND", "JPN"];
 const SIZES: &[&str] = &["320,50", "300,250", "728,90", "320,480"];
 const CATS: &[&str] = &["IAB1", "IAB9", "IAB9-30", "IAB17", "IAB19"];
 
+/// One bid request: about 1.5-2 KB of JSON whose `id` is 32 hex digits at bytes 7..39.
 pub fn bid_request(g: &mut Gen) -> Vec<u8> {
     let size = g.pick(SIZES);
     let (w, h) = size.split_once(',').unwrap_or(("320", "50"));
@@ -91,6 +97,7 @@ pub fn bid_request(g: &mut Gen) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The bid response to the request `request_id` (its bytes, as [`bid_request`] made them).
 pub fn bid_response(g: &mut Gen, request_id: &[u8]) -> Vec<u8> {
     let id = String::from_utf8_lossy(&request_id[7..39]).into_owned();
     format!(
