@@ -210,34 +210,6 @@ fn cpu(pids: &[u32]) -> Duration {
     pids.iter().map(|p| procfs::cpu_time(*p)).sum()
 }
 
-/// UDP datagrams sent so far in the network namespaces of `pids` (each namespace counted once):
-/// the kernel's `Udp: OutDatagrams`, which counts every datagram of a GSO batch.
-fn udp_datagrams_sent(pids: &[u32]) -> u64 {
-    let mut namespaces = std::collections::BTreeSet::new();
-    let mut total = 0;
-    for pid in pids {
-        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if !namespaces.insert(ns) {
-            continue;
-        }
-        let Ok(snmp) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
-            continue;
-        };
-        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-            continue;
-        };
-        let column = names.split_whitespace().position(|n| n == "OutDatagrams");
-        total += column
-            .and_then(|c| values.split_whitespace().nth(c))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
-}
-
 /// What the tunnel processes used while a run lasted.
 struct Usage {
     cpu: Duration,
@@ -249,11 +221,11 @@ async fn measured<F: std::future::Future<Output = Result<Outcome, String>>>(
     pids: &[u32],
     run: F,
 ) -> Result<(Outcome, Option<Usage>), String> {
-    let (cpu0, udp0) = (cpu(pids), udp_datagrams_sent(pids));
+    let (cpu0, udp0) = (cpu(pids), procfs::udp_datagrams_sent(pids));
     let out = run.await?;
     let usage = (!pids.is_empty()).then(|| Usage {
         cpu: cpu(pids).saturating_sub(cpu0),
-        datagrams: udp_datagrams_sent(pids).saturating_sub(udp0),
+        datagrams: procfs::udp_datagrams_sent(pids).saturating_sub(udp0),
     });
     Ok((out, usage))
 }

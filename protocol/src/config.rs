@@ -59,6 +59,9 @@ pub enum ConfigError {
     /// `batch_delay` is above 1 s.
     #[error("batch_delay must be at most 1 s")]
     BatchDelay,
+    /// `ack_delay` is above 100 ms.
+    #[error("ack_delay must be at most 100 ms")]
+    AckDelay,
     /// `stream_send_buffer` is below 1 KiB.
     #[error("stream_send_buffer must be at least 1 KiB")]
     StreamSendBuffer,
@@ -351,7 +354,7 @@ impl TransportConfig {
             return Err(ConfigError::BatchDelay);
         }
         if self.ack_delay > Duration::from_millis(100) {
-            return Err("ack_delay must be at most 100 ms".into());
+            return Err(ConfigError::AckDelay);
         }
         if self.stream_send_buffer < 1024 {
             return Err(ConfigError::StreamSendBuffer);

@@ -1,4 +1,5 @@
-//! What the kernel says about a process: CPU time, peak and current memory, from `/proc`
+//! What the kernel says about a process: CPU time, peak and current memory, UDP datagrams sent
+//! in its network namespace, from `/proc`
 //! (Linux). `ferry-bench` and the transport's benchmark measure the tunnels' cost with it; a
 //! `pid` is a process ID or `self`.
 
@@ -17,6 +18,34 @@ pub fn cpu_time(pid: impl Display) -> Duration {
         + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
     // Linux reports in USER_HZ, which is 100 on every mainstream architecture.
     Duration::from_millis(ticks * 10)
+}
+
+/// UDP datagrams sent so far in the network namespaces of `pids` (each namespace counted once):
+/// the kernel's `Udp: OutDatagrams`, which counts every datagram of a GSO batch.
+pub fn udp_datagrams_sent(pids: &[u32]) -> u64 {
+    let mut namespaces = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for pid in pids {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if !namespaces.insert(ns) {
+            continue;
+        }
+        let Ok(snmp) = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")) else {
+            continue;
+        };
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            continue;
+        };
+        let column = names.split_whitespace().position(|n| n == "OutDatagrams");
+        total += column
+            .and_then(|c| values.split_whitespace().nth(c))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 /// Peak resident memory (VmHWM) of process `pid` in bytes; zero if unknown.
