@@ -112,7 +112,9 @@ async fn main() -> ExitCode {
     };
     init_logging(args.log_format);
     let result = match config(args) {
-        Ok(config) => ferry_tunnel::agent::run(config, shutdown_signal()).await,
+        Ok(config) => ferry_tunnel::agent::run(config, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     ferry_tunnel::process::exit_code("ferry-agent", result)
@@ -148,7 +150,8 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         Address::Unix(_) => None,
     });
     let monitor =
-        ferry_tunnel::process::monitor_address(args.monitor.as_deref(), first_port.unwrap_or(0))?;
+        ferry_tunnel::process::monitor_address(args.monitor.as_deref(), first_port.unwrap_or(0))
+            .map_err(|e| e.to_string())?;
     if let Some(addr) = monitor {
         ferry_monitor::check_address(addr, args.monitor_public).map_err(|e| e.to_string())?;
     }

@@ -182,9 +182,12 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let config = config(&args)?;
-    let gateway = Gateway::start(config).await?;
+    let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
     info!(listen = %gateway.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
-    gateway.run(shutdown_signal()).await
+    gateway
+        .run(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The gateway's configuration from its flags, with the files they name read. Every flag is
@@ -210,7 +213,8 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         ferry_tunnel::tls::CryptoMode::None => None,
     };
     let monitor =
-        ferry_tunnel::process::monitor_address(args.monitor.as_deref(), args.listen.port())?;
+        ferry_tunnel::process::monitor_address(args.monitor.as_deref(), args.listen.port())
+            .map_err(|e| e.to_string())?;
     if let Some(addr) = monitor {
         ferry_monitor::check_address(addr, args.monitor_public).map_err(|e| e.to_string())?;
     }

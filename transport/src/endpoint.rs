@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ferry_protocol::config::{ServerConfig, TransportConfig};
+use ferry_protocol::config::{ConfigError, ServerConfig, TransportConfig};
 use ferry_protocol::connection::ConnectionError;
-use ferry_protocol::endpoint::{AddressFilter, Endpoint as ProtoEndpoint, EndpointStats};
+use ferry_protocol::endpoint::{
+    AddressFilter, ConnectError as ProtoConnectError, Endpoint as ProtoEndpoint, EndpointStats,
+};
 use tokio::time::Sleep;
 
 use crate::connection::Connection;
@@ -30,7 +32,7 @@ use crate::udp::{BatchSocket, RecvBatch};
 pub enum ConnectError {
     /// The configuration was refused before anything was sent.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The handshake failed or the connection closed before it completed.
     #[error("{0}")]
     Connection(#[from] ConnectionError),
@@ -165,7 +167,7 @@ impl Endpoint {
             let h = state
                 .endpoint
                 .connect(now, remote, config)
-                .map_err(|e| ConnectError::Config(e.to_string()))?;
+                .map_err(|ProtoConnectError::InvalidConfig(e)| ConnectError::Config(e))?;
             state.conns.entry(h).or_default();
             state.wake_driver();
             h

@@ -19,7 +19,7 @@ pub mod udp;
 
 pub use connection::Connection;
 pub use endpoint::{ConnectError, Endpoint};
-pub use ferry_protocol::config::{ServerConfig, StaticSecret, TransportConfig};
+pub use ferry_protocol::config::{ConfigError, ServerConfig, StaticSecret, TransportConfig};
 pub use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
 pub use ferry_protocol::crypto::{rustls, CryptoConfig, CryptoConfigError, Identity};
 pub use ferry_protocol::endpoint::ConnectionHandle;

@@ -44,5 +44,6 @@ pub mod process;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod splice;
+pub mod start_error;
 pub mod static_secret;
 pub mod tls;

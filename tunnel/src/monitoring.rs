@@ -15,13 +15,12 @@ use tracing::info;
 use crate::process::Drain;
 use crate::registry::Registry;
 use crate::splice::Meter;
+use crate::start_error::StartError;
 
 /// Binds the monitor's listener at `address` (`None`: the monitor is off).
-pub(crate) async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>, String> {
+pub(crate) async fn bind(address: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
     match address {
-        Some(addr) => Ok(Some(
-            ferry_monitor::bind(addr).await.map_err(|e| e.to_string())?,
-        )),
+        Some(addr) => Ok(Some(ferry_monitor::bind(addr).await?)),
         None => Ok(None),
     }
 }
@@ -42,11 +41,12 @@ impl Drop for Monitor {
 pub(crate) fn serve(
     listener: Option<TcpListener>,
     source: impl Source,
-) -> Result<Option<Monitor>, String> {
+) -> Result<Option<Monitor>, StartError> {
     let Some(listener) = listener else {
         return Ok(None);
     };
-    info!(monitor = %listener.local_addr().map_err(|e| e.to_string())?, "monitor serving");
+    let addr = listener.local_addr().map_err(StartError::MonitorListener)?;
+    info!(monitor = %addr, "monitor serving");
     let task = tokio::spawn(ferry_monitor::serve(listener, Arc::new(source)));
     Ok(Some(Monitor { task }))
 }

@@ -121,7 +121,10 @@ pub fn parse_args<A: clap::Parser>(program: &str) -> Option<A> {
 }
 
 /// The process exit code for `result`, printing a failure as one line named after `program`.
-pub fn exit_code(program: &str, result: Result<(), String>) -> std::process::ExitCode {
+pub fn exit_code<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -131,23 +134,35 @@ pub fn exit_code(program: &str, result: Result<(), String>) -> std::process::Exi
     }
 }
 
+/// A `--monitor` flag that names no address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MonitorFlagError {
+    /// Neither `IP:PORT` nor `off`.
+    #[error("invalid --monitor {0:?}: expected IP:PORT (e.g. 127.0.0.1:10000) or off")]
+    Invalid(String),
+    /// No `--monitor`, and the default (the listener's port + 1000) is not a port.
+    #[error("port {0} + 1000 is not a port: give --monitor ADDR or --monitor off")]
+    NoDefaultPort(u16),
+}
+
 /// Where the monitor listens: `--monitor` if given (`off` disables it), else 127.0.0.1 on
 /// `port` + 1000 (RTT Proxy's convention), or an ephemeral port when `port` is 0.
 pub fn monitor_address(
     flag: Option<&str>,
     port: u16,
-) -> Result<Option<std::net::SocketAddr>, String> {
+) -> Result<Option<std::net::SocketAddr>, MonitorFlagError> {
     match flag {
         Some("off") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            format!("invalid --monitor {v:?}: expected IP:PORT (e.g. 127.0.0.1:10000) or off")
-        }),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| MonitorFlagError::Invalid(v.to_owned())),
         None => {
             let monitor_port = match port {
                 0 => 0,
-                p => p.checked_add(1000).ok_or_else(|| {
-                    format!("port {p} + 1000 is not a port: give --monitor ADDR or --monitor off")
-                })?,
+                p => p
+                    .checked_add(1000)
+                    .ok_or(MonitorFlagError::NoDefaultPort(p))?,
             };
             Ok(Some((std::net::Ipv4Addr::LOCALHOST, monitor_port).into()))
         }
@@ -171,9 +186,11 @@ mod monitor_address_tests {
         );
         assert!(monitor_address(Some("nonsense"), 9000)
             .unwrap_err()
+            .to_string()
             .contains("--monitor"));
         assert!(monitor_address(None, 65000)
             .unwrap_err()
+            .to_string()
             .contains("--monitor"));
     }
 }

@@ -121,10 +121,12 @@ async fn an_agent_and_a_gateway_run_in_process_and_drain_on_shutdown() {
     let agent_result = tokio::time::timeout(bound, agent)
         .await
         .expect("agent drained");
-    assert_eq!(agent_result.unwrap(), Ok(()));
+    agent_result.unwrap().expect("the agent drained cleanly");
     stop_gateway.send(()).unwrap();
     let gateway_result = tokio::time::timeout(bound, gateway)
         .await
         .expect("gateway drained");
-    assert_eq!(gateway_result.unwrap(), Ok(()));
+    gateway_result
+        .unwrap()
+        .expect("the gateway drained cleanly");
 }

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::client::{self, Context};
 use crate::address::Address;
 use crate::splice::Abort;
+use crate::start_error::StartError;
 
 /// Connections the kernel may queue for `accept` on a client listener. tokio's `bind` asks for
 /// 1024: 3,000 clients connecting at once overflowed it (`ListenOverflows` in
@@ -30,8 +31,11 @@ pub(super) enum Bound {
 }
 
 /// Binds a listener at `address`, with a one-line error naming it.
-pub(super) async fn bind(address: &Address) -> Result<Bound, String> {
-    let cannot = |e: std::io::Error| format!("cannot listen on {address}: {e}");
+pub(super) async fn bind(address: &Address) -> Result<Bound, StartError> {
+    let cannot = |source| StartError::Listen {
+        address: address.clone(),
+        source,
+    };
     match address {
         Address::Tcp { .. } => {
             let target = address.tcp_target().unwrap_or_default();
@@ -44,7 +48,7 @@ pub(super) async fn bind(address: &Address) -> Result<Bound, String> {
             Ok(Bound::Unix(listener, path.clone()))
         }
         #[cfg(not(unix))]
-        Address::Unix(_) => Err("unix sockets are not supported on this platform".into()),
+        Address::Unix(_) => Err(StartError::UnixUnsupported),
     }
 }
 
@@ -96,25 +100,21 @@ fn listen_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListen
 /// A Unix socket path left by a previous run is removed; one that something still listens on
 /// is an error.
 #[cfg(unix)]
-fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), StartError> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
     if !meta.file_type().is_socket() {
-        return Err(format!(
-            "cannot listen on unix:{}: the path exists and is not a socket",
-            path.display()
-        ));
+        return Err(StartError::NotASocket(path.to_owned()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "cannot listen on unix:{}: address already in use",
-            path.display()
-        ));
+        return Err(StartError::UnixInUse(path.to_owned()));
     }
-    std::fs::remove_file(path)
-        .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+    std::fs::remove_file(path).map_err(|source| StartError::StaleSocket {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePermit> {

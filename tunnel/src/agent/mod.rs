@@ -41,6 +41,7 @@ use crate::monitoring::{self, Monitor};
 use crate::preamble::is_valid_service_name;
 use crate::process::Drain;
 use crate::registry::Registry;
+pub use crate::start_error::StartError;
 use client::Context;
 use listeners::Bound;
 use sessions::Sessions;
@@ -118,7 +119,10 @@ pub struct AgentConfig {
 
 /// Runs an agent until `shutdown` resolves, then drains it: [`Agent::start`], then
 /// [`Agent::run`].
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     Agent::start(config).await?.run(shutdown).await
 }
 
@@ -135,7 +139,7 @@ pub struct Agent {
 impl Agent {
     /// Binds the monitor and the client listeners, raises the open-files limit, starts the
     /// sessions and starts accepting clients. Every error is one line.
-    pub async fn start(config: AgentConfig) -> Result<Agent, String> {
+    pub async fn start(config: AgentConfig) -> Result<Agent, StartError> {
         let monitor_listener = monitoring::bind(config.monitor).await?;
         // Each client connection holds one descriptor.
         let open_files = crate::process::raise_and_check_open_files(
@@ -149,7 +153,7 @@ impl Agent {
         }
         let registry = Arc::new(Registry::new());
         let sessions = Sessions::start(&config.gateways, config.links, registry)
-            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+            .map_err(StartError::UdpSocket)?;
         let ctx = Arc::new(Context {
             sessions,
             allow: config.allow,
@@ -200,7 +204,7 @@ impl Agent {
     /// Serves clients until `shutdown` resolves; then stops accepting, waits up to the drain
     /// timeout for open connections to finish and for every session to close gracefully, and
     /// resets what is left.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         shutdown.await;
         for l in &self.listeners {
             l.abort();

@@ -33,6 +33,7 @@ use crate::process::Drain;
 use crate::proxy_protocol;
 use crate::registry::Registry;
 use crate::splice::Meter;
+pub use crate::start_error::StartError;
 use forward::{forward, Forwarding};
 use pool::Pool;
 
@@ -64,7 +65,10 @@ pub struct GatewayConfig {
 
 /// Runs a gateway until `shutdown` resolves, then drains it: [`Gateway::start`], then
 /// [`Gateway::run`].
-pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     Gateway::start(config).await?.run(shutdown).await
 }
 
@@ -84,7 +88,7 @@ pub struct Gateway {
 impl Gateway {
     /// Raises the open-files limit, binds the UDP endpoint and the monitor, and sets up the
     /// allow-list and the services' pools. Every error is one line.
-    pub async fn start(config: GatewayConfig) -> Result<Gateway, String> {
+    pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
         let max_streams = config.server.transport.max_concurrent_streams;
         let max_connections = config.server.max_connections;
         // Each stream holds one descriptor, its backend connection; one agent may open
@@ -96,10 +100,11 @@ impl Gateway {
         );
         let listen = config.listen;
         let endpoint = Endpoint::server(listen, config.server).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                format!("cannot listen on udp {listen}: address already in use")
-            }
-            _ => format!("cannot listen on udp {listen}: {e}"),
+            std::io::ErrorKind::AddrInUse => StartError::UdpInUse(listen),
+            _ => StartError::UdpListen {
+                address: listen,
+                source: e,
+            },
         })?;
         let monitor_listener = crate::monitoring::bind(config.monitor).await?;
         if let Some(list) = config.allow {
@@ -153,7 +158,7 @@ impl Gateway {
     /// Accepts agent sessions and forwards their streams until `shutdown` resolves; then
     /// stops accepting, waits up to the drain timeout for open streams to finish and for every
     /// session to close gracefully, and resets what is left.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let drain = Drain::default();
         let source = monitor::GatewaySource {
             registry: self.sessions.clone(),
@@ -175,7 +180,7 @@ impl Gateway {
                 conn = endpoint.accept() => {
                     let Some(conn) = conn else {
                         reporter.abort();
-                        return Err("UDP socket failed".into());
+                        return Err(StartError::UdpFailed);
                     };
                     let meter = sessions.add(&conn);
                     let (fwd, drain, registry) = (self.fwd.clone(), drain.clone(), sessions.clone());
