@@ -92,6 +92,25 @@ struct Outcome {
     times: Vec<Duration>,
 }
 
+impl Outcome {
+    /// Waits for every connection's task (each returns its request times) of a run that
+    /// started at `t0`; the first error of any connection is the run's.
+    async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, String>>>,
+        t0: Instant,
+    ) -> Result<Outcome, String> {
+        let mut times = Vec::new();
+        for t in tasks {
+            times.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok(Outcome {
+            requests: times.len() as u64,
+            elapsed: t0.elapsed(),
+            times,
+        })
+    }
+}
+
 async fn connect_all(place: &Place, entry: SocketAddr) -> Result<Vec<TcpStream>, String> {
     let mut sockets = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
@@ -138,15 +157,7 @@ async fn closed_loop(place: &Place, entry: SocketAddr, run: Duration) -> Result<
             })
         })
         .collect();
-    let mut times = Vec::new();
-    for t in tasks {
-        times.extend(t.await.map_err(|e| e.to_string())??);
-    }
-    Ok(Outcome {
-        requests: times.len() as u64,
-        elapsed: t0.elapsed(),
-        times,
-    })
+    Outcome::gather(tasks, t0).await
 }
 
 /// Pipelined: each connection keeps [`IN_FLIGHT`] requests outstanding until `deadline`, then
@@ -195,15 +206,7 @@ async fn pipelined(place: &Place, entry: SocketAddr, run: Duration) -> Result<Ou
             })
         })
         .collect();
-    let mut times = Vec::new();
-    for t in tasks {
-        times.extend(t.await.map_err(|e| e.to_string())??);
-    }
-    Ok(Outcome {
-        requests: times.len() as u64,
-        elapsed: t0.elapsed(),
-        times,
-    })
+    Outcome::gather(tasks, t0).await
 }
 
 fn cpu(pids: &[u32]) -> Duration {

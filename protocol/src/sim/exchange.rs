@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::Pair;
 use crate::endpoint::ConnectionHandle;
 use crate::streams::ReadOutcome;
+use crate::{Side, StreamId};
 
 /// The shape of an exchange run.
 #[derive(Debug, Clone, Copy)]
@@ -41,18 +42,7 @@ pub fn request_response(
         if written != shape.size {
             return None;
         }
-        let mut server_got = 0;
-        let arrived = pair.run_until(Duration::from_secs(30), |p| {
-            let now = p.now;
-            let Some(conn) = p.server.connection(server) else {
-                return false;
-            };
-            while let Ok(ReadOutcome::Data(n)) = conn.read(now, id, &mut buf) {
-                server_got += n;
-            }
-            server_got >= shape.size
-        });
-        if !arrived {
+        if !read_until(pair, Side::Server, server, id, shape.size, &mut buf) {
             return None;
         }
         if !shape.think.is_zero() {
@@ -62,18 +52,7 @@ pub fn request_response(
         if pair.server.connection(server)?.write(id, &request).ok()? != shape.size {
             return None;
         }
-        let mut client_got = 0;
-        let done = pair.run_until(Duration::from_secs(30), |p| {
-            let now = p.now;
-            let Some(conn) = p.client.connection(client) else {
-                return false;
-            };
-            while let Ok(ReadOutcome::Data(n)) = conn.read(now, id, &mut buf) {
-                client_got += n;
-            }
-            client_got >= shape.size
-        });
-        if !done {
+        if !read_until(pair, Side::Client, client, id, shape.size, &mut buf) {
             return None;
         }
         latencies.push(pair.now - sent_at);
@@ -83,6 +62,33 @@ pub fn request_response(
         }
     }
     Some(latencies)
+}
+
+/// Runs the pair until `size` bytes of stream `id` have been read on `side`'s connection
+/// `handle`, or 30 s of virtual time pass.
+fn read_until(
+    pair: &mut Pair,
+    side: Side,
+    handle: ConnectionHandle,
+    id: StreamId,
+    size: usize,
+    buf: &mut [u8],
+) -> bool {
+    let mut got = 0;
+    pair.run_until(Duration::from_secs(30), |p| {
+        let now = p.now;
+        let endpoint = match side {
+            Side::Client => &mut p.client,
+            Side::Server => &mut p.server,
+        };
+        let Some(conn) = endpoint.connection(handle) else {
+            return false;
+        };
+        while let Ok(ReadOutcome::Data(n)) = conn.read(now, id, buf) {
+            got += n;
+        }
+        got >= size
+    })
 }
 
 /// The `p`-th quantile (0.0 to 1.0) of `sorted`, nearest rank; zero when empty.
