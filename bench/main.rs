@@ -65,7 +65,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
 
-    /// Peers to measure (comma-separated): tcp, ferry, kcptun.
+    /// Peers to measure (comma-separated): tcp, ferry, kcptun, and relay (not by default: the
+    /// floor of a TCP-terminating tunnel, for the request/response scenarios).
     #[arg(long, value_delimiter = ',', default_value = "tcp,ferry,kcptun")]
     peers: Vec<Peer>,
 

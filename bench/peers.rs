@@ -1,7 +1,8 @@
 //! The tunnels under test, each between the client side and the in-process echo backend on
 //! the server side: direct TCP (no tunnel), Ferry (the real `ferry-agent` and `ferry-gateway`),
-//! and kcptun (`kcptun-client`/`kcptun-server` from the Debian package, fast3 mode) when
-//! installed. The client-side process runs where the load generator is, the server-side one
+//! kcptun (`kcptun-client`/`kcptun-server` from the Debian package, fast3 mode) when
+//! installed, and on request a plain TCP relay (two nginx stream proxies, the floor that the
+//! TCP legs alone cost). The client-side process runs where the load generator is, the server-side one
 //! next to the backend: both on this host for loopback runs, or one in each namespace of an
 //! impaired link, so the tunnel's own traffic is what crosses the link.
 
@@ -77,6 +78,10 @@ pub enum Peer {
     Ferry,
     /// kcptun in fast3 mode.
     Kcptun,
+    /// Two nginx stream proxies in a chain (client side, server side): a plain TCP tunnel with
+    /// the same four socket legs as Ferry's and no protocol of its own, so the floor of what
+    /// any tunnel that ends the client's TCP and opens the backend's costs on this machine.
+    Relay,
 }
 
 impl Peer {
@@ -86,6 +91,7 @@ impl Peer {
             Peer::Tcp => "tcp",
             Peer::Ferry => "ferry",
             Peer::Kcptun => "kcptun",
+            Peer::Relay => "relay",
         }
     }
 }
@@ -159,6 +165,57 @@ fn spawn(place: &Place, program: &Path, args: &[String]) -> Result<Child, String
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+/// One nginx stream proxy in `place`, from `listen` to `next`, configured in `dir`: one process
+/// (`master_process off`, so the drop's SIGKILL leaves no worker behind; Ferry too runs one
+/// process at each end), TCP_NODELAY both ways (nginx's default), logging errors only.
+fn nginx_relay(
+    place: &Place,
+    nginx: &ferry_test_support::nginx::Install,
+    dir: &Path,
+    listen: SocketAddr,
+    next: SocketAddr,
+) -> Result<Child, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let load = nginx
+        .module
+        .as_ref()
+        .map(|m| format!("load_module {};\n", m.display()))
+        .unwrap_or_default();
+    let conf = dir.join("nginx.conf");
+    let text = format!(
+        "{load}master_process off;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log error;
+events {{
+    worker_connections 20000;
+}}
+stream {{
+    server {{
+        listen {listen} backlog=4096;
+        proxy_pass {next};
+        proxy_timeout 1h;
+    }}
+}}
+",
+        dir = dir.display()
+    );
+    std::fs::write(&conf, text).map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+    let errors = dir.join("error.log").display().to_string();
+    let prefix = format!("{}/", dir.display());
+    let args: Vec<String> = [
+        "-c",
+        &conf.display().to_string(),
+        "-p",
+        &prefix,
+        "-e",
+        &errors,
+    ]
+    .map(String::from)
+    .to_vec();
+    spawn(place, &nginx.bin, &args)
 }
 
 /// Waits until a TCP connection to `entry` from `place` works and answers a probe: 64 bytes
@@ -277,6 +334,23 @@ pub async fn start(
                 entry,
                 children,
                 describe: format!("crypto {crypto}, compress {}", settings.compress),
+            }))
+        }
+        Peer::Relay => {
+            let Ok(nginx) = ferry_test_support::nginx::find() else {
+                return Ok(None);
+            };
+            let hop = SocketAddr::new(sites.server_ip, sites.port());
+            let entry = SocketAddr::new(LOCALHOST, sites.port());
+            let dir = |side: &str| certs.join(format!("relay-{}-{side}", entry.port()));
+            let server = nginx_relay(&sites.server, &nginx, &dir("server"), hop, backend)?;
+            let client = nginx_relay(&sites.client, &nginx, &dir("client"), entry, hop)?;
+            let mut children = vec![client, server];
+            wait_ready(&sites.client, entry, &mut children).await?;
+            Ok(Some(Tunnel {
+                entry,
+                children,
+                describe: "two nginx stream proxies, one process each, plaintext".into(),
             }))
         }
         Peer::Kcptun => {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ferry_test_support::nginx;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -52,68 +53,6 @@ const REBIND_BOUND: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
 // nginx
-
-/// An nginx binary with the stream module: built in, or the dynamic module to load.
-struct NginxInstall {
-    bin: PathBuf,
-    module: Option<PathBuf>,
-}
-
-fn find_nginx() -> Result<NginxInstall, String> {
-    let bin = [
-        "/usr/sbin/nginx",
-        "/usr/local/sbin/nginx",
-        "/usr/bin/nginx",
-        "/usr/local/nginx/sbin/nginx",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-    .ok_or("nginx is not installed (Debian: apt-get install nginx-light libnginx-mod-stream)")?;
-    let version = Command::new(&bin)
-        .arg("-V")
-        .output()
-        .map_err(|e| format!("{} does not run: {e}", bin.display()))?;
-    let build = String::from_utf8_lossy(&version.stderr).into_owned();
-    if build.split_whitespace().any(|arg| arg == "--with-stream") {
-        return Ok(NginxInstall { bin, module: None });
-    }
-    let module = stream_module().ok_or_else(|| {
-        format!(
-            "{} has no stream module built in and ngx_stream_module.so is not installed \
-             (Debian: apt-get install libnginx-mod-stream)",
-            bin.display()
-        )
-    })?;
-    Ok(NginxInstall {
-        bin,
-        module: Some(module),
-    })
-}
-
-/// The dynamic stream module: where Debian's package put it (`dpkg -L`), or a usual place.
-fn stream_module() -> Option<PathBuf> {
-    let listed = Command::new("dpkg")
-        .args(["-L", "libnginx-mod-stream"])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    listed
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.ends_with("/ngx_stream_module.so"))
-        .map(PathBuf::from)
-        .chain(
-            [
-                "/usr/lib/nginx/modules/ngx_stream_module.so",
-                "/usr/lib64/nginx/modules/ngx_stream_module.so",
-                "/usr/local/nginx/modules/ngx_stream_module.so",
-            ]
-            .map(PathBuf::from),
-        )
-        .find(|p| p.is_file())
-}
 
 /// The balancer's configuration: what the README's "Running a fleet" section shows.
 ///
@@ -174,7 +113,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(install: &NginxInstall, dir: &Path, listen: SocketAddr, gws: &[SocketAddr]) -> Self {
+    fn start(install: &nginx::Install, dir: &Path, listen: SocketAddr, gws: &[SocketAddr]) -> Self {
         let conf = dir.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -506,7 +445,7 @@ impl Drop for Rebinder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_behind_nginx_spreads_agents_fails_over_and_survives_rebinding() {
-    let install = match find_nginx() {
+    let install = match nginx::find() {
         Ok(install) => install,
         Err(why) => {
             return ferry_test_support::skip("nginx", &why);

@@ -1,6 +1,7 @@
 //! What Ferry's test suites and benchmarks share, and nothing the shipped crates need:
 //! [`skip`] (below), [`payload`] (incompressible bytes from a seed), [`procfs`] (a process's CPU
-//! time and memory), [`rtb`] (RTB-like JSON messages), [`http`] (a minimal GET, for the monitor's pages), [`sibling`] (a program
+//! time and memory), [`rtb`] (RTB-like JSON messages), [`http`] (a minimal GET, for the
+//! monitor's pages), [`nginx`] (nginx with its stream module, found), [`sibling`] (a program
 //! built beside this one). A dev-dependency of the crates whose tests use it, and a dependency
 //! of the root package only for `ferry-bench` and `ferry-demo`, which the agent and the gateway
 //! do not link.
@@ -20,6 +21,7 @@
 use std::io::Write;
 
 pub mod http;
+pub mod nginx;
 pub mod payload;
 pub mod procfs;
 pub mod rtb;
