@@ -69,6 +69,10 @@ pub(crate) struct State {
     pub fatal: Option<String>,
     /// Number of live `Endpoint` handles; at zero with no connections the driver stops.
     pub endpoint_refs: usize,
+    /// The first stream that wrote since the driver last built transmits, and whether another
+    /// one did too (see [`State::take_writers`]).
+    pub writer: Option<(ConnectionHandle, StreamId)>,
+    pub writers_many: bool,
 }
 
 impl State {
@@ -77,6 +81,21 @@ impl State {
         if let Some(w) = &self.driver_waker {
             w.wake_by_ref();
         }
+    }
+
+    /// Notes that a stream handle gave the protocol data to send.
+    pub fn note_write(&mut self, handle: ConnectionHandle, id: StreamId) {
+        match self.writer {
+            None => self.writer = Some((handle, id)),
+            Some(first) if first != (handle, id) => self.writers_many = true,
+            Some(_) => {}
+        }
+    }
+
+    /// Whether more than one stream wrote since the last call (`None`: none wrote).
+    pub fn take_writers(&mut self) -> Option<bool> {
+        let many = std::mem::take(&mut self.writers_many);
+        self.writer.take().map(|_| many)
     }
 
     /// Routes every pending protocol event to the handles waiting for it.

@@ -159,6 +159,7 @@ impl AsyncWrite for Stream {
                 Poll::Pending
             }
             Ok(n) => {
+                state.note_write(handle, this.id);
                 state.wake_driver();
                 Poll::Ready(Ok(n))
             }
