@@ -1,13 +1,16 @@
 //! The receive side of one stream: reassembles bytes that arrive out of order, duplicated or
 //! overlapping into the ordered byte stream the application reads.
 //!
-//! Segments are kept by offset; the first copy of any byte wins and later copies are trimmed
-//! away, so duplicates cost nothing. Flow control (how far the peer may send) is enforced by the
-//! caller before inserting, which bounds what this holds. A segment's memory goes as soon as it
-//! is read, and when the last one goes so does the map's tree node (a `BTreeMap` emptied by
-//! removals keeps it): a stream whose bytes were all read holds no memory here.
+//! Bytes that arrive in order (nearly all of them) are appended to one ring buffer, which the
+//! application reads from: no allocation or tree operation per packet. Bytes ahead of a gap
+//! wait in segments kept by offset, and move to the ring when the gap fills. The first copy of
+//! any byte wins and later copies are trimmed away, so duplicates cost nothing. Flow control
+//! (how far the peer may send) is enforced by the caller before inserting, which bounds what
+//! this holds. The ring's memory goes when it is read empty, and when the last segment goes so
+//! does the map's tree node (a `BTreeMap` emptied by removals keeps it): a stream whose bytes
+//! were all read holds no memory here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// The peer broke a final-size rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -23,11 +26,11 @@ pub enum RecvError {
 /// Out-of-order bytes of one stream and the read position.
 #[derive(Debug, Default)]
 pub struct RecvAssembler {
-    /// Non-overlapping segments at or above `read`, by offset.
+    /// The bytes contiguous from `read`, in order.
+    ordered: VecDeque<u8>,
+    /// Non-overlapping segments beyond the ordered bytes and a gap, by offset.
     segments: BTreeMap<u64, Vec<u8>>,
     read: u64,
-    /// End of the bytes contiguous from `read` (kept up to date, so readiness is O(1)).
-    contiguous_end: u64,
     highest: u64,
     final_size: Option<u64>,
     buffered: usize,
@@ -59,7 +62,7 @@ impl RecvAssembler {
         }
         let grew = end.saturating_sub(self.highest);
         self.highest = self.highest.max(end);
-        let mut at = offset.max(self.read);
+        let mut at = offset.max(self.contiguous_end());
         while at < end {
             // Skip what an existing segment already covers.
             if let Some((&s, seg)) = self.segments.range(..=at).next_back() {
@@ -74,50 +77,49 @@ impl RecvAssembler {
                 .range(at..)
                 .next()
                 .map_or(end, |(s, _)| (*s).min(end));
-            let piece = data[(at - offset) as usize..(next - offset) as usize].to_vec();
+            let piece = &data[(at - offset) as usize..(next - offset) as usize];
             self.buffered += piece.len();
-            self.segments.insert(at, piece);
+            if at == self.contiguous_end() {
+                self.ordered.extend(piece);
+            } else {
+                self.segments.insert(at, piece.to_vec());
+            }
             at = next;
         }
-        while let Some(seg) = self.segments.get(&self.contiguous_end) {
-            self.contiguous_end += seg.len() as u64;
+        // Segments the new bytes made contiguous join the ordered bytes.
+        while let Some(seg) = self.segments.remove(&self.contiguous_end()) {
+            self.ordered.extend(seg);
+        }
+        if self.segments.is_empty() {
+            self.segments = BTreeMap::new();
         }
         Ok(grew)
     }
 
     /// Copies contiguous bytes from the read position into `buf`; returns the count.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
-        let mut n = 0;
-        while n < buf.len() {
-            let Some(mut entry) = self.segments.first_entry() else {
-                break;
-            };
-            if *entry.key() != self.read {
-                break;
-            }
-            let seg = entry.get_mut();
-            let k = seg.len().min(buf.len() - n);
-            buf[n..n + k].copy_from_slice(&seg[..k]);
-            n += k;
-            self.read += k as u64;
-            self.buffered -= k;
-            if k == seg.len() {
-                entry.remove();
-            } else {
-                let rest = seg.split_off(k);
-                entry.remove();
-                self.segments.insert(self.read, rest);
-            }
-        }
-        if self.segments.is_empty() {
-            self.segments = BTreeMap::new();
+        let n = buf.len().min(self.ordered.len());
+        let (front, back) = self.ordered.as_slices();
+        let from_front = n.min(front.len());
+        buf[..from_front].copy_from_slice(&front[..from_front]);
+        buf[from_front..n].copy_from_slice(&back[..n - from_front]);
+        self.ordered.drain(..n);
+        self.read += n as u64;
+        self.buffered -= n;
+        if self.ordered.is_empty() {
+            self.ordered = VecDeque::new();
         }
         n
     }
 
+    /// End of the bytes contiguous from the read position.
+    fn contiguous_end(&self) -> u64 {
+        self.read + self.ordered.len() as u64
+    }
+
     /// Contiguous bytes ready to read.
     pub fn readable_len(&self) -> usize {
-        (self.contiguous_end - self.read) as usize
+        self.ordered.len()
     }
 
     /// Bytes consumed by the application.
