@@ -1,14 +1,17 @@
 //! The receive side of one stream: reassembles bytes that arrive out of order, duplicated or
 //! overlapping into the ordered byte stream the application reads.
 //!
-//! Bytes that arrive in order (nearly all of them) are appended to one ring buffer, which the
-//! application reads from: no allocation or tree operation per packet. Bytes ahead of a gap
-//! wait in segments kept by offset, and move to the ring when the gap fills. The first copy of
-//! any byte wins and later copies are trimmed away, so duplicates cost nothing. Flow control
-//! (how far the peer may send) is enforced by the caller before inserting, which bounds what
-//! this holds. The ring's memory goes when it is read empty, and when the last segment goes so
-//! does the map's tree node (a `BTreeMap` emptied by removals keeps it): a stream whose bytes
-//! were all read holds no memory here.
+//! Bytes that arrive in order (nearly all of them) join a queue of segments, which the
+//! application reads from the front: no tree operation per packet. Bytes ahead of a gap wait in
+//! segments kept by offset, and join the queue when the gap fills. The first copy of any byte
+//! wins and later copies are trimmed away, so duplicates cost nothing. Flow control (how far the
+//! peer may send) is enforced by the caller before inserting, which bounds what this holds. A
+//! segment's memory goes as soon as it is read, the queue's when it is empty, and when the last
+//! out-of-order segment goes so does the map's tree node (a `BTreeMap` emptied by removals keeps
+//! it): a stream whose bytes were all read holds no memory here.
+//!
+//! (A single ring buffer for the in-order bytes was tried: faster on bulk, but pipelined
+//! responses paid for its growth copies and for freeing it each time it was read empty.)
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -26,8 +29,12 @@ pub enum RecvError {
 /// Out-of-order bytes of one stream and the read position.
 #[derive(Debug, Default)]
 pub struct RecvAssembler {
-    /// The bytes contiguous from `read`, in order.
-    ordered: VecDeque<u8>,
+    /// The bytes contiguous from `read`, in order, as they arrived (the first one partly read
+    /// when `front_read` is nonzero).
+    ordered: VecDeque<Vec<u8>>,
+    front_read: usize,
+    /// Bytes in `ordered` not yet read.
+    ordered_len: usize,
     /// Non-overlapping segments beyond the ordered bytes and a gap, by offset.
     segments: BTreeMap<u64, Vec<u8>>,
     read: u64,
@@ -80,7 +87,8 @@ impl RecvAssembler {
             let piece = &data[(at - offset) as usize..(next - offset) as usize];
             self.buffered += piece.len();
             if at == self.contiguous_end() {
-                self.ordered.extend(piece);
+                self.ordered_len += piece.len();
+                self.ordered.push_back(piece.to_vec());
             } else {
                 self.segments.insert(at, piece.to_vec());
             }
@@ -88,7 +96,8 @@ impl RecvAssembler {
         }
         // Segments the new bytes made contiguous join the ordered bytes.
         while let Some(seg) = self.segments.remove(&self.contiguous_end()) {
-            self.ordered.extend(seg);
+            self.ordered_len += seg.len();
+            self.ordered.push_back(seg);
         }
         if self.segments.is_empty() {
             self.segments = BTreeMap::new();
@@ -98,14 +107,25 @@ impl RecvAssembler {
 
     /// Copies contiguous bytes from the read position into `buf`; returns the count.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
-        let n = buf.len().min(self.ordered.len());
-        let (front, back) = self.ordered.as_slices();
-        let from_front = n.min(front.len());
-        buf[..from_front].copy_from_slice(&front[..from_front]);
-        buf[from_front..n].copy_from_slice(&back[..n - from_front]);
-        self.ordered.drain(..n);
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(seg) = self.ordered.front() else {
+                break;
+            };
+            let rest = &seg[self.front_read..];
+            let k = rest.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&rest[..k]);
+            n += k;
+            if k == rest.len() {
+                self.ordered.pop_front();
+                self.front_read = 0;
+            } else {
+                self.front_read += k;
+            }
+        }
         self.read += n as u64;
         self.buffered -= n;
+        self.ordered_len -= n;
         if self.ordered.is_empty() {
             self.ordered = VecDeque::new();
         }
@@ -114,12 +134,12 @@ impl RecvAssembler {
 
     /// End of the bytes contiguous from the read position.
     fn contiguous_end(&self) -> u64 {
-        self.read + self.ordered.len() as u64
+        self.read + self.ordered_len as u64
     }
 
     /// Contiguous bytes ready to read.
     pub fn readable_len(&self) -> usize {
-        self.ordered.len()
+        self.ordered_len
     }
 
     /// Bytes consumed by the application.
