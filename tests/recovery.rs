@@ -471,3 +471,78 @@ async fn streams_still_open_when_the_drain_timeout_ends_are_reset_on_both_sides(
         .to_owned();
     assert!(reason.contains("drain timeout passed"), "{doc}");
 }
+
+/// An agent started before its gateway is reachable says at once that it is connecting, and why
+/// it cannot as soon as it knows: a closed port answers with ICMP port unreachable, which fails
+/// the attempt at once; a silent address (a socket that never reads, so no ICMP either) is
+/// reported after two seconds, long before the handshake's 10 s timeout.
+#[tokio::test]
+async fn an_agent_says_at_once_that_its_gateway_cannot_be_reached() {
+    let log = |name: &str| {
+        std::env::temp_dir().join(format!("ferry-recovery-{}-{name}.log", std::process::id()))
+    };
+    let args = |gateway: SocketAddr| -> Vec<String> {
+        [
+            "--listen",
+            &format!("tcp://127.0.0.1:{}", free_tcp_port()),
+            "--gateway",
+            &gateway.to_string(),
+            "--session-wait",
+            "100ms",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+
+    // A closed port: refused at once.
+    let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let closed_log = log("closed-gateway");
+    let start = Instant::now();
+    let _agent = spawn_logged_at(
+        env!("CARGO_BIN_EXE_ferry-agent"),
+        &args(closed),
+        &closed_log,
+        "info",
+    );
+    let line = wait_for_log(
+        &closed_log,
+        &["connecting to gateway", &closed.to_string()],
+        Duration::from_secs(5),
+    )
+    .await;
+    println!("closed port: {line}");
+    let line = wait_for_log(
+        &closed_log,
+        &["cannot reach gateway", &closed.to_string()],
+        Duration::from_secs(5),
+    )
+    .await;
+    let refused_after = start.elapsed();
+    println!("closed port, after {refused_after:?}: {line}");
+    assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
+
+    // A silent address: reported after two seconds, not at the handshake timeout.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let silent_log = log("silent-gateway");
+    let start = Instant::now();
+    let _agent = spawn_logged(
+        env!("CARGO_BIN_EXE_ferry-agent"),
+        &args(silent_addr),
+        &silent_log,
+    );
+    let line = wait_for_log(
+        &silent_log,
+        &["no answer from the gateway yet", &silent_addr.to_string()],
+        Duration::from_secs(6),
+    )
+    .await;
+    let reported_after = start.elapsed();
+    println!("silent address, after {reported_after:?}: {line}");
+    assert!(
+        reported_after >= Duration::from_secs(2) && reported_after < Duration::from_secs(6),
+        "{reported_after:?}"
+    );
+    let _ = std::fs::remove_file(closed_log);
+    let _ = std::fs::remove_file(silent_log);
+}

@@ -136,11 +136,16 @@ pub fn spawn(bin: &str, args: &[String]) -> Proc {
 
 /// Like [`spawn`], with the process's log (stderr) written to `log`, to check what it said.
 pub fn spawn_logged(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
+    spawn_logged_at(bin, args, log, &log_filter())
+}
+
+/// Like [`spawn_logged`], logging what `filter` (a `RUST_LOG` value) lets through.
+pub fn spawn_logged_at(bin: &str, args: &[String], log: &std::path::Path, filter: &str) -> Proc {
     let file = std::fs::File::create(log).unwrap();
     let child = Command::new(bin)
         .args(args)
         .args(default_args(bin, args))
-        .env("RUST_LOG", log_filter())
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()

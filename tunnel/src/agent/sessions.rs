@@ -24,6 +24,9 @@ use crate::load::{Load, LoadShare};
 use crate::registry::Registry;
 use crate::splice::Meter;
 
+/// How long a connection attempt to a silent gateway waits before the agent says that nothing
+/// answers (the handshake itself gives up later, at its timeout).
+const SILENCE_REPORTED_AFTER: Duration = Duration::from_secs(2);
 /// First pause before reconnecting.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause between reconnection attempts. A handshake that gets no answer already takes
@@ -146,8 +149,29 @@ impl Sessions {
         // so); repeats are debug lines, so a gateway down for an hour logs one line.
         let mut failures = 0u64;
         let mut last_warned = String::new();
+        // Whether this run of failed attempts has already said that the gateway is silent.
+        let mut silence_reported = false;
+        info!(gateway = %slot.gateway, link = index, "connecting to gateway");
         while !self.stopping.load(Ordering::SeqCst) {
-            match endpoint.connect(slot.gateway, config.clone()).await {
+            let attempt = endpoint.connect(slot.gateway, config.clone());
+            tokio::pin!(attempt);
+            // A gateway that does not answer at all (down, or UDP filtered on the way) fails
+            // the handshake only after its timeout: say so well before, once per outage.
+            let result = tokio::select! {
+                r = &mut attempt => r,
+                () = tokio::time::sleep(SILENCE_REPORTED_AFTER), if !silence_reported => {
+                    silence_reported = true;
+                    warn!(
+                        gateway = %slot.gateway,
+                        link = index,
+                        waited = ?SILENCE_REPORTED_AFTER,
+                        gives_up_after = ?config.handshake_timeout,
+                        "no answer from the gateway yet; still trying (is it running, and does UDP reach it?)"
+                    );
+                    attempt.await
+                }
+            };
+            match result {
                 Ok(conn) => {
                     if failures > 0 {
                         info!(gateway = %slot.gateway, link = index, failed_attempts = failures, "session up again");
@@ -156,6 +180,7 @@ impl Sessions {
                     }
                     failures = 0;
                     last_warned.clear();
+                    silence_reported = false;
                     let meter = self.registry.add(&conn);
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((conn.clone(), meter));
