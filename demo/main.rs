@@ -3,7 +3,8 @@
 //! It makes a development CA and certificates (as `ferry-certs` does) in a temporary directory,
 //! starts an echo backend in this process, then the real `ferry-gateway` and `ferry-agent`
 //! binaries (found next to this one) with TLS on, checks the whole path with a 16 MiB echo,
-//! prints what to try, and keeps the pair running until Ctrl-C.
+//! prints what to try, and keeps the pair running until Ctrl-C. `ferry-demo --send TEXT`, from
+//! another terminal, is the client to try it with (a fresh Debian has no `nc`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[command(name = "ferry-demo", version, about)]
 struct Args {
     /// Where clients connect (the agent's listener).
-    #[arg(long, default_value = "127.0.0.1:6789")]
+    #[arg(long, default_value_t = default_client())]
     client: SocketAddr,
     /// The gateway's UDP address.
     #[arg(long, default_value = "127.0.0.1:9000")]
@@ -27,6 +28,16 @@ struct Args {
     /// Check the path, print the result and exit instead of running until Ctrl-C.
     #[arg(long)]
     check_only: bool,
+    /// Start nothing: send TEXT and a newline through the agent of a pair already running (a
+    /// `ferry-demo` in another terminal, at `--client`), print what comes back, and exit. What
+    /// `nc` would do, for machines without it.
+    #[arg(long, value_name = "TEXT")]
+    send: Option<String>,
+}
+
+/// Where the demo's agent listens unless told otherwise.
+fn default_client() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6789))
 }
 
 /// Child processes, stopped with SIGTERM (then killed) when dropped.
@@ -99,9 +110,43 @@ async fn check(client: SocketAddr, len: usize) -> Result<f64, String> {
     Ok(len as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Sends `text` and a newline to `client`, half-closes, and returns what came back.
+async fn send_line(client: SocketAddr, text: &str) -> Result<String, String> {
+    const START_FIRST: &str =
+        "start the pair first: `target/release/ferry-demo` in another terminal";
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(client))
+        .await
+        .map_err(|_| format!("connecting to {client} timed out; {START_FIRST}"))?
+        .map_err(|e| format!("nothing answers at {client} ({e}); {START_FIRST}"))?;
+    s.write_all(format!("{text}\n").as_bytes())
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
+    s.shutdown()
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .map_err(|_| format!("no answer from {client} within 10 s"))?
+        .map_err(|e| format!("the tunnel ended the connection: {e}"))?;
+    Ok(String::from_utf8_lossy(&back).into_owned())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(text) = &args.send {
+        return match send_line(args.client, text).await {
+            Ok(back) => {
+                print!("{back}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry-demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -187,8 +232,14 @@ async fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     println!();
+    let at = if args.client == default_client() {
+        String::new()
+    } else {
+        format!(" --client {}", args.client)
+    };
+    println!("Try it:  target/release/ferry-demo{at} --send 'hello through ferry'");
     println!(
-        "Try it:  printf 'hello through ferry\\n' | nc -q1 {} {}",
+        "   or:   printf 'hello through ferry\\n' | nc -q1 {} {}",
         args.client.ip(),
         args.client.port()
     );

@@ -397,6 +397,67 @@ fn the_quick_start_demo_brings_up_a_working_pair() {
     assert!(stdout.contains("16 MiB echoed intact"), "{stdout}");
 }
 
+/// The quick start's "try it" line without `nc`: `ferry-demo --send` in another terminal sends a
+/// line through the running pair and prints the echo; with no pair running it says to start
+/// one.
+#[test]
+fn the_demo_sends_a_line_through_a_running_pair_without_nc() {
+    use std::io::BufRead;
+    let client = format!("127.0.0.1:{}", free_tcp_port());
+    let gateway = format!("127.0.0.1:{}", free_udp_port());
+    let demo = env!("CARGO_BIN_EXE_ferry-demo");
+    let send = || {
+        Command::new(demo)
+            .args(["--client", &client, "--send", "hello through ferry"])
+            .output()
+            .unwrap()
+    };
+    let before = send();
+    assert!(!before.status.success());
+    let why = String::from_utf8_lossy(&before.stderr);
+    assert!(why.contains("start the pair first"), "{why}");
+
+    let mut pair = Command::new(demo)
+        .args(["--client", &client, "--gateway", &gateway])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = pair.stdout.take().unwrap();
+    let mut pair = Proc(pair);
+    // The demo prints its "Try it" lines once its own 16 MiB check has passed.
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let try_it = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("Try it"))
+        .expect("the demo printed what to try");
+    assert!(try_it.contains("--send"), "{try_it}");
+    let out = send();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello through ferry\n"
+    );
+
+    // Ctrl-C stops the demo and both of its processes (a kill would leave them running).
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pair.0.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pair.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while std::net::TcpStream::connect(&client).is_ok() {
+        assert!(Instant::now() < deadline, "the demo's agent outlived it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_tells_the_backend_the_real_client_address() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
