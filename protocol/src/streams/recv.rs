@@ -94,13 +94,16 @@ impl RecvAssembler {
             }
             at = next;
         }
-        // Segments the new bytes made contiguous join the ordered bytes.
-        while let Some(seg) = self.segments.remove(&self.contiguous_end()) {
-            self.ordered_len += seg.len();
-            self.ordered.push_back(seg);
-        }
-        if self.segments.is_empty() {
-            self.segments = BTreeMap::new();
+        // Segments the new bytes made contiguous join the ordered bytes (nothing to look up
+        // when none wait past a gap, the usual case).
+        if !self.segments.is_empty() {
+            while let Some(seg) = self.segments.remove(&self.contiguous_end()) {
+                self.ordered_len += seg.len();
+                self.ordered.push_back(seg);
+            }
+            if self.segments.is_empty() {
+                self.segments = BTreeMap::new();
+            }
         }
         Ok(grew)
     }
