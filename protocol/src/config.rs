@@ -175,6 +175,17 @@ pub struct TransportConfig {
     /// slowed; the delay is announced in the handshake and the peer adds it to its
     /// retransmission timeout. Default 1 ms; zero acknowledges every packet at once.
     pub ack_delay: Duration,
+    /// Largest unreliable datagram (see [`crate::datagrams`]) accepted from the peer, after
+    /// reassembly, in bytes; zero refuses datagrams. Default 65,535: any UDP payload, though a
+    /// sender splits one into at most [`MAX_DATAGRAM_FRAGMENTS`] packets, so what actually
+    /// passes is about 10 KB with 1,350-byte packets. Announced in the handshake.
+    ///
+    /// [`MAX_DATAGRAM_FRAGMENTS`]: crate::wire::frame::MAX_DATAGRAM_FRAGMENTS
+    pub max_datagram_payload: u32,
+    /// Split a datagram too large for one packet into fragments (up to
+    /// [`MAX_DATAGRAM_FRAGMENTS`](crate::wire::frame::MAX_DATAGRAM_FRAGMENTS)) that the peer
+    /// reassembles. Default on; off, such a datagram is refused at the sender (counted).
+    pub datagram_fragmentation: bool,
     /// Packet protection. Default none; the binaries default to TLS. Both ends must agree:
     /// the mode is a required setting, so a mismatch fails the handshake with a clear reason.
     pub crypto: CryptoConfig,
@@ -205,6 +216,8 @@ impl Default for TransportConfig {
             crypto: CryptoConfig::None,
             batch_delay: Duration::ZERO,
             ack_delay: Duration::from_millis(1),
+            max_datagram_payload: crate::wire::settings::MAX_DATAGRAM_PAYLOAD_LIMIT,
+            datagram_fragmentation: true,
         }
     }
 }
@@ -376,6 +389,9 @@ impl TransportConfig {
             initial_max_stream_data: self.stream_limits().initial_stream_window,
             initial_max_streams: self.max_concurrent_streams,
             max_ack_delay: self.max_ack_delay(),
+            max_datagram_payload: self
+                .max_datagram_payload
+                .min(crate::wire::settings::MAX_DATAGRAM_PAYLOAD_LIMIT),
             required: {
                 let mut required = self.required_settings.clone();
                 required.insert("crypto".into(), self.crypto.mode().into());

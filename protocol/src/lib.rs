@@ -16,7 +16,9 @@
 //! - security: [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
 //!   [`congestion`] (controllers and pacing);
-//! - streams: [`streams`] (send buffers, reassembly, flow control);
+//! - streams: [`streams`] (send buffers, reassembly, flow control); [`datagrams`] (unreliable
+//!   datagrams of UDP flows: loss protection, duplicate suppression, fragments), with
+//!   [`loss_rate`] (the path's recent loss, which adaptive protection follows);
 //! - state machines: [`connection`], [`endpoint`] (many connections on one socket);
 //! - testing: `sim` (seeded network simulator in virtual time), with the `sim` feature only.
 #![forbid(unsafe_code)]
@@ -26,7 +28,9 @@ pub mod config;
 pub mod congestion;
 pub mod connection;
 pub mod crypto;
+pub mod datagrams;
 pub mod endpoint;
+pub mod loss_rate;
 pub mod ranges;
 pub mod recovery;
 pub mod rtt;

@@ -52,6 +52,8 @@ pub enum SentFrame {
     MaxStreams,
     /// A keepalive or probe.
     Ping,
+    /// An unreliable datagram (or a fragment or a copy of one): never sent again.
+    Datagram,
     /// The handshake HELLO.
     Hello,
     /// Server to client: the reset token and the address token (RESET_TOKEN, NEW_TOKEN).

@@ -6,6 +6,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
+use ferry_protocol::datagrams::{Datagram, DatagramError, Protection};
 use ferry_protocol::endpoint::ConnectionHandle;
 use ferry_protocol::streams::StreamError;
 
@@ -160,6 +161,49 @@ impl Connection {
         })
         .await?;
         Some(Stream::new(self.inner.clone(), id))
+    }
+
+    /// Queues an unreliable datagram on `flow` (see `ferry_protocol::datagrams`): it leaves
+    /// before stream data, is never retransmitted, and is sent twice under `protection` when
+    /// that asks for it. Never waits: a full queue drops its oldest datagram (counted).
+    pub fn send_datagram(
+        &self,
+        flow: u64,
+        data: &[u8],
+        protection: Protection,
+    ) -> Result<(), DatagramError> {
+        let mut state = self.shared().lock();
+        let result = match state.endpoint.connection(self.inner.handle) {
+            Some(conn) => conn.send_datagram(Instant::now(), flow, data, protection),
+            None => Err(DatagramError::Closed),
+        };
+        if result.is_ok() {
+            state.wake_driver();
+        }
+        result
+    }
+
+    /// Waits for the next datagram from the peer; `None` once the connection ended.
+    pub async fn recv_datagram(&self) -> Option<Datagram> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared().lock();
+            let handle = self.inner.handle;
+            if let Some(d) = state
+                .endpoint
+                .connection(handle)
+                .and_then(|c| c.recv_datagram())
+            {
+                return Poll::Ready(Some(d));
+            }
+            let fatal = state.fatal.is_some();
+            let conn = state.conns.entry(handle).or_default();
+            if conn.error.is_some() || fatal {
+                return Poll::Ready(None);
+            }
+            conn.datagram_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     /// Aborts the connection: every stream is reset, the peer is told `code` and `reason`.

@@ -22,5 +22,6 @@ pub use endpoint::{ConnectError, Endpoint};
 pub use ferry_protocol::config::{ConfigError, ServerConfig, StaticSecret, TransportConfig};
 pub use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
 pub use ferry_protocol::crypto::{rustls, CryptoConfig, CryptoConfigError, Identity};
+pub use ferry_protocol::datagrams;
 pub use ferry_protocol::endpoint::ConnectionHandle;
 pub use stream::{Stream, RESET_DROPPED};

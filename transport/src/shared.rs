@@ -31,6 +31,8 @@ pub(crate) struct ConnState {
     /// Why the connection ended, once it did.
     pub error: Option<ConnectionError>,
     pub closed_wakers: Vec<Waker>,
+    /// The task waiting for the connection's next datagram.
+    pub datagram_waker: Option<Waker>,
 }
 
 impl ConnState {
@@ -51,6 +53,9 @@ impl ConnState {
             w.wake();
         }
         for w in self.closed_wakers.drain(..) {
+            w.wake();
+        }
+        if let Some(w) = self.datagram_waker.take() {
             w.wake();
         }
     }
@@ -144,6 +149,11 @@ impl State {
                 }
                 Event::StreamsAvailable => {
                     for w in conn.open_wakers.drain(..) {
+                        w.wake();
+                    }
+                }
+                Event::DatagramReceived => {
+                    if let Some(w) = conn.datagram_waker.take() {
                         w.wake();
                     }
                 }

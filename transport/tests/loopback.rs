@@ -229,3 +229,48 @@ async fn streams_survive_ten_percent_loss_over_real_udp() {
         "the relay must have dropped packets: {stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_cross_real_udp_both_ways_whole_and_in_fragments() {
+    use ferry_transport::datagrams::Protection;
+    let server = Endpoint::server(loopback(), ServerConfig::default()).unwrap();
+    let client = Endpoint::client(loopback()).unwrap();
+    let conn = client
+        .connect(server.local_addr(), TransportConfig::default())
+        .await
+        .unwrap();
+    let accepted = server.accept().await.unwrap();
+    // The server echoes every datagram on its flow, with the flow number added to each byte.
+    let echo = tokio::spawn(async move {
+        while let Some(d) = accepted.recv_datagram().await {
+            let reply: Vec<u8> = d
+                .data
+                .iter()
+                .map(|b| b.wrapping_add(d.flow as u8))
+                .collect();
+            accepted
+                .send_datagram(d.flow, &reply, Protection::None)
+                .unwrap();
+        }
+    });
+    for (flow, size) in [(1u64, 60usize), (2, 1400), (3, 5000)] {
+        let data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        conn.send_datagram(flow, &data, Protection::Duplicate)
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), conn.recv_datagram())
+            .await
+            .expect("a reply within 10 s")
+            .expect("connection alive");
+        assert_eq!(reply.flow, flow);
+        let expected: Vec<u8> = data.iter().map(|b| b.wrapping_add(flow as u8)).collect();
+        assert_eq!(reply.data, expected, "flow {flow}");
+    }
+    let stats = conn.stats().unwrap().datagrams;
+    assert_eq!(stats.sent, 3);
+    assert_eq!(stats.received, 3);
+    conn.close(0, "done");
+    tokio::time::timeout(Duration::from_secs(10), echo)
+        .await
+        .expect("the echo task ends with the connection")
+        .unwrap();
+}

@@ -46,6 +46,8 @@ impl Connection {
                     .update(now.saturating_duration_since(last.time), delay);
             }
         }
+        self.datagrams
+            .on_packets_resolved(acked.len().min(u32::MAX as usize) as u32, 0);
         let mut samples = Vec::with_capacity(acked.len());
         for p in &acked {
             samples.push(AckedPacket {
@@ -132,11 +134,14 @@ impl Connection {
                     }
                     // An ACK is never resent: later packets carry newer ones.
                     SentFrame::Ping | SentFrame::Ack { .. } => {}
+                    SentFrame::Datagram => self.datagrams.on_frame_lost(),
                     ref other => self.streams.on_control_lost(other),
                 }
             }
         }
         self.stats.packets_lost += lost.len() as u64;
+        self.datagrams
+            .on_packets_resolved(0, lost.len().min(u32::MAX as usize) as u32);
         if !lost.is_empty() {
             self.last_loss = Some(now);
         }

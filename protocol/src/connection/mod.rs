@@ -52,6 +52,7 @@ use crate::config::TransportConfig;
 use crate::congestion::pacing::Pacer;
 use crate::congestion::Controller;
 use crate::crypto::{PacketKeys, TlsHandshake};
+use crate::datagrams::{Datagram, DatagramError, DatagramSet, Protection};
 use crate::ranges::RangeSet;
 use crate::recovery::SentPackets;
 use crate::rtt::RttEstimator;
@@ -100,6 +101,9 @@ pub enum Event {
     },
     /// More streams may be opened (the peer raised the limit).
     StreamsAvailable,
+    /// A datagram arrived with none unread before: read them with
+    /// [`Connection::recv_datagram`] until it returns `None`.
+    DatagramReceived,
     /// The peer's address changed and the new path was validated.
     PathMigrated(SocketAddr),
     /// The connection ended. No event follows.
@@ -251,6 +255,7 @@ pub struct Connection {
     probe_credit: u8,
 
     streams: StreamSet,
+    datagrams: DatagramSet,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -340,6 +345,7 @@ impl Connection {
             unacked_received_bytes: 0,
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
+            datagrams: DatagramSet::default(),
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
@@ -466,6 +472,8 @@ impl Connection {
         s.cwnd = self.cc.window();
         s.bytes_in_flight = self.sent.bytes_in_flight();
         s.pacing_rate = self.cc.pacing_rate(&self.rtt);
+        s.datagrams = self.datagrams.stats();
+        s.recent_loss_per_mille = self.datagrams.loss_per_mille();
         s
     }
 
@@ -554,6 +562,38 @@ impl Connection {
         r
     }
 
+    /// Queues an unreliable datagram on `flow` (see [`crate::datagrams`]); it leaves before
+    /// stream data on the next `poll_transmit`. Too large a datagram is refused, never cut.
+    pub fn send_datagram(
+        &mut self,
+        now: Instant,
+        flow: u64,
+        data: &[u8],
+        protection: Protection,
+    ) -> Result<(), DatagramError> {
+        if self.state != State::Established {
+            return Err(DatagramError::Closed);
+        }
+        let peer_max = self
+            .peer_settings
+            .as_ref()
+            .map_or(0, |s| s.max_datagram_payload);
+        let tag = if self.config.crypto.is_tls() {
+            crate::crypto::TAG_LEN
+        } else {
+            0
+        };
+        let room = self.max_datagram - crate::wire::packet::SHORT_HEADER_LEN - tag;
+        let fragmentation = self.config.datagram_fragmentation;
+        self.datagrams
+            .send(now, flow, data, protection, room, peer_max, fragmentation)
+    }
+
+    /// The next datagram received, if any.
+    pub fn recv_datagram(&mut self) -> Option<Datagram> {
+        self.datagrams.recv()
+    }
+
     /// Aborts a stream in both directions; the peer sees a reset with `code`.
     pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
         self.check_open()?;
@@ -600,10 +640,23 @@ impl Connection {
 
     // ----- Timers ------------------------------------------------------------------------------
 
+    /// Arms the datagram timer for the next copy due or reassembly to give up.
+    fn update_datagram_timer(&mut self) {
+        let copy = self
+            .datagrams
+            .next_copy_due()
+            .filter(|_| self.state == State::Established);
+        match copy.into_iter().chain(self.datagrams.next_expiry()).min() {
+            Some(at) => self.timers.set(Timer::Datagram, at),
+            None => self.timers.stop(Timer::Datagram),
+        }
+    }
+
     /// When `handle_timeout` must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         if !self.is_closed() {
             self.update_loss_timer();
+            self.update_datagram_timer();
         }
         self.timers.next()
     }
@@ -633,6 +686,7 @@ impl Connection {
                 }
                 Timer::Keepalive => self.ping_pending = true,
                 Timer::Pacing | Timer::Batch | Timer::Ack => {}
+                Timer::Datagram => self.datagrams.on_timer(now),
                 Timer::Loss => self.on_loss_timer(now),
             }
         }

@@ -308,6 +308,15 @@ impl Connection {
                 }
                 Ok(())
             }
+            Frame::Datagram(d) => {
+                if self
+                    .datagrams
+                    .on_frame(now, d, self.config.max_datagram_payload)
+                {
+                    self.events.push_back(Event::DatagramReceived);
+                }
+                Ok(())
+            }
             Frame::MaxData(max) => {
                 self.streams.on_max_data(*max);
                 Ok(())

@@ -1,6 +1,6 @@
 //! Packet building: what the next datagrams hold and whether they may leave now. A packet gets
 //! its header, an ACK when one is owed, then the frames owed in order (HELLO, CRYPTO, tokens,
-//! stream control, PING, stream data), within the congestion window and the pacer; it is padded
+//! stream control, PING, datagrams, stream data), within the congestion window and the pacer; it is padded
 //! and sealed, and remembered for loss detection. Batching holds small writes and lone ACKs back
 //! briefly; tail duplication sends the end of a small burst twice.
 
@@ -169,7 +169,7 @@ impl Connection {
             .is_none_or(|at| now >= at + self.rtt.smoothed())
     }
 
-    fn wants_to_send_eliciting(&self) -> bool {
+    fn wants_to_send_eliciting(&self, now: Instant) -> bool {
         match self.state {
             State::Handshake => {
                 self.hello_pending || self.tls.as_ref().is_some_and(|t| t.has_pending())
@@ -180,6 +180,7 @@ impl Connection {
                     || self.tokens_pending
                     || self.streams.has_pending_control()
                     || self.streams.has_pending_data()
+                    || self.datagrams.has_due(now)
             }
             _ => false,
         }
@@ -292,7 +293,8 @@ impl Connection {
             || self.ping_pending
             || self.tokens_pending
             || self.probe_credit > 0
-            || self.streams.has_pending_control();
+            || self.streams.has_pending_control()
+            || self.datagrams.has_due(now);
         // Room for stream data in one packet: the datagram less headers, frame headers and tag.
         let room = self.max_datagram.saturating_sub(64) as u64;
         if delay.is_zero() || urgent || self.streams.pending_data_at_least(room) {
@@ -347,7 +349,7 @@ impl Connection {
 
     /// Appends one packet to `buf` if there is anything to send; returns whether it did.
     fn build_packet(&mut self, now: Instant, buf: &mut Vec<u8>) -> bool {
-        let wants = self.wants_to_send_eliciting() && !self.batch_holds(now);
+        let wants = self.wants_to_send_eliciting(now) && !self.batch_holds(now);
         let mut may_elicit = false;
         if wants {
             let cwnd_open = self.sent.bytes_in_flight() + self.max_datagram as u64
@@ -415,6 +417,9 @@ impl Connection {
                     frames.push(SentFrame::Ping);
                     self.ping_pending = false;
                 }
+                // Datagrams before stream data: they never wait behind a bulk transfer.
+                let rtt = self.rtt.smoothed();
+                self.datagrams.write(now, rtt, buf, limit, &mut frames);
                 self.streams.write_data(buf, limit, &mut frames);
                 for f in &frames {
                     if let SentFrame::Stream { len, .. } = f {

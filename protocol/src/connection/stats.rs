@@ -41,4 +41,8 @@ pub struct ConnectionStats {
     pub bytes_in_flight: u64,
     /// Pacing rate, bytes per second.
     pub pacing_rate: u64,
+    /// Unreliable datagrams: sent, received, protected, dropped.
+    pub datagrams: crate::datagrams::DatagramStats,
+    /// Recent packet loss, per mille (what adaptive datagram protection follows).
+    pub recent_loss_per_mille: u32,
 }

@@ -20,9 +20,11 @@ pub(super) enum Timer {
     Batch,
     /// A delayed acknowledgement must leave by then.
     Ack,
+    /// A datagram's loss-protection copy falls due, or a reassembly times out.
+    Datagram,
 }
 
-const ALL: [Timer; 7] = [
+const ALL: [Timer; 8] = [
     Timer::Idle,
     Timer::Loss,
     Timer::Keepalive,
@@ -30,6 +32,7 @@ const ALL: [Timer; 7] = [
     Timer::Close,
     Timer::Batch,
     Timer::Ack,
+    Timer::Datagram,
 ];
 
 /// Deadline of each timer, if armed.

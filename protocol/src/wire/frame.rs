@@ -24,6 +24,8 @@
 //! | 0x31        | CRYPTO           | offset, TLS handshake bytes (length-prefixed)           |
 //! | 0x32        | RESET_TOKEN      | 16 bytes: the client's stateless reset token            |
 //! | 0x33        | NEW_TOKEN        | address token for the client's next connection (length-prefixed) |
+//! | 0x34        | DATAGRAM         | flow, sequence, data (length-prefixed); never retransmitted |
+//! | 0x35        | DATAGRAM_FRAGMENT | flow, sequence, index (u8), count (u8), data (length-prefixed) |
 
 use std::ops::Range;
 
@@ -53,7 +55,13 @@ pub mod types {
     pub const CRYPTO: u64 = 0x31;
     pub const RESET_TOKEN: u64 = 0x32;
     pub const NEW_TOKEN: u64 = 0x33;
+    pub const DATAGRAM: u64 = 0x34;
+    pub const DATAGRAM_FRAGMENT: u64 = 0x35;
 }
+
+/// Most fragments one datagram is split into: a datagram that needs more is refused at the
+/// sender, so the receiver never holds more than this many pieces of one.
+pub const MAX_DATAGRAM_FRAGMENTS: u8 = 8;
 
 /// At most this many ACK ranges are decoded from one frame; more is treated as malformed.
 pub const MAX_ACK_RANGES: usize = 256;
@@ -111,6 +119,57 @@ pub enum Frame<'a> {
     ResetToken([u8; 16]),
     /// Server to client: an address-validation token for the client's next connection.
     NewToken(&'a [u8]),
+    /// An unreliable datagram of a flow, or one fragment of it.
+    Datagram(DatagramFrame<'a>),
+}
+
+/// An unreliable datagram (or a fragment of one): never retransmitted; a copy sent for loss
+/// protection carries the same sequence number, so the receiver delivers it once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramFrame<'a> {
+    /// The application's flow the datagram belongs to.
+    pub flow: u64,
+    /// The sender's datagram number, counted per connection and direction.
+    pub seq: u64,
+    /// Set when this is one piece of a datagram too large for one packet.
+    pub fragment: Option<Fragment>,
+    /// The bytes (of this fragment).
+    pub data: &'a [u8],
+}
+
+/// Which piece of a fragmented datagram a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// Position, from zero.
+    pub index: u8,
+    /// How many pieces the datagram has: 2 to [`MAX_DATAGRAM_FRAGMENTS`].
+    pub count: u8,
+}
+
+impl DatagramFrame<'_> {
+    /// Bytes a DATAGRAM or DATAGRAM_FRAGMENT frame takes for these values.
+    pub fn encoded_len(flow: u64, seq: u64, fragment: bool, len: usize) -> usize {
+        1 + varint_len(flow)
+            + varint_len(seq)
+            + if fragment { 2 } else { 0 }
+            + varint_len(len as u64)
+            + len
+    }
+
+    /// Appends the frame.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        match self.fragment {
+            None => out.put_varint(types::DATAGRAM),
+            Some(_) => out.put_varint(types::DATAGRAM_FRAGMENT),
+        }
+        out.put_varint(self.flow);
+        out.put_varint(self.seq);
+        if let Some(f) = self.fragment {
+            out.put_u8(f.index);
+            out.put_u8(f.count);
+        }
+        out.put_length_prefixed(self.data);
+    }
 }
 
 /// Stream data at an offset.
@@ -326,6 +385,27 @@ impl<'a> Frame<'a> {
                 }
                 Frame::NewToken(token)
             }
+            types::DATAGRAM => Frame::Datagram(DatagramFrame {
+                flow: r.varint()?,
+                seq: r.varint()?,
+                fragment: None,
+                data: r.length_prefixed()?,
+            }),
+            types::DATAGRAM_FRAGMENT => {
+                let flow = r.varint()?;
+                let seq = r.varint()?;
+                let index = r.u8()?;
+                let count = r.u8()?;
+                if !(2..=MAX_DATAGRAM_FRAGMENTS).contains(&count) || index >= count {
+                    return Err(DecodeError::Invalid("datagram fragment number"));
+                }
+                Frame::Datagram(DatagramFrame {
+                    flow,
+                    seq,
+                    fragment: Some(Fragment { index, count }),
+                    data: r.length_prefixed()?,
+                })
+            }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
     }
@@ -384,6 +464,7 @@ impl<'a> Frame<'a> {
                 out.put_varint(types::NEW_TOKEN);
                 out.put_length_prefixed(token);
             }
+            Frame::Datagram(d) => d.encode(out),
         }
     }
 }
@@ -495,6 +576,47 @@ mod tests {
         });
         round_trip(Frame::ResetToken([7; 16]));
         round_trip(Frame::NewToken(&[2; 25]));
+        round_trip(Frame::Datagram(DatagramFrame {
+            flow: 9,
+            seq: 1 << 20,
+            fragment: None,
+            data: b"dns query",
+        }));
+        round_trip(Frame::Datagram(DatagramFrame {
+            flow: 1 << 40,
+            seq: 3,
+            fragment: Some(Fragment { index: 7, count: 8 }),
+            data: &[5; 1200],
+        }));
+    }
+
+    #[test]
+    fn datagram_len_matches_encoding_and_bad_fragment_numbers_are_malformed() {
+        for (flow, seq, fragment, len) in [(0, 0, None, 0), (300, 1 << 30, Some(1), 1300)] {
+            let data = vec![1u8; len];
+            let frame = DatagramFrame {
+                flow,
+                seq,
+                fragment: fragment.map(|index| Fragment { index, count: 2 }),
+                data: &data,
+            };
+            let mut buf = Vec::new();
+            frame.encode(&mut buf);
+            assert_eq!(
+                buf.len(),
+                DatagramFrame::encoded_len(flow, seq, fragment.is_some(), len)
+            );
+        }
+        for (index, count) in [(0, 1), (2, 2), (0, MAX_DATAGRAM_FRAGMENTS + 1), (0, 0)] {
+            let mut buf = Vec::new();
+            buf.put_varint(types::DATAGRAM_FRAGMENT);
+            buf.put_varint(1);
+            buf.put_varint(1);
+            buf.put_u8(index);
+            buf.put_u8(count);
+            buf.put_length_prefixed(b"x");
+            assert!(decode_all(&buf).is_err(), "{index}/{count}");
+        }
     }
 
     #[test]

@@ -26,7 +26,11 @@ mod keys {
     pub const INITIAL_MAX_STREAMS: u64 = 0x05;
     pub const REQUIRED: u64 = 0x06;
     pub const MAX_ACK_DELAY_US: u64 = 0x07;
+    pub const MAX_DATAGRAM_PAYLOAD: u64 = 0x08;
 }
+
+/// Largest unreliable datagram an end may announce that it accepts: a UDP payload.
+pub const MAX_DATAGRAM_PAYLOAD_LIMIT: u32 = 65_535;
 
 /// At most this many required settings are accepted from a peer.
 pub const MAX_REQUIRED: usize = 32;
@@ -50,6 +54,9 @@ pub struct Settings {
     /// adds it to its retransmission timeout, so a delayed ACK never looks like a loss. Absent
     /// (an older peer) means zero.
     pub max_ack_delay: Duration,
+    /// Largest unreliable datagram (DATAGRAM frames, reassembled) this end accepts; zero (or
+    /// absent: an older peer) means none.
+    pub max_datagram_payload: u32,
     /// Settings that must be identical on both ends, by name.
     pub required: BTreeMap<String, String>,
 }
@@ -80,6 +87,10 @@ impl Settings {
                 keys::MAX_ACK_DELAY_US,
                 self.max_ack_delay.as_micros().min(u128::from(u32::MAX)) as u64,
             ),
+            (
+                keys::MAX_DATAGRAM_PAYLOAD,
+                u64::from(self.max_datagram_payload),
+            ),
         ] {
             num.clear();
             num.put_varint(value);
@@ -102,6 +113,7 @@ impl Settings {
         let mut max_stream_data = None;
         let mut max_streams = None;
         let mut max_ack_delay = Duration::ZERO;
+        let mut max_datagram_payload = 0;
         let mut required = BTreeMap::new();
         while !r.is_empty() {
             let key = r.varint()?;
@@ -124,6 +136,13 @@ impl Settings {
                     if max_ack_delay > MAX_ACK_DELAY_LIMIT {
                         return Err(DecodeError::Invalid("max ack delay"));
                     }
+                }
+                keys::MAX_DATAGRAM_PAYLOAD => {
+                    let size = number()?;
+                    if size > u64::from(MAX_DATAGRAM_PAYLOAD_LIMIT) {
+                        return Err(DecodeError::Invalid("max datagram payload"));
+                    }
+                    max_datagram_payload = size as u32;
                 }
                 keys::REQUIRED => {
                     let mut pr = Reader::new(value);
@@ -157,6 +176,7 @@ impl Settings {
             initial_max_stream_data: max_stream_data.ok_or(missing)?,
             initial_max_streams: max_streams.ok_or(missing)?,
             max_ack_delay,
+            max_datagram_payload,
             required,
         })
     }
@@ -229,6 +249,7 @@ mod tests {
             initial_max_stream_data: 1 << 20,
             initial_max_streams: 256,
             max_ack_delay: Duration::from_millis(2),
+            max_datagram_payload: 1500,
             required: BTreeMap::from([("crypto".into(), "none".into())]),
         }
     }
@@ -268,6 +289,33 @@ mod tests {
         assert_eq!(
             Settings::decode(&huge),
             Err(DecodeError::Invalid("max ack delay"))
+        );
+    }
+
+    #[test]
+    fn an_absent_datagram_payload_is_zero_and_an_oversized_one_is_malformed() {
+        let mut s = sample();
+        s.max_datagram_payload = 0;
+        let mut buf = Vec::new();
+        s.encode(&mut buf);
+        let mut older = Vec::new();
+        let mut r = Reader::new(&buf);
+        while !r.is_empty() {
+            let key = r.varint().unwrap();
+            let value = r.length_prefixed().unwrap();
+            if key != keys::MAX_DATAGRAM_PAYLOAD {
+                older.put_varint(key);
+                older.put_length_prefixed(value);
+            }
+        }
+        assert!(older.len() < buf.len());
+        assert_eq!(Settings::decode(&older), Ok(s.clone()));
+        s.max_datagram_payload = MAX_DATAGRAM_PAYLOAD_LIMIT + 1;
+        let mut huge = Vec::new();
+        s.encode(&mut huge);
+        assert_eq!(
+            Settings::decode(&huge),
+            Err(DecodeError::Invalid("max datagram payload"))
         );
     }
 
