@@ -21,8 +21,9 @@ use tracing::info;
 #[derive(Debug, clap::Parser)]
 #[command(name = "ferry-agent", version, about, args_override_self = true)]
 struct Args {
-    /// Where clients connect: tcp://IP:PORT or unix:/PATH, optionally =SERVICE to name the
-    /// gateway service they reach (e.g. tcp://127.0.0.1:6789=web). Repeatable, comma-separated.
+    /// Where clients connect: tcp://IP:PORT or unix:/PATH, or udp://IP:PORT for UDP clients
+    /// (each client address a flow of datagrams), optionally =SERVICE to name the gateway
+    /// service they reach (e.g. tcp://127.0.0.1:6789=web). Repeatable, comma-separated.
     #[arg(
         long = "listen",
         env = "FERRY_AGENT_LISTEN",
@@ -56,6 +57,15 @@ struct Args {
     /// How long a new client waits for a gateway session (during a reconnect) before it is reset.
     #[arg(long, env = "FERRY_AGENT_SESSION_WAIT", default_value = "5s", value_parser = ferry_tunnel::duration::parse)]
     session_wait: Duration,
+
+    /// Loss protection of UDP flows' datagrams: none, dup (each sent twice, a few ms apart) or
+    /// auto (twice only while the path loses 1% of packets or more).
+    #[arg(long, env = "FERRY_AGENT_UDP_PROTECT", default_value = "auto")]
+    udp_protect: ferry_tunnel::udp::Protect,
+
+    /// A UDP flow ends after this long without a datagram either way.
+    #[arg(long, env = "FERRY_AGENT_UDP_IDLE_TIMEOUT", default_value = "60s", value_parser = ferry_tunnel::duration::parse)]
+    udp_idle_timeout: Duration,
 
     /// Close a session after this long without a packet from the gateway.
     #[arg(long, env = "FERRY_AGENT_IDLE_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
@@ -146,7 +156,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         })
         .collect::<Result<_, String>>()?;
     let first_port = args.listen.iter().find_map(|l| match &l.address {
-        Address::Tcp { port, .. } => Some(*port),
+        Address::Tcp { port, .. } | Address::Udp { port, .. } => Some(*port),
         Address::Unix(_) => None,
     });
     let monitor =
@@ -162,6 +172,8 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         allow,
         max_connections: args.max_connections,
         session_wait: args.session_wait,
+        udp_idle_timeout: args.udp_idle_timeout,
+        udp_protect: args.udp_protect.0,
         drain_timeout: args.drain_timeout,
         compress: args.compress,
         monitor,

@@ -27,8 +27,9 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_LISTEN", default_value = "0.0.0.0:9000")]
     listen: SocketAddr,
 
-    /// Backend of the default service: tcp://HOST:PORT or unix:/PATH. Repeat the flag or
-    /// separate with commas for a pool.
+    /// Backend of the default service: tcp://HOST:PORT or unix:/PATH for TCP clients,
+    /// udp://HOST:PORT for UDP flows (a pool may hold both). Repeat the flag or separate with
+    /// commas for a pool.
     #[arg(long = "backend", env = "FERRY_GATEWAY_BACKEND", value_delimiter = ',')]
     backends: Vec<Address>,
 
@@ -59,6 +60,24 @@ struct Args {
     /// Give up connecting to a backend after this long (then try it again after a backoff).
     #[arg(long, env = "FERRY_GATEWAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = ferry_tunnel::duration::parse)]
     connect_timeout: Duration,
+
+    /// A UDP flow ends after this long without a datagram either way (its backend socket is
+    /// closed).
+    #[arg(long, env = "FERRY_GATEWAY_UDP_IDLE_TIMEOUT", default_value = "60s", value_parser = ferry_tunnel::duration::parse)]
+    udp_idle_timeout: Duration,
+
+    /// Most UDP flows at once, over all sessions (each holds a socket); further flows are
+    /// refused (the agent logs why).
+    #[arg(long, env = "FERRY_GATEWAY_MAX_UDP_FLOWS", default_value_t = 10_000)]
+    max_udp_flows: usize,
+
+    /// Most UDP flows at once in one agent session.
+    #[arg(
+        long,
+        env = "FERRY_GATEWAY_MAX_UDP_FLOWS_PER_SESSION",
+        default_value_t = 4096
+    )]
+    max_udp_flows_per_session: usize,
 
     /// Close a session after this long without a packet from its agent.
     #[arg(long, env = "FERRY_GATEWAY_IDLE_TIMEOUT", default_value = "30s", value_parser = ferry_tunnel::duration::parse)]
@@ -237,6 +256,9 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         proxy_protocol: args.proxy_protocol,
         compress: args.compress,
         monitor,
+        udp_idle_timeout: args.udp_idle_timeout,
+        max_udp_flows: args.max_udp_flows,
+        max_udp_flows_per_session: args.max_udp_flows_per_session,
     })
 }
 

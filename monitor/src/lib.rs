@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use snapshot::{BackendInfo, ClosedSession, History, SessionInfo, Snapshot, Totals};
+pub use snapshot::{BackendInfo, ClosedSession, History, SessionInfo, Snapshot, Totals, UdpTotals};
 
 /// Where a binary's monitor state comes from.
 pub trait Source: Send + Sync + 'static {

@@ -245,6 +245,90 @@ impl Collector for SnapshotCollector {
                     .encode_counter::<NoLabelSet, _, u64>(value, None)?;
             }
         }
+        let u = &t.udp;
+        gauge(
+            &mut e,
+            "ferry_udp_flows_active",
+            "UDP flows open now",
+            u.flows_active as f64,
+        )?;
+        counter(
+            &mut e,
+            "ferry_udp_flows",
+            "UDP flows opened",
+            None,
+            u.flows_total,
+        )?;
+        for (name, help, value) in [
+            (
+                "ferry_udp_datagrams_in",
+                "UDP datagrams from local sockets carried into the tunnel",
+                u.datagrams_in,
+            ),
+            (
+                "ferry_udp_datagrams_out",
+                "UDP datagrams out of the tunnel delivered to local sockets",
+                u.datagrams_out,
+            ),
+            (
+                "ferry_udp_copies_sent",
+                "UDP datagram copies sent for loss protection",
+                u.copies_sent,
+            ),
+            (
+                "ferry_udp_duplicates_suppressed",
+                "UDP datagram copies dropped at the receiver, never delivered twice",
+                u.duplicates_suppressed,
+            ),
+        ] {
+            counter(&mut e, name, help, None, value)?;
+        }
+        for (name, help, value) in [
+            (
+                "ferry_udp_in",
+                "UDP payload bytes carried into the tunnel",
+                u.bytes_in,
+            ),
+            (
+                "ferry_udp_out",
+                "UDP payload bytes delivered out of the tunnel",
+                u.bytes_out,
+            ),
+            (
+                "ferry_udp_copy",
+                "Bytes of UDP datagram copies sent for loss protection",
+                u.copy_bytes,
+            ),
+        ] {
+            counter(&mut e, name, help, Some(&bytes), value)?;
+        }
+        for (name, help, label, values) in [
+            (
+                "ferry_udp_dropped",
+                "UDP datagrams dropped, by reason",
+                "reason",
+                &u.dropped,
+            ),
+            (
+                "ferry_udp_flows_refused",
+                "UDP flows refused, by reason",
+                "reason",
+                &u.refused,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (reason, value) in values {
+                let labels = [(label, reason.as_str())];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "ferry_udp_unfragmented_max_bytes",
+            "Largest UDP datagram carried in one packet now, without fragments",
+            u.unfragmented_max as f64,
+        )?;
         let rtts: Vec<f64> = s.sessions.iter().map(|x| x.rtt_seconds).collect();
         let losses: Vec<f64> = s.sessions.iter().map(|x| x.loss_rate).collect();
         histogram(

@@ -105,6 +105,25 @@ pub fn stats_html(s: &Snapshot) -> String {
     for (event, n) in &t.stateless_resets {
         table.push(vec![format!("stateless resets {event}"), n.to_string()]);
     }
+    let u = &t.udp;
+    table.push(vec![
+        "UDP flows active / total".into(),
+        format!("{} / {}", u.flows_active, u.flows_total),
+    ]);
+    table.push(vec![
+        "UDP datagrams in / out".into(),
+        format!("{} / {}", u.datagrams_in, u.datagrams_out),
+    ]);
+    table.push(vec![
+        "UDP copies sent / duplicates suppressed".into(),
+        format!("{} / {}", u.copies_sent, u.duplicates_suppressed),
+    ]);
+    for (reason, n) in u.dropped.iter().chain(&u.refused) {
+        table.push(vec![
+            format!("UDP dropped or refused: {reason}"),
+            n.to_string(),
+        ]);
+    }
     let stats = stats_json(s);
     let dist = |key: &str| {
         stats[key]
@@ -266,6 +285,11 @@ async function refresh(){
       +card('wire out / in',fmtBytes(t.wire_bytes_out)+' / '+fmtBytes(t.wire_bytes_in))+card('compression saving',saving)
       +card('packets lost / sent',t.packets_lost+' / '+t.packets_sent)+card('dropped (malformed / forged)',t.malformed_dropped+' / '+t.unauthenticated_dropped);
     (t.rejected||[]).forEach(([k,v])=>{c+=card('rejected: '+k,v)});
+    const u=t.udp;if(u&&(u.flows_total>0)){
+      c+=card('UDP flows active / total',u.flows_active+' / '+u.flows_total)+card('UDP datagrams in / out',u.datagrams_in+' / '+u.datagrams_out)
+        +card('UDP copies / duplicates dropped',u.copies_sent+' / '+u.duplicates_suppressed)+card('UDP largest unfragmented',u.unfragmented_max+' B');
+      (u.dropped||[]).forEach(([k,v])=>{if(v>0)c+=card('UDP dropped: '+k,v)});
+    }
     document.getElementById('cards').innerHTML=c;
     bars('rtt',s.rtt_distribution_active,le=>le==='+Inf'?'more':(le>=1?le+'s':(le*1000)+'ms'));
     bars('loss',s.loss_rate_distribution_active,le=>le==='+Inf'?'more':(le*100)+'%');

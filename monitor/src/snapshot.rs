@@ -72,8 +72,42 @@ pub struct Totals {
     /// sessions it does not know, e.g. after a restart), `received` (agent: valid resets that
     /// ended a session). Forged resets fail authentication and count as unauthenticated drops.
     pub stateless_resets: Vec<(String, u64)>,
+    /// UDP flows through the tunnel.
+    pub udp: UdpTotals,
 }
 
+/// UDP flows and their datagrams. "In" is what this binary's local sockets received (clients
+/// on the agent, backends on the gateway) and carried into the tunnel; "out" is what came out
+/// of the tunnel to them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UdpTotals {
+    /// Flows open now.
+    pub flows_active: u64,
+    /// Flows opened, ever.
+    pub flows_total: u64,
+    /// Datagrams carried into the tunnel.
+    pub datagrams_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Datagrams delivered out of the tunnel.
+    pub datagrams_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Datagrams dropped, by reason: `too-big`, `refused`, `waiting`, `socket` (here), and
+    /// `congested`, `reassembly`, `late`, `unread`, `oversized` (in the sessions).
+    pub dropped: Vec<(String, u64)>,
+    /// Flows refused, by reason: `allow-list`, `limit`.
+    pub refused: Vec<(String, u64)>,
+    /// Copies sent for loss protection (`--udp-protect dup` or `auto`).
+    pub copies_sent: u64,
+    /// Their bytes: what the protection costs.
+    pub copy_bytes: u64,
+    /// Copies that arrived after their datagram and were dropped, never delivered twice.
+    pub duplicates_suppressed: u64,
+    /// Largest datagram the sessions carry in one packet now, without fragments (the
+    /// smallest over live sessions; zero without a session).
+    pub unfragmented_max: u64,
+}
 /// One live session.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SessionInfo {

@@ -28,6 +28,10 @@ impl Connection {
         }
     }
 
+    pub(crate) fn from_ref(inner: Arc<ConnRef>) -> Self {
+        Self { inner }
+    }
+
     fn shared(&self) -> &Shared {
         &self.inner.shared
     }

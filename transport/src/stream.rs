@@ -60,6 +60,11 @@ impl Stream {
         }
     }
 
+    /// The connection the stream belongs to (a handle that keeps it open while held).
+    pub fn connection(&self) -> crate::Connection {
+        crate::Connection::from_ref(self.conn.clone())
+    }
+
     /// The stream's ID.
     pub fn id(&self) -> StreamId {
         self.id
@@ -73,6 +78,15 @@ impl Stream {
         }
         state.wake_driver();
         self.reset_done = true;
+    }
+
+    /// The code the peer reset the stream with, once it did.
+    pub fn reset_code(&self) -> Option<u64> {
+        let state = self.conn.shared.lock();
+        state
+            .conns
+            .get(&self.conn.handle)
+            .and_then(|c| c.resets.get(&self.id).copied())
     }
 
     fn error(&self, state: &crate::shared::State, e: StreamError) -> io::Error {

@@ -1,4 +1,4 @@
-//! Where to listen or connect: `tcp://HOST:PORT` or `unix:/PATH`.
+//! Where to listen or connect: `tcp://HOST:PORT`, `udp://HOST:PORT` or `unix:/PATH`.
 //!
 //! The same syntax serves the agent's listeners and the gateway's backends, so an operator learns
 //! it once. Errors are one line that names the offending text and says what was expected.
@@ -7,7 +7,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// A stream socket address.
+/// A socket address: a stream socket, or a UDP one (whose clients are carried as flows of
+/// datagrams, see [`crate::agent`]'s UDP listeners).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
     /// `tcp://HOST:PORT`: HOST is an IP literal (`[::1]` for IPv6) or a name resolved at use.
@@ -19,11 +20,20 @@ pub enum Address {
     },
     /// `unix:/PATH`: a Unix-domain stream socket.
     Unix(PathBuf),
+    /// `udp://HOST:PORT`: HOST is an IP literal or a name resolved at use.
+    Udp {
+        /// Host name or IP literal, without brackets.
+        host: String,
+        /// Port.
+        port: u16,
+    },
 }
 
 /// Why an address did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid address {input:?}: {reason} (expected tcp://HOST:PORT or unix:/PATH)")]
+#[error(
+    "invalid address {input:?}: {reason} (expected tcp://HOST:PORT, udp://HOST:PORT or unix:/PATH)"
+)]
 pub struct AddressError {
     input: String,
     reason: &'static str,
@@ -47,8 +57,10 @@ impl FromStr for Address {
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
-        let Some(rest) = s.strip_prefix("tcp://") else {
-            return Err(err("unknown scheme"));
+        let (udp, rest) = match (s.strip_prefix("tcp://"), s.strip_prefix("udp://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(err("unknown scheme")),
         };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
@@ -82,9 +94,11 @@ impl FromStr for Address {
         if port == 0 {
             return Err(err("port 0 is not a destination"));
         }
-        Ok(Address::Tcp {
-            host: host.to_owned(),
-            port,
+        let host = host.to_owned();
+        Ok(if udp {
+            Address::Udp { host, port }
+        } else {
+            Address::Tcp { host, port }
         })
     }
 }
@@ -95,6 +109,8 @@ impl fmt::Display for Address {
             Address::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Address::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::Udp { host, port } if host.contains(':') => write!(f, "udp://[{host}]:{port}"),
+            Address::Udp { host, port } => write!(f, "udp://{host}:{port}"),
         }
     }
 }
@@ -105,8 +121,22 @@ impl Address {
         match self {
             Address::Tcp { host, port } if host.contains(':') => Some(format!("[{host}]:{port}")),
             Address::Tcp { host, port } => Some(format!("{host}:{port}")),
-            Address::Unix(_) => None,
+            Address::Unix(_) | Address::Udp { .. } => None,
         }
+    }
+
+    /// `HOST:PORT` for a UDP address (brackets around IPv6), for resolving and binding.
+    pub fn udp_target(&self) -> Option<String> {
+        match self {
+            Address::Udp { host, port } if host.contains(':') => Some(format!("[{host}]:{port}")),
+            Address::Udp { host, port } => Some(format!("{host}:{port}")),
+            _ => None,
+        }
+    }
+
+    /// True for `udp://` addresses: their clients are datagram flows, not streams.
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Address::Udp { .. })
     }
 }
 
@@ -121,6 +151,8 @@ mod tests {
             "tcp://[::1]:9000",
             "tcp://backend.internal:80",
             "unix:/run/app.sock",
+            "udp://127.0.0.1:53",
+            "udp://[::1]:51820",
         ] {
             let a: Address = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
@@ -151,10 +183,15 @@ mod tests {
             ("unix:relative.sock", "absolute"),
             ("unix:", "empty socket path"),
             ("tcp://:80", "empty host"),
+            ("udp://127.0.0.1", "missing :PORT"),
+            ("sctp://127.0.0.1:80", "unknown scheme"),
         ] {
             let e = s.parse::<Address>().unwrap_err().to_string();
             assert!(e.contains(why), "{s}: {e}");
-            assert!(e.contains("expected tcp://HOST:PORT or unix:/PATH") && !e.contains('\n'));
+            assert!(
+                e.contains("expected tcp://HOST:PORT, udp://HOST:PORT or unix:/PATH")
+                    && !e.contains('\n')
+            );
         }
     }
 }

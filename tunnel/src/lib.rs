@@ -47,3 +47,4 @@ pub mod splice;
 pub mod start_error;
 pub mod static_secret;
 pub mod tls;
+pub mod udp;

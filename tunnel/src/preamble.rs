@@ -4,8 +4,15 @@
 //!
 //! ```text
 //! version u8 (2) | service length u8 | service (ASCII) | client address | destination address
+//! version u8 (3) | the same                                               | protection u8
 //! address: family u8 (0 none, 4, 6) | ip (4 or 16 bytes) | port u16   (family 0: nothing more)
+//! protection: 0 none, 1 duplicate, 2 adaptive
 //! ```
+//!
+//! Version 3 opens a UDP flow rather than a byte stream: the stream then carries no payload,
+//! it stands for the flow (its id is the flow id of the flow's datagrams, its end is the
+//! flow's end), and `protection` is how the gateway protects the flow's replies. A gateway that
+//! predates UDP flows refuses them as an unknown preamble version.
 //!
 //! An empty service means the gateway's default service. The decoder reads exactly the bytes of
 //! the preamble (never a byte of the payload behind it) and bounds everything it reads.
@@ -13,10 +20,13 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use ferry_transport::datagrams::Protection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Preamble format version.
+/// Preamble format version of byte streams.
 pub const VERSION: u8 = 2;
+/// Preamble format version of UDP flows.
+pub const VERSION_UDP_FLOW: u8 = 3;
 /// Longest service name.
 pub const MAX_SERVICE_LEN: usize = 64;
 
@@ -29,6 +39,8 @@ pub struct Preamble {
     pub client: Option<SocketAddr>,
     /// The agent's address the client connected to (none for Unix-socket clients).
     pub destination: Option<SocketAddr>,
+    /// Set when the stream stands for a UDP flow: how its datagrams are protected.
+    pub udp_flow: Option<Protection>,
 }
 
 fn encode_address(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
@@ -85,11 +97,21 @@ impl Preamble {
         debug_assert!(is_valid_service_name(&self.service));
         let service = &self.service.as_bytes()[..self.service.len().min(MAX_SERVICE_LEN)];
         let mut out = Vec::with_capacity(2 + service.len() + 2 * 19);
-        out.push(VERSION);
+        out.push(match self.udp_flow {
+            None => VERSION,
+            Some(_) => VERSION_UDP_FLOW,
+        });
         out.push(service.len() as u8);
         out.extend_from_slice(service);
         encode_address(&mut out, self.client);
         encode_address(&mut out, self.destination);
+        if let Some(protection) = self.udp_flow {
+            out.push(match protection {
+                Protection::None => 0,
+                Protection::Duplicate => 1,
+                Protection::Adaptive => 2,
+            });
+        }
         out
     }
 
@@ -103,9 +125,9 @@ impl Preamble {
         };
         let mut head = [0u8; 2];
         r.read_exact(&mut head).await?;
-        if head[0] != VERSION {
+        if head[0] != VERSION && head[0] != VERSION_UDP_FLOW {
             return Err(bad(&format!(
-                "version {} (this build speaks {VERSION})",
+                "version {} (this build speaks {VERSION} and {VERSION_UDP_FLOW})",
                 head[0]
             )));
         }
@@ -123,10 +145,21 @@ impl Preamble {
         }
         let client = read_address(r).await?;
         let destination = read_address(r).await?;
+        let udp_flow = if head[0] == VERSION_UDP_FLOW {
+            Some(match r.read_u8().await? {
+                0 => Protection::None,
+                1 => Protection::Duplicate,
+                2 => Protection::Adaptive,
+                other => return Err(bad(&format!("UDP flow protection {other}"))),
+            })
+        } else {
+            None
+        };
         Ok(Preamble {
             service,
             client,
             destination,
+            udp_flow,
         })
     }
 }
@@ -149,11 +182,19 @@ mod tests {
                 service: "web".into(),
                 client: Some("192.0.2.7:40000".parse().unwrap()),
                 destination: Some("127.0.0.1:6789".parse().unwrap()),
+                udp_flow: None,
+            },
+            Preamble {
+                service: "dns".into(),
+                client: Some("192.0.2.7:5353".parse().unwrap()),
+                destination: Some("127.0.0.1:53".parse().unwrap()),
+                udp_flow: Some(Protection::Adaptive),
             },
             Preamble {
                 service: "db-main_2.x".into(),
                 client: Some("[2001:db8::1]:443".parse().unwrap()),
                 destination: None,
+                udp_flow: None,
             },
         ] {
             let mut bytes = p.encode();
@@ -175,6 +216,9 @@ mod tests {
             &[2, 0, 0, 5],
             &[2, 0, 0],
             &[2],
+            &[3, 0, 0, 0],
+            &[3, 0, 0, 0, 7],
+            &[4, 0, 0, 0],
         ] {
             assert!(decode(bytes).await.is_err(), "{bytes:?}");
         }

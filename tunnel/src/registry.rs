@@ -23,7 +23,7 @@ struct Live {
 
 /// Transport counters summed over sessions (closed ones are kept, so totals never drop when
 /// a session ends).
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Wire {
     bytes_out: u64,
     bytes_in: u64,
@@ -31,6 +31,7 @@ struct Wire {
     packets_lost: u64,
     retransmitted: u64,
     unauthenticated: u64,
+    datagrams: ferry_transport::datagrams::DatagramStats,
 }
 
 impl Wire {
@@ -41,6 +42,15 @@ impl Wire {
         self.packets_lost += s.packets_lost;
         self.retransmitted += s.stream_bytes_retransmitted;
         self.unauthenticated += s.unauthenticated_packets;
+        let (d, o) = (&mut self.datagrams, &s.datagrams);
+        d.copies_sent += o.copies_sent;
+        d.copy_bytes += o.copy_bytes;
+        d.duplicates_suppressed += o.duplicates_suppressed;
+        d.dropped_congested += o.dropped_congested;
+        d.reassembly_failures += o.reassembly_failures;
+        d.dropped_late += o.dropped_late;
+        d.dropped_unread += o.dropped_unread;
+        d.dropped_oversized += o.dropped_oversized;
     }
 
     fn add_to(&self, t: &mut Totals) {
@@ -50,6 +60,22 @@ impl Wire {
         t.packets_lost += self.packets_lost;
         t.retransmitted_bytes += self.retransmitted;
         t.unauthenticated_dropped += self.unauthenticated;
+        let (d, u) = (&self.datagrams, &mut t.udp);
+        u.copies_sent += d.copies_sent;
+        u.copy_bytes += d.copy_bytes;
+        u.duplicates_suppressed += d.duplicates_suppressed;
+        for (reason, n) in [
+            ("congested", d.dropped_congested),
+            ("reassembly", d.reassembly_failures),
+            ("late", d.dropped_late),
+            ("unread", d.dropped_unread),
+            ("oversized", d.dropped_oversized),
+        ] {
+            match u.dropped.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, total)) => *total += n,
+                None => u.dropped.push((reason.into(), n)),
+            }
+        }
     }
 }
 
@@ -166,7 +192,12 @@ impl Registry {
     /// Adds the figures of live and closed sessions to `t` (wire bytes, packets, drops,
     /// session counts) and describes each live session.
     pub fn describe(&self, t: &mut Totals) -> Vec<SessionInfo> {
-        let mut wire = *self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wire = self
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut unfragmented: Option<u64> = None;
         let mut sessions = Vec::new();
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         for l in live.values() {
@@ -175,6 +206,8 @@ impl Registry {
             };
             let bytes = l.meter.snapshot();
             wire.add(&stats);
+            let max = stats.datagrams.unfragmented_max;
+            unfragmented = Some(unfragmented.map_or(max, |m| m.min(max)));
             sessions.push(SessionInfo {
                 peer: l
                     .conn
@@ -193,6 +226,7 @@ impl Registry {
         }
         drop(live);
         wire.add_to(t);
+        t.udp.unfragmented_max = unfragmented.unwrap_or(0);
         t.sessions_active = sessions.len() as u64;
         t.sessions_total = self.sessions_total();
         t.streams_total = self.streams_total.load(Ordering::Relaxed);

@@ -473,6 +473,8 @@ impl Connection {
         s.bytes_in_flight = self.sent.bytes_in_flight();
         s.pacing_rate = self.cc.pacing_rate(&self.rtt);
         s.datagrams = self.datagrams.stats();
+        s.datagrams.unfragmented_max =
+            crate::datagrams::unfragmented_max(self.datagram_room()) as u64;
         s.recent_loss_per_mille = self.datagrams.loss_per_mille();
         s
     }
@@ -578,15 +580,20 @@ impl Connection {
             .peer_settings
             .as_ref()
             .map_or(0, |s| s.max_datagram_payload);
+        let room = self.datagram_room();
+        let fragmentation = self.config.datagram_fragmentation;
+        self.datagrams
+            .send(now, flow, data, protection, room, peer_max, fragmentation)
+    }
+
+    /// Bytes a packet holds for one datagram frame.
+    fn datagram_room(&self) -> usize {
         let tag = if self.config.crypto.is_tls() {
             crate::crypto::TAG_LEN
         } else {
             0
         };
-        let room = self.max_datagram - crate::wire::packet::SHORT_HEADER_LEN - tag;
-        let fragmentation = self.config.datagram_fragmentation;
-        self.datagrams
-            .send(now, flow, data, protection, room, peer_max, fragmentation)
+        self.max_datagram - crate::wire::packet::SHORT_HEADER_LEN - tag
     }
 
     /// The next datagram received, if any.

@@ -117,6 +117,15 @@ pub struct DatagramStats {
     pub reassembly_failures: u64,
     /// Whether adaptive protection is duplicating now (the path is lossy).
     pub adaptive_duplicating: bool,
+    /// Largest datagram that leaves in one packet now, unfragmented (for a flow id below
+    /// 2^30).
+    pub unfragmented_max: u64,
+}
+
+/// Largest datagram of a flow below 2^30 that fits a frame of `room` bytes whole.
+pub(crate) fn unfragmented_max(room: usize) -> usize {
+    let flow = (1 << 30) - 1;
+    room.saturating_sub(DatagramFrame::encoded_len(flow, VARINT_MAX, false, room) - room)
 }
 
 /// One frame's worth of a datagram, waiting to be sent (or to be sent again as a copy).

@@ -38,6 +38,8 @@ pub(super) struct Context {
     pub spare: SpareDescriptor,
     /// The open-files soft limit, for the log line of a client refused at it.
     pub open_files: Option<u64>,
+    /// UDP listeners' settings, counters and reply routes.
+    pub udp: super::udp::AgentUdp,
 }
 
 /// Carries one client connection: session, stream, preamble, splice.
@@ -76,6 +78,7 @@ pub(super) async fn carry<S: Abort + 'static>(
         service,
         client: peer,
         destination,
+        udp_flow: None,
     };
     if let Err(e) = stream.write_all(&preamble.encode()).await {
         crate::warn_limited!(client = ?peer, error = %e, "client reset: stream failed at once");

@@ -25,6 +25,8 @@ const LISTEN_BACKLOG: u32 = 8192;
 pub(super) enum Bound {
     /// A TCP listener.
     Tcp(tokio::net::TcpListener),
+    /// A UDP socket, whose clients are flows of datagrams.
+    Udp(tokio::net::UdpSocket),
     /// A Unix-socket listener and its path, removed at shutdown.
     #[cfg(unix)]
     Unix(tokio::net::UnixListener, std::path::PathBuf),
@@ -49,6 +51,12 @@ pub(super) async fn bind(address: &Address) -> Result<Bound, StartError> {
         }
         #[cfg(not(unix))]
         Address::Unix(_) => Err(StartError::UnixUnsupported),
+        Address::Udp { .. } => {
+            let target = address.udp_target().unwrap_or_default();
+            Ok(Bound::Udp(
+                tokio::net::UdpSocket::bind(target).await.map_err(cannot)?,
+            ))
+        }
     }
 }
 
@@ -56,6 +64,7 @@ pub(super) async fn bind(address: &Address) -> Result<Bound, StartError> {
 pub(super) async fn accept(listener: Bound, service: String, ctx: Arc<Context>) {
     match listener {
         Bound::Tcp(listener) => accept_tcp(listener, service, ctx).await,
+        Bound::Udp(socket) => super::udp::serve(socket, service, ctx).await,
         #[cfg(unix)]
         Bound::Unix(listener, _) => accept_unix(listener, service, ctx).await,
     }

@@ -14,6 +14,7 @@
 //! - `listeners`: binding the client listeners and accepting clients, with the refusals at the
 //!   allow-list, `--max-connections` and the open-files limit (`spare_descriptor`).
 //! - `client`: one client carried: a stream, the preamble, the splice.
+//! - `udp`: the UDP listeners: a flow per client address, carried as datagrams.
 //! - `monitor`: the agent as the monitor sees it.
 
 mod client;
@@ -21,6 +22,7 @@ mod listeners;
 mod monitor;
 mod sessions;
 mod spare_descriptor;
+mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -115,6 +117,10 @@ pub struct AgentConfig {
     pub compress: Codec,
     /// Where the HTTP monitor listens (`None`: off).
     pub monitor: Option<SocketAddr>,
+    /// A UDP flow ends after this long without a datagram either way.
+    pub udp_idle_timeout: Duration,
+    /// How UDP listeners' datagrams are protected against loss.
+    pub udp_protect: ferry_transport::datagrams::Protection,
 }
 
 /// Runs an agent until `shutdown` resolves, then drains it: [`Agent::start`], then
@@ -131,6 +137,7 @@ pub struct Agent {
     ctx: Arc<Context>,
     listeners: Vec<JoinHandle<()>>,
     tcp_addresses: Vec<SocketAddr>,
+    udp_addresses: Vec<SocketAddr>,
     unix_paths: Vec<PathBuf>,
     drain_timeout: Duration,
     _monitor: Option<Monitor>,
@@ -166,18 +173,26 @@ impl Agent {
             refusals: Arc::default(),
             spare: spare_descriptor::SpareDescriptor::new(),
             open_files: open_files.soft,
+            udp: udp::AgentUdp {
+                counters: Arc::default(),
+                idle_timeout: config.udp_idle_timeout,
+                protection: config.udp_protect,
+                routes: Arc::default(),
+            },
         });
         let source = monitor::AgentSource {
             sessions: ctx.sessions.clone(),
             refusals: ctx.refusals.clone(),
             meter: ctx.meter.clone(),
             drain: ctx.drain.clone(),
+            udp: ctx.udp.counters.clone(),
         };
         let monitor = monitoring::serve(monitor_listener, source)?;
         let mut agent = Agent {
             ctx: ctx.clone(),
             listeners: Vec::new(),
             tcp_addresses: Vec::new(),
+            udp_addresses: Vec::new(),
             unix_paths: Vec::new(),
             drain_timeout: config.drain_timeout,
             _monitor: monitor,
@@ -186,6 +201,7 @@ impl Agent {
             info!(listen = %l.address, service = %l.service, "accepting clients");
             match &listener {
                 Bound::Tcp(tcp) => agent.tcp_addresses.extend(tcp.local_addr().ok()),
+                Bound::Udp(udp) => agent.udp_addresses.extend(udp.local_addr().ok()),
                 #[cfg(unix)]
                 Bound::Unix(_, path) => agent.unix_paths.push(path.clone()),
             }
@@ -201,6 +217,11 @@ impl Agent {
         &self.tcp_addresses
     }
 
+    /// The addresses the UDP listeners are bound to, in the order configured.
+    pub fn udp_addresses(&self) -> &[SocketAddr] {
+        &self.udp_addresses
+    }
+
     /// Serves clients until `shutdown` resolves; then stops accepting, waits up to the drain
     /// timeout for open connections to finish and for every session to close gracefully, and
     /// resets what is left.
@@ -212,6 +233,8 @@ impl Agent {
         for p in &self.unix_paths {
             let _ = std::fs::remove_file(p);
         }
+        // UDP flows have no end of their own: they end now, telling the gateway.
+        self.ctx.udp.routes.end_all();
         let (ctx, timeout) = (&self.ctx, self.drain_timeout);
         info!(
             connections = ctx.drain.active(),

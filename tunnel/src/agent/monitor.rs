@@ -31,6 +31,7 @@ pub(super) struct AgentSource {
     pub refusals: Arc<Refusals>,
     pub meter: Arc<Meter>,
     pub drain: Drain,
+    pub udp: Arc<crate::udp::UdpCounters>,
 }
 
 impl Source for AgentSource {
@@ -39,6 +40,7 @@ impl Source for AgentSource {
         let mut snapshot =
             crate::monitoring::snapshot("ferry-agent", registry, &self.meter, &self.drain);
         let t = &mut snapshot.totals;
+        self.udp.add_to(&mut t.udp);
         t.rejected = vec![
             (
                 "allow-list".into(),

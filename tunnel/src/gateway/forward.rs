@@ -38,6 +38,8 @@ pub(super) struct Forwarding {
     pub open_files: Option<u64>,
     /// Streams refused at a limit, by reason.
     pub refusals: Refusals,
+    /// UDP flows' settings, limits and counters.
+    pub udp: super::udp::GatewayUdp,
 }
 
 /// Streams the gateway refused at one of its limits (the agent resets their clients).
@@ -49,9 +51,15 @@ pub(super) struct Refusals {
     pub open_files: AtomicU64,
 }
 
-/// Reads the stream's preamble, picks a backend of its service, connects and splices.
-/// `session` is the byte meter of the stream's session.
-pub(super) async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Meter) {
+/// Reads the stream's preamble, picks a backend of its service, connects and splices (or,
+/// for a UDP flow, hands it to [`super::udp`]). `session` is the byte meter of the stream's
+/// session, `flows` its UDP flows.
+pub(super) async fn forward(
+    mut stream: Stream,
+    fwd: &Forwarding,
+    session: &Meter,
+    flows: &super::udp::SessionFlows,
+) {
     let options = SpliceOptions {
         codec: fwd.compress,
         meters: &[session, &fwd.meter],
@@ -72,7 +80,10 @@ pub(super) async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Mete
         crate::warn_limited!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
         return refuse::<TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
     };
-    let Some(lease) = pool.pick(Instant::now()) else {
+    if let Some(protection) = preamble.udp_flow {
+        return super::udp::forward_flow(stream, preamble, protection, pool, fwd, flows).await;
+    }
+    let Some(lease) = pool.pick(Instant::now(), false) else {
         fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);
         crate::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = fwd.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
         return refuse::<TcpStream>(stream, codes::LIMIT, None);
@@ -122,6 +133,7 @@ pub(super) async fn forward(mut stream: Stream, fwd: &Forwarding, session: &Mete
             let failure = NotConnected::Failed("unix sockets are not supported here".into());
             Err(failure.refuse(stream, fwd, &backend))
         }
+        Address::Udp { .. } => unreachable!("streams are never given udp:// backends"),
     };
     match result {
         Ok(stats) => {

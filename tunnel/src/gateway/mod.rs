@@ -9,11 +9,13 @@
 //!
 //! - `pool`: a service's backends, the least-loaded healthy choice, DOWN with backoff.
 //! - `forward`: one stream forwarded: preamble, backend, connect, splice.
+//! - `udp`: UDP flows: a backend socket per flow, the session's datagrams dispatched to them.
 //! - `monitor`: the gateway as the monitor sees it.
 
 mod forward;
 mod monitor;
 mod pool;
+mod udp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -61,6 +63,12 @@ pub struct GatewayConfig {
     pub compress: Codec,
     /// Where the HTTP monitor listens (`None`: off).
     pub monitor: Option<SocketAddr>,
+    /// A UDP flow ends after this long without a datagram either way.
+    pub udp_idle_timeout: Duration,
+    /// Most UDP flows at once, over all sessions.
+    pub max_udp_flows: usize,
+    /// Most UDP flows at once in one session.
+    pub max_udp_flows_per_session: usize,
 }
 
 /// Runs a gateway until `shutdown` resolves, then drains it: [`Gateway::start`], then
@@ -138,6 +146,14 @@ impl Gateway {
             backend_max_streams: config.backend_max_streams,
             open_files: open_files.soft,
             refusals: forward::Refusals::default(),
+            udp: udp::GatewayUdp {
+                counters: Arc::default(),
+                idle_timeout: config.udp_idle_timeout,
+                limit: Arc::new(tokio::sync::Semaphore::new(config.max_udp_flows)),
+                max_flows: config.max_udp_flows,
+                max_flows_per_session: config.max_udp_flows_per_session,
+                stop: tokio::sync::watch::channel(false).0,
+            },
         });
         Ok(Gateway {
             endpoint,
@@ -183,6 +199,7 @@ impl Gateway {
                         return Err(StartError::UdpFailed);
                     };
                     let meter = sessions.add(&conn);
+                    let flows = udp::SessionFlows::start(&conn, self.fwd.udp.counters.clone());
                     let (fwd, drain, registry) = (self.fwd.clone(), drain.clone(), sessions.clone());
                     tokio::spawn(async move {
                         let peer = conn.remote_addr();
@@ -193,9 +210,9 @@ impl Gateway {
                             }
                             let guard = drain.enter();
                             registry.streams_total.fetch_add(1, Ordering::Relaxed);
-                            let (fwd, meter) = (fwd.clone(), meter.clone());
+                            let (fwd, meter, flows) = (fwd.clone(), meter.clone(), flows.clone());
                             tokio::spawn(async move {
-                                forward(stream, &fwd, &meter).await;
+                                forward(stream, &fwd, &meter, &flows).await;
                                 drop(guard);
                             });
                         }
@@ -206,6 +223,7 @@ impl Gateway {
                 _ = &mut shutdown => break,
             }
         }
+        self.fwd.udp.stop.send_replace(true);
         let timeout = self.drain_timeout;
         info!(
             streams = drain.active(),

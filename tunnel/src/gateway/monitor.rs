@@ -29,6 +29,7 @@ impl Source for GatewaySource {
             &self.drain,
         );
         let t = &mut snapshot.totals;
+        self.fwd.udp.counters.add_to(&mut t.udp);
         let e = self.endpoint.stats();
         t.malformed_dropped = e.malformed_dropped;
         t.unknown_session_dropped = e.unknown_connection_dropped;

@@ -153,11 +153,13 @@ impl Pool {
     }
 
     /// Picks the least-loaded UP backend with room, or (all DOWN) the one whose backoff ends
-    /// first; `None` when every backend is at its limit.
-    pub fn pick(&self, now: Instant) -> Option<Lease> {
+    /// first; `None` when every backend is at its limit. Only `udp://` backends for UDP flows
+    /// (`udp`), only the others for streams.
+    pub fn pick(&self, now: Instant, udp: bool) -> Option<Lease> {
         let with_room = || {
             self.backends
                 .iter()
+                .filter(|b| b.address.is_udp() == udp)
                 .filter(|b| b.limit == 0 || b.active() < b.limit)
         };
         let chosen = with_room()
@@ -188,7 +190,7 @@ mod tests {
     fn streams_spread_evenly_over_equal_backends() {
         let p = pool(3, 0);
         let now = Instant::now();
-        let leases: Vec<Lease> = (0..300).map(|_| p.pick(now).unwrap()).collect();
+        let leases: Vec<Lease> = (0..300).map(|_| p.pick(now, false).unwrap()).collect();
         for b in p.backends() {
             assert_eq!(b.active(), 100);
         }
@@ -201,12 +203,12 @@ mod tests {
         let p = pool(2, 0);
         let now = Instant::now();
         p.backends()[0].failed(now, "refused");
-        let picks: Vec<_> = (0..4).map(|_| p.pick(now).unwrap()).collect();
+        let picks: Vec<_> = (0..4).map(|_| p.pick(now, false).unwrap()).collect();
         assert!(picks
             .iter()
             .all(|l| Arc::ptr_eq(l.backend(), &p.backends()[1])));
         let later = now + FIRST_BACKOFF;
-        let probe = p.pick(later).unwrap();
+        let probe = p.pick(later, false).unwrap();
         assert!(
             Arc::ptr_eq(probe.backend(), &p.backends()[0]),
             "least loaded once UP again"
@@ -224,7 +226,7 @@ mod tests {
         p.backends()[1].failed(now, "x");
         assert!(!p.backends()[0].is_up(now + FIRST_BACKOFF));
         assert!(p.backends()[0].is_up(now + 2 * FIRST_BACKOFF));
-        let l = p.pick(now).unwrap();
+        let l = p.pick(now, false).unwrap();
         assert!(
             Arc::ptr_eq(l.backend(), &p.backends()[1]),
             "the one that recovers first"
@@ -253,11 +255,11 @@ mod tests {
     fn per_backend_limit_is_enforced() {
         let p = pool(2, 1);
         let now = Instant::now();
-        let a = p.pick(now).unwrap();
-        let b = p.pick(now).unwrap();
-        assert!(p.pick(now).is_none());
+        let a = p.pick(now, false).unwrap();
+        let b = p.pick(now, false).unwrap();
+        assert!(p.pick(now, false).is_none());
         drop(a);
-        assert!(p.pick(now).is_some());
+        assert!(p.pick(now, false).is_some());
         drop(b);
     }
 
@@ -266,7 +268,7 @@ mod tests {
         let p = pool(2, 0);
         p.backends()[0].connected(Duration::from_millis(20));
         p.backends()[1].connected(Duration::from_millis(2));
-        let l = p.pick(Instant::now()).unwrap();
+        let l = p.pick(Instant::now(), false).unwrap();
         assert!(Arc::ptr_eq(l.backend(), &p.backends()[1]));
     }
 }
