@@ -121,6 +121,9 @@ async fn dispatch(routes: Arc<Routes>, conn: Connection, counters: Arc<UdpCounte
 /// Serves one UDP listener whose flows reach `service`; never returns.
 pub(super) async fn serve(socket: UdpSocket, service: String, ctx: Arc<Context>) {
     let socket = Arc::new(socket);
+    // Replies are sent with `try_send_to`, which refuses (WouldBlock) until the reactor has
+    // seen the socket writable once.
+    let _ = socket.writable().await;
     let flows: Arc<Mutex<HashMap<SocketAddr, Entry>>> = Arc::default();
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
     let mut sweep = tokio::time::interval(sweep_interval(ctx.udp.idle_timeout));

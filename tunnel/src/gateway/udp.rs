@@ -129,6 +129,9 @@ async fn connect(address: &Address) -> std::io::Result<UdpSocket> {
         let attempt = async {
             let socket = UdpSocket::bind(local).await?;
             socket.connect(addr).await?;
+            // Until the reactor has seen the new socket writable, `try_send` refuses without
+            // trying (WouldBlock): the session's dispatch task only ever tries.
+            socket.writable().await?;
             Ok::<_, std::io::Error>(socket)
         };
         match attempt.await {
