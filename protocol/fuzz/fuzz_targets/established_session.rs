@@ -1,6 +1,7 @@
 //! A live connection fed arbitrary frames: a plaintext client and server complete their
 //! handshake in memory, then the input plays an application on both ends (streams opened,
-//! written, finished, reset, read, time passing) and an on-path tamperer that puts its own frame
+//! written, finished, reset, read, time passing, datagrams of any size and protection sent and
+//! received) and an on-path tamperer that puts its own frame
 //! bytes into the next real packet either way: before the packet's frames, or instead of them.
 //! The packets stay well formed (the right connection ID, the packet number the sender gave
 //! them), so the frames reach the connection's frame handling on either side, where the
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::Event;
+use ferry_protocol::datagrams::Protection;
 use ferry_protocol::endpoint::{ConnectionHandle, Endpoint};
 use ferry_protocol::streams::ReadOutcome;
 use ferry_protocol::wire::packet::{encode_header, Header, Packet};
@@ -60,6 +62,14 @@ impl End {
         while let Some((_, event)) = self.endpoint.poll_event() {
             match event {
                 Event::StreamOpened(id) => self.streams.push(id),
+                Event::DatagramReceived => {
+                    let Some(conn) = self.endpoint.connection(self.handle) else {
+                        return;
+                    };
+                    while let Some(d) = conn.recv_datagram() {
+                        assert!(d.data.len() <= 65_535);
+                    }
+                }
                 Event::StreamReadable(id) => {
                     let Some(conn) = self.endpoint.connection(self.handle) else {
                         return;
@@ -216,7 +226,7 @@ impl Session {
 
     /// Plays one operation from the input; then both ends exchange and read what came.
     fn play(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
-        match u.int_in_range(0..=8u8)? {
+        match u.int_in_range(0..=9u8)? {
             op @ (0 | 1) => {
                 let len = u.int_in_range(0..=255usize)?;
                 let tamper = Tamper {
@@ -289,6 +299,24 @@ impl Session {
             7 => {
                 let ms = u.int_in_range(0..=3_000u64)?;
                 self.advance(Duration::from_millis(ms));
+            }
+            8 => {
+                let end = if u.arbitrary()? {
+                    &mut self.client
+                } else {
+                    &mut self.server
+                };
+                let len = u.int_in_range(0..=12_000usize)?;
+                let protection = match u.int_in_range(0..=2u8)? {
+                    0 => Protection::None,
+                    1 => Protection::Duplicate,
+                    _ => Protection::Adaptive,
+                };
+                let flow = u.arbitrary()?;
+                let now = self.now;
+                if let Some(conn) = end.endpoint.connection(end.handle) {
+                    let _ = conn.send_datagram(now, flow, &vec![0x5a; len], protection);
+                }
             }
             _ => {
                 let port = self.client_addr.port().wrapping_add(1);
