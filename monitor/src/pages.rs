@@ -163,6 +163,7 @@ pub fn connections_html(s: &Snapshot) -> String {
                 format!("{} / {}", x.payload_bytes_out, x.payload_bytes_in),
                 format!("{} / {}", x.wire_bytes_out, x.wire_bytes_in),
                 format!("{:.0}", x.age_seconds),
+                x.datagram_size.to_string(),
             ]
         })
         .collect();
@@ -192,7 +193,8 @@ pub fn connections_html(s: &Snapshot) -> String {
                     "streams",
                     "payload out / in",
                     "wire out / in",
-                    "age s"
+                    "age s",
+                    "packet bytes"
                 ],
                 sessions
             ),

@@ -129,6 +129,8 @@ pub struct SessionInfo {
     pub wire_bytes_in: u64,
     /// Seconds since the session started.
     pub age_seconds: f64,
+    /// UDP payload size its packets are built at now (path MTU discovery moves it).
+    pub datagram_size: u64,
 }
 
 /// A backend (gateway) or a gateway link (agent).

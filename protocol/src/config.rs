@@ -30,6 +30,9 @@ pub enum ConfigError {
     /// `max_datagram_size` is outside 1200..=65527.
     #[error("max_datagram_size {0} is outside 1200..=65527")]
     MaxDatagramSize(u16),
+    /// `max_probed_datagram_size` is below `max_datagram_size` or above 65527.
+    #[error("max_probed_datagram_size {0} is outside max_datagram_size..=65527")]
+    MaxProbedDatagramSize(u16),
     /// `reorder_threshold` is zero.
     #[error("reorder_threshold must be at least 1")]
     ReorderThreshold,
@@ -85,9 +88,19 @@ pub enum ConfigError {
 /// Per-connection transport settings. Build with [`TransportConfig::default`] and the setters.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// Largest UDP payload sent, in bytes. Default 1350: fits the common 1500-byte MTU with room
-    /// for IPv6, tunnels and PPPoE, as kcptun's default does. Negotiated down to the peer's value.
+    /// UDP payload size a connection starts with, in bytes. Default 1350: fits the common
+    /// 1500-byte MTU with room for IPv6, tunnels and PPPoE, as kcptun's default does.
+    /// Negotiated down to the peer's value. With [`Self::path_mtu_discovery`], packets grow from
+    /// here to what the path carries.
     pub max_datagram_size: u16,
+    /// Probe the path for larger packets once established, up to
+    /// [`Self::max_probed_datagram_size`], and fall back to 1,200 bytes on a black hole (see
+    /// [`crate::mtud`]). Default on.
+    pub path_mtu_discovery: bool,
+    /// Largest UDP payload path MTU discovery tries, and the largest this end accepts (it is
+    /// announced to the peer). Default 1452: an Ethernet MTU of 1,500 less IPv6 and UDP
+    /// headers.
+    pub max_probed_datagram_size: u16,
     /// Abandon the connection after this long without a packet from the peer (0: never).
     /// Default 30 s. Negotiated: the smaller of the two ends' values applies.
     pub idle_timeout: Duration,
@@ -195,6 +208,8 @@ impl Default for TransportConfig {
     fn default() -> Self {
         Self {
             max_datagram_size: 1350,
+            path_mtu_discovery: true,
+            max_probed_datagram_size: 1452,
             idle_timeout: Duration::from_secs(30),
             keepalive_interval: Some(Duration::from_secs(5)),
             liveness_probe: Some(Duration::from_millis(500)),
@@ -337,6 +352,13 @@ impl TransportConfig {
         if !(1200..=65527).contains(&self.max_datagram_size) {
             return Err(ConfigError::MaxDatagramSize(self.max_datagram_size));
         }
+        if self.path_mtu_discovery
+            && !(self.max_datagram_size..=65527).contains(&self.max_probed_datagram_size)
+        {
+            return Err(ConfigError::MaxProbedDatagramSize(
+                self.max_probed_datagram_size,
+            ));
+        }
         if self.reorder_threshold == 0 {
             return Err(ConfigError::ReorderThreshold);
         }
@@ -380,11 +402,20 @@ impl TransportConfig {
         Ok(())
     }
 
+    /// The largest UDP payload this end sends or accepts: where path MTU discovery stops.
+    pub fn largest_datagram(&self) -> u16 {
+        if self.path_mtu_discovery {
+            self.max_probed_datagram_size.max(self.max_datagram_size)
+        } else {
+            self.max_datagram_size
+        }
+    }
+
     /// The settings this configuration announces in the handshake.
     pub fn settings(&self) -> Settings {
         Settings {
             idle_timeout: self.idle_timeout,
-            max_datagram_size: self.max_datagram_size,
+            max_datagram_size: self.largest_datagram(),
             initial_max_data: self.connection_credit_window(),
             initial_max_stream_data: self.stream_limits().initial_stream_window,
             initial_max_streams: self.max_concurrent_streams,

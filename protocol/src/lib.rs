@@ -15,6 +15,7 @@
 //!   servers), [`ids`](wire::ids), [`close`](wire::close) (close codes, `ConnectionError`);
 //! - security: [`crypto`] (TLS 1.3 handshake and packet protection);
 //! - reliability: [`ranges`], [`rtt`], [`recovery`] (sent packets, loss detection, RTO),
+//!   [`mtud`] (path MTU discovery),
 //!   [`congestion`] (controllers and pacing);
 //! - streams: [`streams`] (send buffers, reassembly, flow control); [`datagrams`] (unreliable
 //!   datagrams of UDP flows: loss protection, duplicate suppression, fragments), with
@@ -31,6 +32,7 @@ pub mod crypto;
 pub mod datagrams;
 pub mod endpoint;
 pub mod loss_rate;
+pub mod mtud;
 pub mod ranges;
 pub mod recovery;
 pub mod rtt;

@@ -222,6 +222,7 @@ impl Registry {
                 wire_bytes_out: stats.bytes_sent,
                 wire_bytes_in: stats.bytes_received,
                 age_seconds: l.started.elapsed().as_secs_f64(),
+                datagram_size: stats.datagram_size,
             });
         }
         drop(live);

@@ -10,6 +10,7 @@ use tracing::debug;
 use super::{close_code, Connection, ConnectionError, Event, State, Timer};
 use crate::congestion::pacing::Pacer;
 use crate::crypto::TlsFailure;
+use crate::mtud::Mtud;
 use crate::recovery::SentFrame;
 use crate::wire::ids::{ConnectionId, Side};
 use crate::wire::packet;
@@ -94,6 +95,12 @@ impl Connection {
             return;
         }
         self.max_datagram = self.max_datagram.min(usize::from(peer.max_datagram_size));
+        let ceiling = if self.config.path_mtu_discovery {
+            self.config.largest_datagram().min(peer.max_datagram_size)
+        } else {
+            self.max_datagram as u16
+        };
+        self.mtud = Mtud::new(self.max_datagram as u16, ceiling);
         self.idle_timeout = self.local_settings.negotiated_idle_timeout(&peer);
         self.streams.apply_peer_settings(
             peer.initial_max_data,

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::trace;
+use tracing::{debug, trace};
 
 use super::{close_code, Connection, State, Timer, GRANULARITY};
 use crate::congestion::{AckedPacket, LossKind};
@@ -31,6 +31,13 @@ impl Connection {
             );
             return;
         }
+        if let Some(probe) = self.mtud.probe_pn() {
+            if ack.ranges.iter().any(|r| r.contains(&probe)) {
+                if let Some(size) = self.mtud.on_acked(probe) {
+                    self.set_datagram_size(size);
+                }
+            }
+        }
         let acked = self.sent.on_ack(&ack.ranges);
         self.largest_acked = Some(
             self.largest_acked
@@ -55,6 +62,7 @@ impl Connection {
                 bytes: u64::from(p.size),
                 delivery: p.delivery,
             });
+            self.mtud.on_packet_acked(p.size as usize);
             for f in &p.frames {
                 self.on_frame_acked(f);
             }
@@ -138,6 +146,11 @@ impl Connection {
                     ref other => self.streams.on_control_lost(other),
                 }
             }
+        }
+        let largest = lost.iter().map(|p| p.size as usize).max().unwrap_or(0);
+        if let Some(size) = self.mtud.on_packets_lost(largest) {
+            debug!(side = %self.side, size, "path MTU black hole: large packets lost, none acknowledged");
+            self.set_datagram_size(size);
         }
         self.stats.packets_lost += lost.len() as u64;
         self.datagrams

@@ -53,6 +53,7 @@ use crate::congestion::pacing::Pacer;
 use crate::congestion::Controller;
 use crate::crypto::{PacketKeys, TlsHandshake};
 use crate::datagrams::{Datagram, DatagramError, DatagramSet, Protection};
+use crate::mtud::Mtud;
 use crate::ranges::RangeSet;
 use crate::recovery::SentPackets;
 use crate::rtt::RttEstimator;
@@ -182,6 +183,8 @@ pub struct Connection {
     /// Server: the client has sent a short packet or acknowledged our HELLO.
     handshake_confirmed: bool,
     max_datagram: usize,
+    /// Path MTU discovery: the size `max_datagram` follows once established.
+    mtud: Mtud,
     idle_timeout: Option<Duration>,
     rng: ChaCha8Rng,
 
@@ -304,6 +307,7 @@ impl Connection {
             last_received: None,
             handshake_confirmed: false,
             max_datagram,
+            mtud: Mtud::new(max_datagram as u16, max_datagram as u16),
             idle_timeout: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             next_pn: 0,
@@ -472,6 +476,8 @@ impl Connection {
         s.cwnd = self.cc.window();
         s.bytes_in_flight = self.sent.bytes_in_flight();
         s.pacing_rate = self.cc.pacing_rate(&self.rtt);
+        s.datagram_size = self.max_datagram as u64;
+        s.mtu_black_holes = self.mtud.black_holes();
         s.datagrams = self.datagrams.stats();
         s.datagrams.unfragmented_max =
             crate::datagrams::unfragmented_max(self.datagram_room()) as u64;
@@ -586,8 +592,16 @@ impl Connection {
             .send(now, flow, data, protection, room, peer_max, fragmentation)
     }
 
+    /// Packets are built at `size` bytes from now on (path MTU discovery moved).
+    fn set_datagram_size(&mut self, size: u16) {
+        if usize::from(size) != self.max_datagram {
+            debug!(side = %self.side, from = self.max_datagram, to = size, "datagram size changed");
+            self.max_datagram = usize::from(size);
+        }
+    }
+
     /// Bytes a packet holds for one datagram frame.
-    fn datagram_room(&self) -> usize {
+    pub(super) fn datagram_room(&self) -> usize {
         let tag = if self.config.crypto.is_tls() {
             crate::crypto::TAG_LEN
         } else {
@@ -664,6 +678,10 @@ impl Connection {
         if !self.is_closed() {
             self.update_loss_timer();
             self.update_datagram_timer();
+            match self.mtud.next_deadline() {
+                Some(at) if self.state == State::Established => self.timers.set(Timer::Mtu, at),
+                _ => self.timers.stop(Timer::Mtu),
+            }
         }
         self.timers.next()
     }
@@ -694,6 +712,7 @@ impl Connection {
                 Timer::Keepalive => self.ping_pending = true,
                 Timer::Pacing | Timer::Batch | Timer::Ack => {}
                 Timer::Datagram => self.datagrams.on_timer(now),
+                Timer::Mtu => self.mtud.on_timeout(now),
                 Timer::Loss => self.on_loss_timer(now),
             }
         }

@@ -223,6 +223,9 @@ impl Connection {
         if let Some(transmit) = self.poll_path_frame(now, buf) {
             return Some(transmit);
         }
+        if let Some(transmit) = self.poll_mtu_probe(now, buf) {
+            return Some(transmit);
+        }
         let mut count = 0;
         let mut segment = 0;
         while count < max_datagrams.max(1) {
@@ -282,6 +285,44 @@ impl Connection {
             segment_size: None,
         }
     }
+    /// A path MTU probe, if one is due (see [`crate::mtud`]): a sealed short packet of the
+    /// probed size holding a PING (and an owed ACK) and padding. It is not a packet in flight:
+    /// its loss is neither retransmitted nor congestion.
+    fn poll_mtu_probe(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if self.state != State::Established || self.in_handshake_packets() {
+            return None;
+        }
+        let size = self.mtud.next_probe(now)?;
+        let window = self.cc.window();
+        if self.sent.bytes_in_flight() + u64::from(size) > window {
+            // Asked again at the next transmit: the probe waits for room, as data would.
+            return None;
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        let layout = self.header(pn, false, buf);
+        if self.ack_pending {
+            self.write_ack(now, buf);
+        }
+        buf.put_varint(frame::types::PING);
+        let tag = if layout.sealed { TAG_LEN } else { 0 };
+        buf.resize(layout.start + usize::from(size) - tag, 0);
+        self.finish_packet(pn, &layout, buf);
+        self.sent.push(pn, None);
+        self.count_sent(buf.len());
+        let peer_ack_delay = self
+            .peer_settings
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.max_ack_delay);
+        let deadline = now + crate::mtud::probe_timeout(self.rtt.smoothed(), peer_ack_delay);
+        self.mtud.on_probe_sent(pn, size, deadline);
+        Some(Transmit {
+            destination: self.remote,
+            size: buf.len(),
+            segment_size: None,
+        })
+    }
+
     /// Batching: true while stream data that would not fill a packet should wait for more
     /// (at most [`TransportConfig::batch_delay`]). Anything else owed ends the wait.
     ///
@@ -418,8 +459,9 @@ impl Connection {
                     self.ping_pending = false;
                 }
                 // Datagrams before stream data: they never wait behind a bulk transfer.
-                let rtt = self.rtt.smoothed();
-                self.datagrams.write(now, rtt, buf, limit, &mut frames);
+                let (rtt, room) = (self.rtt.smoothed(), self.datagram_room());
+                self.datagrams
+                    .write(now, rtt, room, buf, limit, &mut frames);
                 self.streams.write_data(buf, limit, &mut frames);
                 for f in &frames {
                     if let SentFrame::Stream { len, .. } = f {

@@ -41,6 +41,10 @@ pub struct ConnectionStats {
     pub bytes_in_flight: u64,
     /// Pacing rate, bytes per second.
     pub pacing_rate: u64,
+    /// UDP payload size packets are built at now (path MTU discovery moves it).
+    pub datagram_size: u64,
+    /// Times path MTU discovery found a black hole and fell back to 1,200 bytes.
+    pub mtu_black_holes: u64,
     /// Unreliable datagrams: sent, received, protected, dropped.
     pub datagrams: crate::datagrams::DatagramStats,
     /// Recent packet loss, per mille (what adaptive datagram protection follows).

@@ -22,9 +22,11 @@ pub(super) enum Timer {
     Ack,
     /// A datagram's loss-protection copy falls due, or a reassembly times out.
     Datagram,
+    /// A path MTU probe counts as lost, or a completed search starts again.
+    Mtu,
 }
 
-const ALL: [Timer; 8] = [
+const ALL: [Timer; 9] = [
     Timer::Idle,
     Timer::Loss,
     Timer::Keepalive,
@@ -33,6 +35,7 @@ const ALL: [Timer; 8] = [
     Timer::Batch,
     Timer::Ack,
     Timer::Datagram,
+    Timer::Mtu,
 ];
 
 /// Deadline of each timer, if armed.

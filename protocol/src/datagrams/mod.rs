@@ -148,6 +148,8 @@ pub(crate) struct DatagramSet {
     fresh: VecDeque<Queued>,
     /// Copies owed, in order of the time they are due.
     copies: VecDeque<Queued>,
+    /// What an empty packet held for a frame when frames were last written.
+    room: Option<usize>,
     /// When the datagram timer last fired: copies due by then wait for the congestion window
     /// or the pacer (which wake the connection themselves), not for the timer again.
     woken: Option<Instant>,
@@ -273,15 +275,26 @@ impl DatagramSet {
 
     /// Appends the frames that are due and fit before `limit`: copies first (they are older),
     /// then fresh datagrams in order. Stops at the first that does not fit, so order holds.
+    /// A frame larger than `room`, what an empty packet holds (the packet size shrank since
+    /// it was queued: a path MTU black hole), can never leave and is dropped.
     pub(crate) fn write(
         &mut self,
         now: Instant,
         rtt: Duration,
+        room: usize,
         buf: &mut Vec<u8>,
         limit: usize,
         frames: &mut Vec<SentFrame>,
     ) {
         self.drop_stale(now);
+        if self.room.is_some_and(|r| room < r) {
+            let too_big = |q: &Queued| frame_len(q) > room;
+            self.copies.retain(|q| !too_big(q));
+            let before = self.fresh.len();
+            self.fresh.retain(|q| !too_big(q));
+            self.stats.dropped_too_big += (before - self.fresh.len()) as u64;
+        }
+        self.room = Some(room);
         while let Some(q) = self.copies.front() {
             if q.at > now || !fits(q, buf, limit) {
                 break;
@@ -365,9 +378,12 @@ fn frame_of(q: &Queued) -> DatagramFrame<'_> {
     }
 }
 
+fn frame_len(q: &Queued) -> usize {
+    DatagramFrame::encoded_len(q.flow, q.seq, q.fragment.is_some(), q.data.len())
+}
+
 fn fits(q: &Queued, buf: &[u8], limit: usize) -> bool {
-    let len = DatagramFrame::encoded_len(q.flow, q.seq, q.fragment.is_some(), q.data.len());
-    buf.len() + len <= limit
+    buf.len() + frame_len(q) <= limit
 }
 
 fn encode(q: &Queued, buf: &mut Vec<u8>) -> usize {

@@ -93,6 +93,9 @@ pub struct LinkConfig {
     /// Windows `[start, end)`, measured from the link's creation, during which every datagram
     /// offered is dropped. A window with `end <= start` is empty.
     pub blackouts: Vec<(Duration, Duration)>,
+    /// Largest datagram the path carries (its MTU less IP and UDP headers); larger ones are
+    /// dropped, as a router drops a packet with "don't fragment" set. `None`: any size.
+    pub max_datagram: Option<usize>,
 }
 
 impl Default for LinkConfig {
@@ -108,11 +111,19 @@ impl Default for LinkConfig {
             rate_bps: None,
             queue_bytes: 0,
             blackouts: Vec::new(),
+            max_datagram: None,
         }
     }
 }
 
 impl LinkConfig {
+    /// Sets the largest datagram the path carries.
+    #[must_use]
+    pub fn with_max_datagram(mut self, bytes: usize) -> Self {
+        self.max_datagram = Some(bytes);
+        self
+    }
+
     /// Sets the one-way propagation delay.
     #[must_use]
     pub fn with_delay(mut self, delay: Duration) -> Self {
@@ -206,6 +217,8 @@ pub struct LinkStats {
     pub duplicated: u64,
     /// Datagrams held back by `reorder_delay`.
     pub reordered: u64,
+    /// Dropped for being larger than `max_datagram`.
+    pub dropped_too_big: u64,
     /// Payload bytes handed out by [`Link::deliver`].
     pub bytes_delivered: u64,
 }
@@ -311,6 +324,15 @@ impl<T: Clone> Link<T> {
             .any(|&(from, until)| from <= since_start && since_start < until)
         {
             self.stats.dropped_blackout += 1;
+            return;
+        }
+
+        if self
+            .config
+            .max_datagram
+            .is_some_and(|max| datagram.len() > max)
+        {
+            self.stats.dropped_too_big += 1;
             return;
         }
 
