@@ -178,6 +178,7 @@ impl Agent {
                 idle_timeout: config.udp_idle_timeout,
                 protection: config.udp_protect,
                 routes: Arc::default(),
+                opening_bytes: Default::default(),
             },
         });
         let source = monitor::AgentSource {

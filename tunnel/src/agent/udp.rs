@@ -30,7 +30,10 @@ use crate::splice::codes;
 use crate::udp::{sweep_interval, LastActive, UdpCounters, MAX_UDP_PAYLOAD};
 
 /// Datagrams a client may send while its flow opens; more are dropped (counted).
-const OPENING_QUEUE: usize = 32;
+const OPENING_QUEUE: usize = 8;
+/// Bytes all clients' datagrams may hold while their flows open; more are dropped (counted).
+/// A flood of new source addresses cannot make the agent buffer more.
+const OPENING_BYTES: usize = 4 << 20;
 /// How long a refused client's datagrams are dropped before its flow is tried again.
 const REFUSED_FOR: Duration = Duration::from_secs(1);
 /// How long a flow that ended waits for the gateway to end its side too.
@@ -179,7 +182,7 @@ impl Listener<'_> {
                 flows.remove(&client);
             }
             Some(Entry::Opening(queued)) => {
-                if queued.len() < OPENING_QUEUE {
+                if queued.len() < OPENING_QUEUE && self.ctx.udp.hold(data.len()) {
                     queued.push(data.to_vec());
                 } else {
                     UdpCounters::count(&counters.dropped_waiting);
@@ -203,7 +206,12 @@ impl Listener<'_> {
             crate::warn_limited!(client = %client, "UDP datagram dropped: client not in --allow-ip");
             return;
         }
+        if !self.ctx.udp.hold(data.len()) {
+            UdpCounters::count(&counters.dropped_waiting);
+            return;
+        }
         let Ok(permit) = self.ctx.limit.clone().try_acquire_owned() else {
+            self.ctx.udp.release(data.len());
             UdpCounters::count(&counters.refused_limit);
             UdpCounters::count(&counters.dropped_refused);
             self.ctx.refusals.limit.fetch_add(1, Ordering::Relaxed);
@@ -261,7 +269,13 @@ async fn open_flow(
 ) {
     let _permit = permit;
     let refuse = || {
-        lock(&flows).insert(client, Entry::Refused(Instant::now() + REFUSED_FOR));
+        let old = lock(&flows).insert(client, Entry::Refused(Instant::now() + REFUSED_FOR));
+        if let Some(Entry::Opening(queued)) = old {
+            ctx.udp.release(queued.iter().map(Vec::len).sum());
+            for _ in &queued {
+                UdpCounters::count(&ctx.udp.counters.dropped_refused);
+            }
+        }
     };
     let (lease, mut stream) = match ctx.sessions.open_stream(ctx.session_wait).await {
         Ok(opened) => opened,
@@ -306,6 +320,7 @@ async fn open_flow(
         Some(Entry::Opening(queued)) => queued,
         _ => Vec::new(),
     };
+    ctx.udp.release(queued.iter().map(Vec::len).sum());
     for d in queued {
         send(&flow, &d, &ctx, client);
     }
@@ -370,4 +385,23 @@ pub(super) struct AgentUdp {
     pub idle_timeout: Duration,
     pub protection: ferry_transport::datagrams::Protection,
     pub routes: Arc<Routes>,
+    /// Bytes held for flows being opened (at most [`OPENING_BYTES`]).
+    pub opening_bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl AgentUdp {
+    /// Holds `len` more bytes for a flow being opened, if within [`OPENING_BYTES`].
+    fn hold(&self, len: usize) -> bool {
+        let held = self.opening_bytes.fetch_add(len, Ordering::Relaxed);
+        if held + len > OPENING_BYTES {
+            self.opening_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Releases `len` bytes held for an opening flow.
+    fn release(&self, len: usize) {
+        self.opening_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
 }

@@ -7,7 +7,8 @@
 //! Each session has one task ([`dispatch`]) that hands the agent's datagrams to their flows'
 //! backend sockets. A flow's first datagrams may arrive before its stream's preamble has been
 //! read (datagrams are sent before stream data): they wait in a small, bounded, short-lived
-//! room ([`PENDING_FLOWS`] flows, [`PENDING_PER_FLOW`] datagrams each, [`PENDING_FOR`]).
+//! room ([`PENDING_FLOWS`] flows, [`PENDING_PER_FLOW`] datagrams each, [`PENDING_BYTES`] in
+//! all, for [`PENDING_FOR`]).
 //!
 //! Limits: `--max-udp-flows` per gateway and `--max-udp-flows-per-session`; a flow over
 //! either is reset with the `LIMIT` code, counted and logged (rate-limited).
@@ -37,6 +38,8 @@ pub const PENDING_FLOWS: usize = 64;
 pub const PENDING_PER_FLOW: usize = 16;
 /// How long datagrams wait for their flow.
 pub const PENDING_FOR: Duration = Duration::from_secs(2);
+/// Bytes that may wait for their flows in one session, all flows together.
+pub const PENDING_BYTES: usize = 1 << 20;
 /// How long a flow that ended waits for the agent to end its side too.
 const END_WAIT: Duration = Duration::from_secs(5);
 
@@ -90,7 +93,13 @@ async fn dispatch(flows: Arc<SessionFlows>, counters: Arc<UdpCounters>) {
             None => {
                 let mut pending = lock(&flows.pending);
                 pending.retain(|_, p| p.since.elapsed() < PENDING_FOR);
-                let room = pending.len() < PENDING_FLOWS || pending.contains_key(&d.flow);
+                let held: usize = pending
+                    .values()
+                    .flat_map(|p| &p.datagrams)
+                    .map(Vec::len)
+                    .sum();
+                let room = (pending.len() < PENDING_FLOWS || pending.contains_key(&d.flow))
+                    && held + d.data.len() <= PENDING_BYTES;
                 let waiting = room.then(|| {
                     pending.entry(d.flow).or_insert_with(|| Pending {
                         since: Instant::now(),
