@@ -46,5 +46,6 @@ pub mod registry;
 pub mod splice;
 pub mod start_error;
 pub mod static_secret;
+pub mod systemd;
 pub mod tls;
 pub mod udp;

@@ -227,7 +227,28 @@ impl Agent {
     /// timeout for open connections to finish and for every session to close gracefully, and
     /// resets what is left.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let notifier = crate::systemd::Notifier::from_env();
+        let watchdog = notifier.start_watchdog();
+        // Ready (for systemd) once a gateway session is up, or once --session-wait passed
+        // without one: from then on clients are served or refused with a reason.
+        let readiness = {
+            let (notifier, sessions) = (notifier.clone(), self.ctx.sessions.clone());
+            let wait = self.ctx.session_wait;
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + wait;
+                while sessions.live().is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let status = match sessions.live().len() {
+                    0 => "accepting clients; no gateway session yet".to_owned(),
+                    n => format!("accepting clients; {n} gateway session(s) up"),
+                };
+                notifier.ready(&status);
+            })
+        };
         shutdown.await;
+        readiness.abort();
+        notifier.stopping("draining open connections");
         for l in &self.listeners {
             l.abort();
         }
@@ -255,6 +276,9 @@ impl Agent {
                 "agent shutting down: drain timeout passed",
             )
             .await;
+        }
+        if let Some(w) = watchdog {
+            w.abort();
         }
         Ok(())
     }

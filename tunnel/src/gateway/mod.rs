@@ -188,6 +188,12 @@ impl Gateway {
             self.sessions.clone(),
             self.max_connections,
         ));
+        let notifier = crate::systemd::Notifier::from_env();
+        let watchdog = notifier.start_watchdog();
+        notifier.ready(&format!(
+            "accepting agents on {}",
+            self.endpoint.local_addr()
+        ));
         let (endpoint, sessions) = (&self.endpoint, &self.sessions);
         tokio::pin!(shutdown);
         let max_streams = self.max_streams;
@@ -223,6 +229,7 @@ impl Gateway {
                 _ = &mut shutdown => break,
             }
         }
+        notifier.stopping("draining open streams");
         self.fwd.udp.stop.send_replace(true);
         let timeout = self.drain_timeout;
         info!(
@@ -248,6 +255,9 @@ impl Gateway {
             .await;
         }
         reporter.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         Ok(())
     }
 }
