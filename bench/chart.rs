@@ -209,14 +209,14 @@ fn panel(
 }
 
 /// The values of `metric` for `peer` across `runs`.
-fn points(runs: &[Run], peer: &str, metric: &str) -> Vec<Option<f64>> {
+fn points(runs: &[&Run], peer: &str, metric: &str) -> Vec<Option<f64>> {
     runs.iter()
         .map(|r| r.figures(peer).and_then(|f| f.get(metric)))
         .collect()
 }
 
 /// The chart of a sweep: one column per run (loss rate).
-pub fn sweep(runs: &[Run], title: &str, rate_bps: Option<u64>) -> String {
+pub fn sweep(runs: &[&Run], title: &str, rate_bps: Option<u64>) -> String {
     let columns: Vec<String> = runs
         .iter()
         .map(|r| match r.loss {
@@ -306,7 +306,7 @@ pub fn sweep(runs: &[Run], title: &str, rate_bps: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Figures, Outcome};
+    use crate::report::{Figures, Outcome, RunKind};
 
     fn run(loss: f64, ferry_p99: f64) -> Run {
         let mut f = Figures::default();
@@ -315,6 +315,7 @@ mod tests {
         Run {
             label: format!("loss {loss}"),
             loss: Some(loss),
+            kind: RunKind::Streams,
             peers: vec![
                 ("ferry", Outcome::Measured(f)),
                 ("kcptun", Outcome::Skipped),
@@ -326,7 +327,7 @@ mod tests {
     #[test]
     fn sweep_chart_is_svg_with_a_line_per_measured_series() {
         let svg = sweep(
-            &[run(0.0, 41.0), run(0.05, 90.0)],
+            &[&run(0.0, 41.0), &run(0.05, 90.0)],
             "t <1>",
             Some(50_000_000),
         );

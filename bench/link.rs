@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -196,6 +196,9 @@ pub struct Traffic {
     pub up: LinkStats,
     /// Server to client.
     pub down: LinkStats,
+    /// Bytes of the IP packets both sides put on the link, lost ones included: what a sender
+    /// pays for its payload, headers, acknowledgements and copies, whatever the loss rate.
+    pub bytes_offered: u64,
 }
 
 /// The two namespaces and the relays between them; dropping it stops the relays.
@@ -207,6 +210,7 @@ pub struct NetLink {
     stop: Arc<AtomicBool>,
     relays: Vec<JoinHandle<()>>,
     stats: Arc<[Mutex<LinkStats>; 2]>,
+    bytes_offered: Arc<AtomicU64>,
 }
 
 impl NetLink {
@@ -241,6 +245,7 @@ impl NetLink {
             Mutex::new(LinkStats::default()),
             Mutex::new(LinkStats::default()),
         ]);
+        let bytes_offered = Arc::new(AtomicU64::new(0));
         let now = Instant::now();
         let mut relays = Vec::new();
         for (dir, (from, to)) in [(&client_tun, &server_tun), (&server_tun, &client_tun)]
@@ -249,9 +254,10 @@ impl NetLink {
         {
             let link = Link::new(profile.config.clone(), profile.seed + dir as u64, now);
             let (from, to, stop, stats) = (from.clone(), to.clone(), stop.clone(), stats.clone());
+            let offered = bytes_offered.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("link-relay-{dir}"))
-                .spawn(move || relay(&from, &to, link, &stop, &stats[dir]))
+                .spawn(move || relay(&from, &to, link, &stop, &stats[dir], &offered))
                 .map_err(|e| format!("cannot start the link relay: {e}"))?;
             relays.push(handle);
         }
@@ -261,6 +267,7 @@ impl NetLink {
             stop,
             relays,
             stats,
+            bytes_offered,
         })
     }
 
@@ -288,6 +295,7 @@ impl NetLink {
         Traffic {
             up: get(0),
             down: get(1),
+            bytes_offered: self.bytes_offered.load(Ordering::Relaxed),
         }
     }
 }
@@ -336,6 +344,7 @@ fn relay(
     mut link: Link<()>,
     stop: &AtomicBool,
     stats: &Mutex<LinkStats>,
+    bytes_offered: &AtomicU64,
 ) {
     let mut buf = vec![0u8; 65536];
     const IDLE: Duration = Duration::from_millis(20);
@@ -360,6 +369,7 @@ fn relay(
             if n <= 0 {
                 break;
             }
+            bytes_offered.fetch_add(n as u64, Ordering::Relaxed);
             link.send(Instant::now(), (), buf[..n as usize].to_vec());
         }
         *stats.lock().unwrap_or_else(|e| e.into_inner()) = link.stats();
@@ -417,6 +427,8 @@ mod tests {
         // arrived or was counted lost.
         assert_eq!(up.offered, 400, "{up:?}");
         assert_eq!(received + up.dropped_loss, 400, "{up:?}");
+        // Every packet offered is counted whole: 20 bytes of IPv4, 8 of UDP, 4 of payload.
+        assert_eq!(link.traffic().bytes_offered, 400 * (20 + 8 + 4));
         assert!((50..=110).contains(&up.dropped_loss), "20% of 400: {up:?}");
         assert!(first.unwrap() >= Duration::from_millis(15), "{first:?}");
     }

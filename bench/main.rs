@@ -29,7 +29,11 @@
 //! - `rr`: 1 KB request/response in a closed loop on 64 connections for `--seconds`:
 //!   requests/s, p50/p99, tunnel CPU per request ([`rr`]);
 //! - `pipelined`: 64 connections each keeping 16 requests of 64 bytes in flight, answered with
-//!   1 KB each by a backend of its own ([`rr`]): requests/s, p50/p99, tunnel CPU per request.
+//!   1 KB each by a backend of its own ([`rr`]): requests/s, p50/p99, tunnel CPU per request;
+//! - `udp`: plain UDP against Ferry's UDP flows with each `--udp-protect` mode: a game-like
+//!   one-way flow (delivered share, one-way p50/p99, bytes on the link per payload byte), and
+//!   on loopback the datagram rate of an echo ([`udp`]). Its peers are its own, so its runs are
+//!   tables of their own.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,20 +51,21 @@ mod peers;
 mod report;
 mod rr;
 mod slow_readers;
+mod udp;
 
 use ferry_test_support::{procfs, rtb};
 
 use link::{NetLink, Profile, Traffic};
 use load::percentile_ms;
 use peers::{Peer, Settings, Sites};
-use report::{Figures, Outcome, Run};
+use report::{Figures, Outcome, Run, RunKind};
 
 /// Measures Ferry against direct TCP and kcptun, on loopback or on an impaired link.
 #[derive(Debug, Parser)]
 #[command(name = "ferry-bench", version, about)]
 struct Args {
     /// Scenarios to run (comma-separated): throughput, latency, connect, many, compress, idle,
-    /// slow-readers, fairness, rr, pipelined.
+    /// slow-readers, fairness, rr, pipelined, udp.
     /// Default: throughput, latency, connect, and many on loopback.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
@@ -129,6 +134,23 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     busy: usize,
 
+    /// Seconds the `udp` scenario's one-way flow sends (and its echo runs), per peer and link.
+    #[arg(long, default_value_t = 4.0)]
+    udp_seconds: f64,
+
+    /// Bytes of each datagram in the `udp` scenario.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(udp::HEADER_BYTES as i64..=8000))]
+    udp_size: u16,
+
+    /// Milliseconds between two datagrams of the `udp` scenario's one-way flow.
+    #[arg(long, default_value_t = 5.0)]
+    udp_interval_ms: f64,
+
+    /// Ferry's --udp-protect modes the `udp` scenario measures (comma-separated: none, dup,
+    /// auto), each beside plain UDP.
+    #[arg(long, value_delimiter = ',', default_value = "none,dup,auto")]
+    udp_protect: Vec<udp::Protect>,
+
     /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
     /// it (same name, .svg).
     #[arg(long, value_name = "FILE")]
@@ -147,6 +169,7 @@ enum Scenario {
     Fairness,
     Rr,
     Pipelined,
+    Udp,
 }
 
 fn progress(msg: &str) {
@@ -324,6 +347,8 @@ async fn measure(
                 rr::run_pipelined(&mut f, client, answering.entry, &answering.pids(), seconds)
                     .await?;
             }
+            // Not a scenario of these peers: run on its own (see `run_link`).
+            Scenario::Udp => {}
             Scenario::Compress => {
                 let Some(net) = run.net else {
                     f.notes
@@ -358,6 +383,7 @@ async fn run_peers(
     let mut run = Run {
         label,
         loss,
+        kind: RunKind::Streams,
         peers: Vec::new(),
         note: None,
     };
@@ -373,16 +399,62 @@ async fn run_peers(
         };
         run.peers.push((peer.name(), outcome));
     }
-    if let Some(net) = link.net {
-        let t = net.traffic();
-        run.note = Some(format!(
-            "link: {} packets offered, {} lost at random, {} dropped at the full queue",
-            t.up.offered + t.down.offered,
-            t.up.dropped_loss + t.down.dropped_loss,
-            t.up.dropped_queue + t.down.dropped_queue,
-        ));
-    }
+    run.note = link.net.map(relay_note);
     run
+}
+
+/// What the link's relay counted so far.
+fn relay_note(net: &NetLink) -> String {
+    let t = net.traffic();
+    format!(
+        "link: {} packets offered, {} lost at random, {} dropped at the full queue",
+        t.up.offered + t.down.offered,
+        t.up.dropped_loss + t.down.dropped_loss,
+        t.up.dropped_queue + t.down.dropped_queue,
+    )
+}
+
+/// The runs of one link: the stream scenarios' peers, then the `udp` scenario's, if asked.
+async fn run_link(
+    label: String,
+    loss: Option<f64>,
+    args: &Args,
+    scenarios: &[Scenario],
+    settings: &Settings,
+    certs: &std::path::Path,
+    link: &LinkRun<'_>,
+) -> Vec<Run> {
+    let streams: Vec<Scenario> = scenarios
+        .iter()
+        .copied()
+        .filter(|s| *s != Scenario::Udp)
+        .collect();
+    let mut runs = Vec::new();
+    if !streams.is_empty() {
+        runs.push(run_peers(label.clone(), loss, args, &streams, settings, certs, link).await);
+    }
+    if scenarios.contains(&Scenario::Udp) {
+        let opts = udp_options(args);
+        let mut run = udp::run(label, loss, &opts, settings, certs, link).await;
+        run.note = link.net.map(relay_note);
+        runs.push(run);
+    }
+    runs
+}
+
+/// The `udp` scenario's work, from the flags (Ferry's modes only if Ferry is a peer).
+fn udp_options(args: &Args) -> udp::Options {
+    let protect = if args.peers.contains(&Peer::Ferry) {
+        args.udp_protect.clone()
+    } else {
+        Vec::new()
+    };
+    udp::Options {
+        seconds: Duration::from_secs_f64(args.udp_seconds.clamp(0.2, 600.0)),
+        size: usize::from(args.udp_size),
+        interval: Duration::from_secs_f64(args.udp_interval_ms.clamp(0.05, 1000.0) / 1e3),
+        protect,
+    }
 }
 
 #[tokio::main]
@@ -449,7 +521,7 @@ async fn main() -> ExitCode {
                 rate_bps: None,
             };
             let label = "loopback".to_string();
-            runs.push(run_peers(label, None, &args, &scenarios, &settings, &certs, &link).await);
+            runs = run_link(label, None, &args, &scenarios, &settings, &certs, &link).await;
         }
         Some(profile) => {
             let losses: Vec<Option<f64>> = if args.loss.is_empty() {
@@ -477,30 +549,25 @@ async fn main() -> ExitCode {
                     rate_bps: profile.rate_bps(),
                 };
                 let loss = Some(profile.config.loss);
-                let run = run_peers(
-                    profile.describe(),
-                    loss,
-                    &args,
-                    &scenarios,
-                    &settings,
-                    &certs,
-                    &link,
-                )
-                .await;
-                report::print(&run);
-                runs.push(run);
+                let label = profile.describe();
+                let these =
+                    run_link(label, loss, &args, &scenarios, &settings, &certs, &link).await;
+                for run in these.iter().filter(|r| r.kind == RunKind::Streams) {
+                    report::print(run);
+                }
+                runs.extend(these);
             }
         }
     }
     let _ = std::fs::remove_dir_all(&certs);
-    if profile.is_none() {
-        report::print(&runs[0]);
-    } else {
+    let streams: Vec<&Run> = runs.iter().filter(|r| r.kind == RunKind::Streams).collect();
+    if profile.is_some() && !streams.is_empty() {
         println!("\n(all runs)");
-        for run in &runs {
-            report::print(run);
-        }
     }
+    for run in &streams {
+        report::print(run);
+    }
+    udp::print(&runs, &udp_options(&args));
     let mut status = ExitCode::SUCCESS;
     if let Some(path) = &args.json {
         let doc = report::json(&runs, &args.link, args.encrypt, &args.compress);
@@ -509,7 +576,8 @@ async fn main() -> ExitCode {
             eprintln!("ferry-bench: error: cannot write {}: {e}", path.display());
             status = ExitCode::FAILURE;
         }
-        if runs.len() > 1 {
+        // The chart is of the stream scenarios' sweep; the `udp` tables are not on it.
+        if streams.len() > 1 {
             let svg_path = path.with_extension("svg");
             let rate = profile.as_ref().and_then(Profile::rate_bps);
             let title = format!(
@@ -520,7 +588,7 @@ async fn main() -> ExitCode {
                     .unwrap_or_default()
             )
             .replace(" loss 0%", "");
-            let svg = chart::sweep(&runs, &title, rate);
+            let svg = chart::sweep(&streams, &title, rate);
             match std::fs::write(&svg_path, svg) {
                 Ok(()) => progress(&format!("chart: {}", svg_path.display())),
                 Err(e) => {

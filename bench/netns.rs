@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 /// A network namespace, held open by a descriptor.
 #[derive(Debug)]
@@ -142,6 +142,17 @@ impl Place {
         widen_backlog(std_listener.as_raw_fd())?;
         std_listener.set_nonblocking(true)?;
         TcpListener::from_std(std_listener)
+    }
+
+    /// A UDP socket bound to `addr` in this place.
+    pub fn udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
+        let bind = move || std::net::UdpSocket::bind(addr);
+        let socket = match self {
+            Place::Host => bind()?,
+            Place::Netns(ns) => ns.run(bind)?,
+        };
+        socket.set_nonblocking(true)?;
+        UdpSocket::from_std(socket)
     }
 
     /// A command that runs `program` in this place, and is killed if this process dies.

@@ -4,7 +4,8 @@
 //! installed, and on request a plain TCP relay (two nginx stream proxies, the floor that the
 //! TCP legs alone cost). The client-side process runs where the load generator is, the server-side one
 //! next to the backend: both on this host for loopback runs, or one in each namespace of an
-//! impaired link, so the tunnel's own traffic is what crosses the link.
+//! impaired link, so the tunnel's own traffic is what crosses the link. Ferry also runs with a
+//! `udp://` listener and backend for the `udp` scenario ([`start_udp_ferry`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,16 @@ impl Tunnel {
     /// Process IDs of the tunnel (empty for direct TCP).
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
+    }
+
+    /// Fails if a process of the tunnel has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        for c in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("a tunnel process exited ({status})"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +264,111 @@ async fn wait_ready(
     }
 }
 
+/// What a Ferry pair carries: the agent's listener, the gateway's backend (both as URLs), and
+/// more flags for the agent.
+struct FerryEnds {
+    listen: String,
+    backend: String,
+    agent_args: Vec<String>,
+}
+
+/// Starts `ferry-gateway` on the server side and `ferry-agent` on the client side, joined across
+/// the link, with `settings`; `entry` is where the agent listens. Not waited for.
+fn ferry(
+    sites: &Sites,
+    ends: FerryEnds,
+    entry: SocketAddr,
+    settings: &Settings,
+    certs: &Path,
+) -> Result<Tunnel, String> {
+    let udp = SocketAddr::new(sites.server_ip, sites.port());
+    let file = |n: &str| certs.join(n).display().to_string();
+    // No monitor: its default port (the listen port + 1000) is not known to be free.
+    let mut common = vec![
+        "--compress".to_owned(),
+        settings.compress.clone(),
+        "--monitor".to_owned(),
+        "off".to_owned(),
+    ];
+    common.extend(settings.ferry_args.iter().cloned());
+    let (mut gw_tls, mut agent_tls) = (Vec::new(), Vec::new());
+    if settings.encrypt {
+        gw_tls.extend(["--tls-cert".into(), file("gateway.pem")]);
+        gw_tls.extend(["--tls-key".into(), file("gateway.key")]);
+        agent_tls.extend(["--tls-ca".into(), file("ca.pem")]);
+    } else {
+        gw_tls.extend(["--crypto".into(), "none".into()]);
+        agent_tls.extend(["--crypto".into(), "none".into()]);
+    }
+    let gateway = spawn(
+        &sites.server,
+        &sibling("ferry-gateway")?,
+        &[
+            vec![
+                "--listen".into(),
+                udp.to_string(),
+                "--backend".into(),
+                ends.backend,
+                "--max-connections".into(),
+                "100000".into(),
+                "--max-streams".into(),
+                "20000".into(),
+            ],
+            gw_tls,
+            common.clone(),
+        ]
+        .concat(),
+    )?;
+    let agent = spawn(
+        &sites.client,
+        &sibling("ferry-agent")?,
+        &[
+            vec![
+                "--listen".into(),
+                ends.listen,
+                "--gateway".into(),
+                udp.to_string(),
+                "--max-connections".into(),
+                "100000".into(),
+            ],
+            ends.agent_args,
+            agent_tls,
+            common,
+        ]
+        .concat(),
+    )?;
+    let crypto = if settings.encrypt { "tls" } else { "none" };
+    Ok(Tunnel {
+        entry,
+        children: vec![agent, gateway],
+        describe: format!("crypto {crypto}, compress {}", settings.compress),
+    })
+}
+
+/// Ferry carrying UDP: the agent's `udp://` listener on the client side's loopback, the
+/// gateway's `udp://` backend at `backend_port` of the server side's, `--udp-protect
+/// protect`. Not waited for: a UDP tunnel answers no probe of its own, so the caller sends
+/// datagrams until one arrives.
+pub fn start_udp_ferry(
+    sites: &Sites,
+    backend_port: u16,
+    protect: &str,
+    settings: &Settings,
+    certs: &Path,
+) -> Result<Tunnel, String> {
+    let entry = SocketAddr::new(LOCALHOST, sites.port());
+    let ends = FerryEnds {
+        listen: format!("udp://{entry}"),
+        backend: format!("udp://{}", SocketAddr::new(LOCALHOST, backend_port)),
+        agent_args: vec!["--udp-protect".into(), protect.into()],
+    };
+    let mut tunnel = ferry(sites, ends, entry, settings, certs)?;
+    tunnel
+        .describe
+        .push_str(&format!(", udp-protect {protect}"));
+    Ok(tunnel)
+}
+
 /// Starts `peer` in front of the echo backend listening on `backend_port` of the server side.
 /// `Ok(None)`: the peer is not installed (skipped).
 pub async fn start(
@@ -271,70 +387,15 @@ pub async fn start(
             describe: "direct".into(),
         })),
         Peer::Ferry => {
-            let udp = SocketAddr::new(sites.server_ip, sites.port());
             let entry = SocketAddr::new(LOCALHOST, sites.port());
-            let file = |n: &str| certs.join(n).display().to_string();
-            // No monitor: its default port (the listen port + 1000) is not known to be free.
-            let mut common = vec![
-                "--compress".to_owned(),
-                settings.compress.clone(),
-                "--monitor".to_owned(),
-                "off".to_owned(),
-            ];
-            common.extend(settings.ferry_args.iter().cloned());
-            let (mut gw_tls, mut agent_tls) = (Vec::new(), Vec::new());
-            if settings.encrypt {
-                gw_tls.extend(["--tls-cert".into(), file("gateway.pem")]);
-                gw_tls.extend(["--tls-key".into(), file("gateway.key")]);
-                agent_tls.extend(["--tls-ca".into(), file("ca.pem")]);
-            } else {
-                gw_tls.extend(["--crypto".into(), "none".into()]);
-                agent_tls.extend(["--crypto".into(), "none".into()]);
-            }
-            let gateway = spawn(
-                &sites.server,
-                &sibling("ferry-gateway")?,
-                &[
-                    vec![
-                        "--listen".into(),
-                        udp.to_string(),
-                        "--backend".into(),
-                        format!("tcp://{backend}"),
-                        "--max-connections".into(),
-                        "100000".into(),
-                        "--max-streams".into(),
-                        "20000".into(),
-                    ],
-                    gw_tls,
-                    common.clone(),
-                ]
-                .concat(),
-            )?;
-            let agent = spawn(
-                &sites.client,
-                &sibling("ferry-agent")?,
-                &[
-                    vec![
-                        "--listen".into(),
-                        format!("tcp://{entry}"),
-                        "--gateway".into(),
-                        udp.to_string(),
-                        "--max-connections".into(),
-                        "100000".into(),
-                    ],
-                    agent_tls,
-                    common,
-                ]
-                .concat(),
-            )?;
-            let mut children = vec![agent, gateway];
-            wait_ready(&sites.client, entry, &mut children).await?;
-            let crypto = if settings.encrypt { "tls" } else { "none" };
-            Ok(Some(Tunnel {
-                entry,
-                children,
-                describe: format!("crypto {crypto}, compress {}", settings.compress),
-            }))
+            let ends = FerryEnds {
+                listen: format!("tcp://{entry}"),
+                backend: format!("tcp://{backend}"),
+                agent_args: Vec::new(),
+            };
+            let mut tunnel = ferry(sites, ends, entry, settings, certs)?;
+            wait_ready(&sites.client, entry, &mut tunnel.children).await?;
+            Ok(Some(tunnel))
         }
         Peer::Relay => {
             let Ok(nginx) = ferry_test_support::nginx::find() else {

@@ -26,12 +26,31 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// Which work a run measured: its peers and figures differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// TCP clients through each peer (every scenario but `udp`).
+    Streams,
+    /// UDP flows: plain UDP and Ferry's protection modes ([`crate::udp`]).
+    Udp,
+}
+
+impl RunKind {
+    fn name(self) -> &'static str {
+        match self {
+            RunKind::Streams => "streams",
+            RunKind::Udp => "udp",
+        }
+    }
+}
+
 /// Every peer on one link.
 pub struct Run {
     /// The link, e.g. `loopback` or `20ms 50Mbit/s loss 5%`.
     pub label: String,
     /// The random loss rate (0..1) of an impaired link.
     pub loss: Option<f64>,
+    pub kind: RunKind,
     /// Peers in the order measured.
     pub peers: Vec<(&'static str, Outcome)>,
     /// What the link's relay counted, if there was one.
@@ -138,6 +157,7 @@ pub fn json(runs: &[Run], link: &str, encrypt: bool, compress: &str) -> serde_js
                 peers.insert(p.to_string(), value);
             }
             serde_json::json!({
+                "kind": run.kind.name(),
                 "link": run.label,
                 "loss": run.loss,
                 "relay": run.note,
