@@ -222,6 +222,13 @@ fn too_large_a_datagram_is_refused_naming_its_size_and_unsupported_peers_refuse_
         Err(DatagramError::TooBig { size: 1400, .. })
     ));
 
+    // Found by `cargo fuzz run established_session`: a flow id above the varint range hit a
+    // debug assertion in the frame encoder (and would have been mis-encoded in release).
+    assert_eq!(
+        conn.send_datagram(now, u64::MAX, b"x", Protection::None),
+        Err(DatagramError::FlowOutOfRange(u64::MAX))
+    );
+
     let refuses = ServerConfig::new(TransportConfig {
         max_datagram_payload: 0,
         ..TransportConfig::default()

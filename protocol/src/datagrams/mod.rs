@@ -80,6 +80,9 @@ pub enum DatagramError {
     /// The connection is not established.
     #[error("connection closed")]
     Closed,
+    /// A flow id must fit a varint (below 2^62).
+    #[error("flow id {0} is not below 2^62")]
+    FlowOutOfRange(u64),
 }
 
 /// Datagram counters of one connection.
@@ -174,6 +177,9 @@ impl DatagramSet {
     ) -> Result<(), DatagramError> {
         if peer_max == 0 {
             return Err(DatagramError::Unsupported);
+        }
+        if flow > VARINT_MAX {
+            return Err(DatagramError::FlowOutOfRange(flow));
         }
         let whole_overhead = DatagramFrame::encoded_len(flow, VARINT_MAX, false, room) - room;
         let piece_overhead = DatagramFrame::encoded_len(flow, VARINT_MAX, true, room) - room;

@@ -244,7 +244,7 @@ fn send(flow: &Flow, data: &[u8], ctx: &Context, client: SocketAddr) -> bool {
             UdpCounters::count(&counters.dropped_refused);
             crate::warn_limited!(%client, "UDP datagram dropped: the gateway does not accept datagrams (a version before UDP flows?)");
         }
-        Err(DatagramError::Closed) => return false,
+        Err(DatagramError::Closed | DatagramError::FlowOutOfRange(_)) => return false,
     }
     true
 }
