@@ -1,6 +1,6 @@
 //! The monitor's dashboard in a real browser: headless Chromium loads `/` from a running
 //! gateway, runs its script, and the test checks what it rendered (the histograms' bars, a
-//! counter that grows with traffic). Needs Chromium (`.ci/run` installs Debian's `chromium`);
+//! counter that grows with traffic, the last minutes' charts with a burst of traffic in them). Needs Chromium (`.ci/run` installs Debian's `chromium`);
 //! without it the test fails, or with `FERRY_ALLOW_SKIP=chromium` passes as skipped, saying so.
 
 mod common;
@@ -50,6 +50,13 @@ fn streams_total(dom: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unreadable counter in:\n{dom}"))
+}
+
+/// The largest value the history chart drew for `key`, if it drew that series.
+fn chart_max(dom: &str, key: &str) -> Option<f64> {
+    let marker = format!("data-key=\"{key}\" data-max=\"");
+    let at = dom.find(&marker)?;
+    dom[at + marker.len()..].split('"').next()?.parse().ok()
 }
 
 async fn traffic(listen: SocketAddr, connections: u64) {
@@ -141,6 +148,34 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The burst is in the last minutes' history, and its chart drew it.
+    let (_, _, body) = http_get(monitor, "/history").await;
+    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let points = history["fine"]["points"].as_array().unwrap();
+    assert!(
+        points
+            .iter()
+            .any(|p| p["bytes_out_per_second"].as_f64().unwrap_or(0.0) > 0.0),
+        "{history}"
+    );
+    let charted = {
+        let (browser, url) = (browser.clone(), url.clone());
+        tokio::task::spawn_blocking(move || rendered_dom(&browser, &url))
+            .await
+            .unwrap()
+    };
+    for key in [
+        "bytes_out_per_second",
+        "rtt_p50_ms",
+        "sessions",
+        "loss_rate",
+    ] {
+        let max =
+            chart_max(&charted, key).unwrap_or_else(|| panic!("no {key} chart in:\n{charted}"));
+        if key != "loss_rate" {
+            assert!(max > 0.0, "{key}: the chart drew nothing above zero");
+        }
+    }
     let status = {
         let (browser, url, shot) = (browser.clone(), url.clone(), shot.clone());
         tokio::task::spawn_blocking(move || {
@@ -150,7 +185,7 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
                     "--no-sandbox",
                     "--disable-gpu",
                     "--hide-scrollbars",
-                    "--window-size=1280,860",
+                    "--window-size=1280,1180",
                     "--virtual-time-budget=3000",
                 ])
                 .arg(format!("--screenshot={}", shot.display()))

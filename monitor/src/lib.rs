@@ -5,7 +5,10 @@
 //! - `/health` (JSON: status, uptime, version) and `/ready` (JSON; 503 until ready);
 //! - `/metrics` (Prometheus text via `prometheus-client`, see [`metrics`]);
 //! - `/stats`, `/connections`, `/stats-history`: HTML, or JSON with `?format=json` or
-//!   `Accept: application/json`.
+//!   `Accept: application/json`;
+//! - `/history` (JSON): the last 10 minutes at 1 s and the last hour at 10 s of throughput,
+//!   RTT, loss, retransmissions, sessions, streams and refusals (see [`timeline`]), which the
+//!   dashboard charts.
 //!
 //! Why it looks like this: RTT Proxy's monitor set the floor operators expect (its endpoints
 //! are kept under the same names), and the dashboard needs nothing but a browser. The monitor
@@ -19,6 +22,7 @@
 pub mod metrics;
 mod pages;
 pub mod snapshot;
+pub mod timeline;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -86,15 +90,39 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MonitorError> {
     })
 }
 
-/// Throughput, measured by the server once a second (so it is right whoever asks, and however
-/// often): payload and wire bytes per second over the last second.
+/// Throughput and the recent history, measured by the server once a second (so they are right
+/// whoever asks, and however often): payload and wire bytes per second over the last second,
+/// and the [`timeline::Timeline`] of the last hour.
 #[derive(Debug, Default)]
 pub struct Rates {
     /// The last two samples: (when, payload bytes, wire bytes), both directions together.
     samples: std::sync::Mutex<[Option<(std::time::Instant, u64, u64)>; 2]>,
+    timeline: std::sync::Mutex<timeline::Timeline>,
 }
 
 impl Rates {
+    /// Records a snapshot taken at `at`: the throughput and a point of the timeline.
+    pub fn record_snapshot(&self, at: std::time::Instant, snapshot: &Snapshot) {
+        let t = &snapshot.totals;
+        self.record(
+            at,
+            t.payload_bytes_out + t.payload_bytes_in,
+            t.wire_bytes_out + t.wire_bytes_in,
+        );
+        self.timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(at, snapshot);
+    }
+
+    /// `/history`'s body.
+    pub fn history_json(&self) -> serde_json::Value {
+        self.timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_json()
+    }
+
     fn record(&self, at: std::time::Instant, payload: u64, wire: u64) {
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         s[0] = s[1];
@@ -128,17 +156,14 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
     );
 }
 
-/// Records the throughput once a second, for [`Rates::per_second`]; never returns.
+/// Records the throughput and a timeline point once a second, for [`Rates::per_second`] and
+/// `/history`; never returns.
 async fn sample_rates(source: &dyn Source, rates: &Rates) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let t = source.snapshot().totals;
-        rates.record(
-            std::time::Instant::now(),
-            t.payload_bytes_out + t.payload_bytes_in,
-            t.wire_bytes_out + t.wire_bytes_in,
-        );
+        let snapshot = source.snapshot();
+        rates.record_snapshot(std::time::Instant::now(), &snapshot);
     }
 }
 
@@ -251,6 +276,7 @@ pub fn route<B>(source: &dyn Source, rates: &Rates, req: &Request<B>) -> Respons
             json(StatusCode::OK, &stats)
         }
         "/stats" => reply(StatusCode::OK, HTML, pages::stats_html(&snap)),
+        "/history" => json(StatusCode::OK, &rates.history_json()),
         "/connections" if as_json => json(
             StatusCode::OK,
             &serde_json::json!({"sessions": snap.sessions, "backends": snap.backends}),

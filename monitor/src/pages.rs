@@ -256,6 +256,13 @@ table{border-collapse:collapse;background:#fff} td,th{border:1px solid #dde3ea;p
 </style></head><body>
 <h1>Ferry <span id="role"></span> <small id="version"></small></h1>
 <div class="cards" id="cards"></div>
+<h2>The last <select id="range"><option value="fine">10 minutes</option><option value="coarse">hour</option></select></h2>
+<div class="charts" id="history">
+ <div><h2>Throughput out / in</h2><svg id="h-throughput" width="420" height="150"></svg></div>
+ <div><h2>RTT p50 / p99</h2><svg id="h-rtt" width="420" height="150"></svg></div>
+ <div><h2>Loss rate / bytes sent again</h2><svg id="h-loss" width="420" height="150"></svg></div>
+ <div><h2>Sessions / streams / refusals per second</h2><svg id="h-load" width="420" height="150"></svg></div>
+</div>
 <div class="charts">
  <div><h2>RTT of active sessions</h2><svg id="rtt" width="420" height="180"></svg></div>
  <div><h2>Loss rate of active sessions</h2><svg id="loss" width="420" height="180"></svg></div>
@@ -273,6 +280,33 @@ function bars(id,dist,fmt){
     s+='<text x="'+(x+bw/2)+'" y="'+(h-10)+'" font-size="10" text-anchor="middle">'+fmt(b.le)+'</text>';
     if(b.count>0)s+='<text x="'+(x+bw/2)+'" y="'+(y-3)+'" font-size="10" text-anchor="middle">'+b.count+'</text>';});
   svg.innerHTML=s;
+}
+const COLORS=['#2f6fb0','#d9822b','#17803d'];
+function lines(id,points,series,shared){
+  const svg=document.getElementById(id),w=420,h=150,l=8,r=8,top=18,bottom=18;
+  if(points.length<2){svg.innerHTML='<text x="10" y="80" font-size="11" fill="#5b6b7c">collecting…</text>';return}
+  const t0=points[0].t,t1=points[points.length-1].t,span=Math.max(1,t1-t0);
+  let s='';const all=Math.max(...series.flatMap(([key])=>points.map(p=>p[key])));
+  series.forEach(([key,label,fmt],k)=>{
+    const vals=points.map(p=>p[key]),max=Math.max(...vals),top_=shared?all:max,scale=top_>0?top_:1;
+    const pts=points.map(p=>(l+(p.t-t0)/span*(w-l-r)).toFixed(1)+','+(h-bottom-(p[key]/scale)*(h-top-bottom)).toFixed(1)).join(' ');
+    s+='<polyline class="series" data-key="'+key+'" data-max="'+max+'" fill="none" stroke="'+COLORS[k]+'" stroke-width="1.5" points="'+pts+'"></polyline>';
+    s+='<text x="'+(l+k*140)+'" y="12" font-size="10" fill="'+COLORS[k]+'">'+label+' max '+fmt(max)+'</text>';
+  });
+  s+='<text x="'+l+'" y="'+(h-4)+'" font-size="10" fill="#5b6b7c">'+Math.round(span)+' s</text>';
+  svg.innerHTML=s;
+}
+async function refreshHistory(){
+  try{
+    const r=await fetch('/history',{cache:'no-store'});const hist=await r.json();
+    const pts=hist[document.getElementById('range').value].points;
+    const bps=v=>fmtBytes(v)+'/s',ms=v=>v.toFixed(1)+' ms',n=v=>v.toFixed(v<10?1:0);
+    const pct=v=>(v*100).toFixed(2)+'%';
+    lines('h-throughput',pts,[['bytes_out_per_second','out',bps],['bytes_in_per_second','in',bps]],true);
+    lines('h-rtt',pts,[['rtt_p50_ms','p50',ms],['rtt_p99_ms','p99',ms]],true);
+    lines('h-loss',pts,[['loss_rate','loss',pct],['retransmitted_bytes_per_second','resent',bps]]);
+    lines('h-load',pts,[['sessions','sessions',n],['streams','streams',n],['refusals_per_second','refused/s',n]]);
+  }catch(e){}
 }
 async function refresh(){
   try{
@@ -302,5 +336,6 @@ async function refresh(){
   }catch(e){document.getElementById('updated').textContent='error: '+e}
 }
 refresh();setInterval(refresh,1000);
+refreshHistory();setInterval(refreshHistory,2000);document.getElementById('range').onchange=refreshHistory;
 </script></body></html>
 "##;
