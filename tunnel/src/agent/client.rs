@@ -38,8 +38,6 @@ pub(super) struct Context {
     pub spare: SpareDescriptor,
     /// The open-files soft limit, for the log line of a client refused at it.
     pub open_files: Option<u64>,
-    /// UDP listeners' settings, counters and reply routes.
-    pub udp: super::udp::AgentUdp,
 }
 
 /// Carries one client connection: session, stream, preamble, splice.

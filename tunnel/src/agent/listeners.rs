@@ -61,10 +61,16 @@ pub(super) async fn bind(address: &Address) -> Result<Bound, StartError> {
 }
 
 /// Accepts the clients of `listener`, whose connections reach `service`; never returns.
-pub(super) async fn accept(listener: Bound, service: String, ctx: Arc<Context>) {
+/// UDP listeners' flows are carried with `udp`.
+pub(super) async fn accept(
+    listener: Bound,
+    service: String,
+    ctx: Arc<Context>,
+    udp: Arc<super::udp::AgentUdp>,
+) {
     match listener {
         Bound::Tcp(listener) => accept_tcp(listener, service, ctx).await,
-        Bound::Udp(socket) => super::udp::serve(socket, service, ctx).await,
+        Bound::Udp(socket) => super::udp::serve(socket, service, ctx, udp).await,
         #[cfg(unix)]
         Bound::Unix(listener, _) => accept_unix(listener, service, ctx).await,
     }

@@ -135,6 +135,7 @@ pub async fn run(
 /// A started agent: listening, its sessions connecting, its monitor serving.
 pub struct Agent {
     ctx: Arc<Context>,
+    udp: Arc<udp::AgentUdp>,
     listeners: Vec<JoinHandle<()>>,
     tcp_addresses: Vec<SocketAddr>,
     udp_addresses: Vec<SocketAddr>,
@@ -173,24 +174,25 @@ impl Agent {
             refusals: Arc::default(),
             spare: spare_descriptor::SpareDescriptor::new(),
             open_files: open_files.soft,
-            udp: udp::AgentUdp {
-                counters: Arc::default(),
-                idle_timeout: config.udp_idle_timeout,
-                protection: config.udp_protect,
-                routes: Arc::default(),
-                opening_bytes: Default::default(),
-            },
+        });
+        let udp = Arc::new(udp::AgentUdp {
+            counters: Arc::default(),
+            idle_timeout: config.udp_idle_timeout,
+            protection: config.udp_protect,
+            routes: Arc::default(),
+            opening_bytes: Default::default(),
         });
         let source = monitor::AgentSource {
             sessions: ctx.sessions.clone(),
             refusals: ctx.refusals.clone(),
             meter: ctx.meter.clone(),
             drain: ctx.drain.clone(),
-            udp: ctx.udp.counters.clone(),
+            udp: udp.counters.clone(),
         };
         let monitor = monitoring::serve(monitor_listener, source)?;
         let mut agent = Agent {
             ctx: ctx.clone(),
+            udp: udp.clone(),
             listeners: Vec::new(),
             tcp_addresses: Vec::new(),
             udp_addresses: Vec::new(),
@@ -206,7 +208,7 @@ impl Agent {
                 #[cfg(unix)]
                 Bound::Unix(_, path) => agent.unix_paths.push(path.clone()),
             }
-            let task = listeners::accept(listener, l.service.clone(), ctx.clone());
+            let task = listeners::accept(listener, l.service.clone(), ctx.clone(), udp.clone());
             agent.listeners.push(tokio::spawn(task));
         }
         Ok(agent)
@@ -256,7 +258,7 @@ impl Agent {
             let _ = std::fs::remove_file(p);
         }
         // UDP flows have no end of their own: they end now, telling the gateway.
-        self.ctx.udp.routes.end_all();
+        self.udp.routes.end_all();
         let (ctx, timeout) = (&self.ctx, self.drain_timeout);
         info!(
             connections = ctx.drain.active(),

@@ -122,19 +122,24 @@ async fn dispatch(routes: Arc<Routes>, conn: Connection, counters: Arc<UdpCounte
 }
 
 /// Serves one UDP listener whose flows reach `service`; never returns.
-pub(super) async fn serve(socket: UdpSocket, service: String, ctx: Arc<Context>) {
+pub(super) async fn serve(
+    socket: UdpSocket,
+    service: String,
+    ctx: Arc<Context>,
+    udp: Arc<AgentUdp>,
+) {
     let socket = Arc::new(socket);
     // Replies are sent with `try_send_to`, which refuses (WouldBlock) until the reactor has
     // seen the socket writable once.
     let _ = socket.writable().await;
     let flows: Arc<Mutex<HashMap<SocketAddr, Entry>>> = Arc::default();
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
-    let mut sweep = tokio::time::interval(sweep_interval(ctx.udp.idle_timeout));
+    let mut sweep = tokio::time::interval(sweep_interval(udp.idle_timeout));
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, client)) => {
-                    let listener = Listener { socket: &socket, service: &service, ctx: &ctx, flows: &flows };
+                    let listener = Listener { socket: &socket, service: &service, ctx: &ctx, udp: &udp, flows: &flows };
                     listener.on_datagram(&buf[..n], client);
                 }
                 Err(e) => {
@@ -142,7 +147,7 @@ pub(super) async fn serve(socket: UdpSocket, service: String, ctx: Arc<Context>)
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            _ = sweep.tick() => sweep_idle(&flows, ctx.udp.idle_timeout),
+            _ = sweep.tick() => sweep_idle(&flows, udp.idle_timeout),
         }
     }
 }
@@ -165,16 +170,17 @@ struct Listener<'a> {
     socket: &'a Arc<UdpSocket>,
     service: &'a str,
     ctx: &'a Arc<Context>,
+    udp: &'a Arc<AgentUdp>,
     flows: &'a Arc<Mutex<HashMap<SocketAddr, Entry>>>,
 }
 
 impl Listener<'_> {
     fn on_datagram(&self, data: &[u8], client: SocketAddr) {
-        let counters = &self.ctx.udp.counters;
+        let counters = &self.udp.counters;
         let mut flows = lock(self.flows);
         match flows.get_mut(&client) {
             Some(Entry::Open(flow)) => {
-                if send(flow, data, self.ctx, client) {
+                if send(flow, data, self.udp, client) {
                     return;
                 }
                 // The session is gone: this flow ends, a new one carries the datagram.
@@ -182,7 +188,7 @@ impl Listener<'_> {
                 flows.remove(&client);
             }
             Some(Entry::Opening(queued)) => {
-                if queued.len() < OPENING_QUEUE && self.ctx.udp.hold(data.len()) {
+                if queued.len() < OPENING_QUEUE && self.udp.hold(data.len()) {
                     queued.push(data.to_vec());
                 } else {
                     UdpCounters::count(&counters.dropped_waiting);
@@ -206,12 +212,12 @@ impl Listener<'_> {
             crate::warn_limited!(client = %client, "UDP datagram dropped: client not in --allow-ip");
             return;
         }
-        if !self.ctx.udp.hold(data.len()) {
+        if !self.udp.hold(data.len()) {
             UdpCounters::count(&counters.dropped_waiting);
             return;
         }
         let Ok(permit) = self.ctx.limit.clone().try_acquire_owned() else {
-            self.ctx.udp.release(data.len());
+            self.udp.release(data.len());
             UdpCounters::count(&counters.refused_limit);
             UdpCounters::count(&counters.dropped_refused);
             self.ctx.refusals.limit.fetch_add(1, Ordering::Relaxed);
@@ -224,6 +230,7 @@ impl Listener<'_> {
             client,
             self.service.to_owned(),
             self.ctx.clone(),
+            self.udp.clone(),
             self.flows.clone(),
             permit,
         ));
@@ -231,10 +238,10 @@ impl Listener<'_> {
 }
 
 /// Sends a client's datagram on its flow; false when the flow's session is gone.
-fn send(flow: &Flow, data: &[u8], ctx: &Context, client: SocketAddr) -> bool {
-    let counters = &ctx.udp.counters;
+fn send(flow: &Flow, data: &[u8], udp: &AgentUdp, client: SocketAddr) -> bool {
+    let counters = &udp.counters;
     flow.active.touch();
-    match flow.conn.send_datagram(flow.id, data, ctx.udp.protection) {
+    match flow.conn.send_datagram(flow.id, data, udp.protection) {
         Ok(()) => counters.carried_in(data.len()),
         Err(DatagramError::TooBig { size, max }) => {
             UdpCounters::count(&counters.dropped_too_big);
@@ -264,6 +271,7 @@ async fn open_flow(
     client: SocketAddr,
     service: String,
     ctx: Arc<Context>,
+    udp: Arc<AgentUdp>,
     flows: Arc<Mutex<HashMap<SocketAddr, Entry>>>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -271,9 +279,9 @@ async fn open_flow(
     let refuse = || {
         let old = lock(&flows).insert(client, Entry::Refused(Instant::now() + REFUSED_FOR));
         if let Some(Entry::Opening(queued)) = old {
-            ctx.udp.release(queued.iter().map(Vec::len).sum());
+            udp.release(queued.iter().map(Vec::len).sum());
             for _ in &queued {
-                UdpCounters::count(&ctx.udp.counters.dropped_refused);
+                UdpCounters::count(&udp.counters.dropped_refused);
             }
         }
     };
@@ -294,7 +302,7 @@ async fn open_flow(
         service,
         client: Some(client),
         destination: socket.local_addr().ok(),
-        udp_flow: Some(ctx.udp.protection),
+        udp_flow: Some(udp.protection),
     };
     if let Err(e) = stream.write_all(&preamble.encode()).await {
         crate::warn_limited!(%client, error = %e, "UDP flow refused: its stream failed at once");
@@ -306,9 +314,9 @@ async fn open_flow(
         active: LastActive::new(),
         end: Notify::new(),
     });
-    let counters = &ctx.udp.counters;
+    let counters = &udp.counters;
     let _count = counters.flow_opened();
-    ctx.udp.routes.add(
+    udp.routes.add(
         Route {
             socket,
             client,
@@ -320,9 +328,9 @@ async fn open_flow(
         Some(Entry::Opening(queued)) => queued,
         _ => Vec::new(),
     };
-    ctx.udp.release(queued.iter().map(Vec::len).sum());
+    udp.release(queued.iter().map(Vec::len).sum());
     for d in queued {
-        send(&flow, &d, &ctx, client);
+        send(&flow, &d, &udp, client);
     }
     debug!(%client, flow = flow.id, "UDP flow open");
     let mut byte = [0u8; 1];
@@ -333,7 +341,7 @@ async fn open_flow(
         },
         _ = flow.end.notified() => End::Here,
     };
-    ctx.udp.routes.remove(&flow);
+    udp.routes.remove(&flow);
     {
         let mut flows = lock(&flows);
         if matches!(flows.get(&client), Some(Entry::Open(f)) if Arc::ptr_eq(f, &flow)) {

@@ -81,7 +81,11 @@ pub(super) async fn forward(
         return refuse::<TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
     };
     if let Some(protection) = preamble.udp_flow {
-        return super::udp::forward_flow(stream, preamble, protection, pool, fwd, flows).await;
+        let open_files = &fwd.refusals.open_files;
+        return super::udp::forward_flow(
+            stream, preamble, protection, pool, &fwd.udp, open_files, flows,
+        )
+        .await;
     }
     let Some(lease) = pool.pick(Instant::now(), false) else {
         fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::debug;
 
-use super::forward::Forwarding;
 use super::pool::Pool;
 use crate::address::Address;
 use crate::preamble::Preamble;
@@ -162,30 +161,31 @@ pub(super) async fn forward_flow(
     preamble: Preamble,
     protection: Protection,
     pool: &Pool,
-    fwd: &Forwarding,
+    udp: &GatewayUdp,
+    open_files_refusals: &AtomicU64,
     flows: &SessionFlows,
 ) {
-    let counters = &fwd.udp.counters;
+    let counters = &udp.counters;
     let client = preamble.client;
-    let mut stop = fwd.udp.stop.subscribe();
+    let mut stop = udp.stop.subscribe();
     if *stop.borrow_and_update() {
         return refuse::<TcpStream>(stream, codes::SHUTDOWN, None);
     }
-    let Ok(_permit) = fwd.udp.limit.clone().try_acquire_owned() else {
+    let Ok(_permit) = udp.limit.clone().try_acquire_owned() else {
         UdpCounters::count(&counters.refused_limit);
         crate::warn_limited!(
             ?client,
-            limit = fwd.udp.max_flows,
+            limit = udp.max_flows,
             "UDP flow refused: the gateway is at --max-udp-flows"
         );
         return refuse::<TcpStream>(stream, codes::LIMIT, None);
     };
-    if flows.count.fetch_add(1, Ordering::Relaxed) >= fwd.udp.max_flows_per_session {
+    if flows.count.fetch_add(1, Ordering::Relaxed) >= udp.max_flows_per_session {
         flows.count.fetch_sub(1, Ordering::Relaxed);
         UdpCounters::count(&counters.refused_limit);
         crate::warn_limited!(
             ?client,
-            limit = fwd.udp.max_flows_per_session,
+            limit = udp.max_flows_per_session,
             "UDP flow refused: its session is at --max-udp-flows-per-session"
         );
         return refuse::<TcpStream>(stream, codes::LIMIT, None);
@@ -204,7 +204,7 @@ pub(super) async fn forward_flow(
     let socket = match connect(&backend.address).await {
         Ok(s) => Arc::new(s),
         Err(e) if crate::process::is_out_of_files(&e) => {
-            fwd.refusals.open_files.fetch_add(1, Ordering::Relaxed);
+            open_files_refusals.fetch_add(1, Ordering::Relaxed);
             crate::warn_limited!(backend = %backend.address, error = %e, "UDP flow refused: out of file descriptors (RLIMIT_NOFILE)");
             return refuse::<TcpStream>(stream, codes::LIMIT, None);
         }
@@ -233,7 +233,7 @@ pub(super) async fn forward_flow(
     let mut answered = false;
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
     let mut byte = [0u8; 1];
-    let idle_timeout = fwd.udp.idle_timeout;
+    let idle_timeout = udp.idle_timeout;
     let ended_here = loop {
         let idle_left = idle_timeout.saturating_sub(active.idle());
         tokio::select! {
