@@ -311,3 +311,46 @@ async fn after_a_gateway_restart_a_udp_client_is_carried_again_within_seconds() 
         started.elapsed()
     );
 }
+
+/// The packet size each session of a monitor reports, once every session reports `want`.
+async fn packet_sizes_reach(monitor: SocketAddr, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get(monitor, "/connections?format=json").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let sizes: Vec<u64> = doc["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["datagram_size"].as_u64().unwrap())
+            .collect();
+        if !sizes.is_empty() && sizes.iter().all(|s| *s == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "packet sizes {sizes:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_discover_the_packet_size_the_path_carries_up_to_max_packet_size() {
+    // Loopback carries any size: both ends grow to the default ceiling, one probe away.
+    let default = pair(&[], &[]).await;
+    packet_sizes_reach(default.agent_monitor, 1452).await;
+    packet_sizes_reach(default.gateway_monitor, 1452).await;
+    // An agent that asks for less keeps both ends there: the gateway is told.
+    let small = pair(
+        &["--max-packet-size", "9000"],
+        &["--max-packet-size", "1300"],
+    )
+    .await;
+    packet_sizes_reach(small.agent_monitor, 1300).await;
+    packet_sizes_reach(small.gateway_monitor, 1300).await;
+    // A 1,400-byte datagram then travels in two fragments, whole.
+    let socket = client(small.listener).await;
+    let payload = vec![7u8; 1400];
+    assert_eq!(ask(&socket, &payload).await.1, payload);
+}

@@ -89,6 +89,13 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
     compress: Codec,
 
+    /// Largest UDP payload a session's packets may grow to: sessions start at 1350 bytes and
+    /// probe the path for more (path MTU discovery), up to this; the peer is told it as the
+    /// most this end accepts. 1452 fits an Ethernet path; raise it on jumbo-frame links, or
+    /// give 1350 (or less) to keep packets at that size.
+    #[arg(long, env = "FERRY_AGENT_MAX_PACKET_SIZE", default_value = "1452", value_parser = ferry_tunnel::process::parse_packet_size)]
+    max_packet_size: u16,
+
     /// Batching: hold data that does not fill a datagram up to this long so that many
     /// clients' small messages share packets (0: send at once).
     #[arg(long, env = "FERRY_AGENT_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
@@ -142,13 +149,14 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         .gateways
         .iter()
         .map(|g| {
-            let config = TransportConfig {
+            let mut config = TransportConfig {
                 idle_timeout: args.idle_timeout,
                 batch_delay: args.batch_delay,
                 ack_delay: args.ack_delay,
                 crypto: crypto.for_gateway(*g),
                 ..TransportConfig::default()
             };
+            ferry_tunnel::process::apply_max_packet_size(&mut config, args.max_packet_size);
             config
                 .validate_for(ferry_protocol::Side::Client)
                 .map_err(|e| format!("invalid transport settings: {e}"))?;

@@ -130,6 +130,13 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
     compress: Codec,
 
+    /// Largest UDP payload a session's packets may grow to: sessions start at 1350 bytes and
+    /// probe the path for more (path MTU discovery), up to this; the peer is told it as the
+    /// most this end accepts. 1452 fits an Ethernet path; raise it on jumbo-frame links, or
+    /// give 1350 (or less) to keep packets at that size.
+    #[arg(long, env = "FERRY_GATEWAY_MAX_PACKET_SIZE", default_value = "1452", value_parser = ferry_tunnel::process::parse_packet_size)]
+    max_packet_size: u16,
+
     /// Batching: hold data that does not fill a datagram up to this long so that many
     /// streams' small messages share packets (0: send at once).
     #[arg(long, env = "FERRY_GATEWAY_BATCH_DELAY", default_value = "0ms", value_parser = ferry_tunnel::duration::parse)]
@@ -218,7 +225,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     let services = services(args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
-    let transport = TransportConfig {
+    let mut transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
         batch_delay: args.batch_delay,
@@ -226,6 +233,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         crypto,
         ..TransportConfig::default()
     };
+    ferry_tunnel::process::apply_max_packet_size(&mut transport, args.max_packet_size);
     check_max_streams(&transport)?;
     let tls_key = match args.tls.crypto {
         ferry_tunnel::tls::CryptoMode::Tls => args.tls.tls_key.as_deref(),

@@ -169,6 +169,43 @@ pub fn monitor_address(
     }
 }
 
+/// `--max-packet-size BYTES`: the largest UDP payload a session's packets may grow to by path
+/// MTU discovery, and the largest this end accepts. Below the 1,350-byte start, packets start
+/// there and never grow; at it, discovery is off.
+pub fn apply_max_packet_size(transport: &mut ferry_transport::TransportConfig, bytes: u16) {
+    transport.max_probed_datagram_size = bytes;
+    transport.max_datagram_size = transport.max_datagram_size.min(bytes);
+    transport.path_mtu_discovery = bytes > transport.max_datagram_size;
+}
+
+/// Parses a `--max-packet-size` value: 1200 to 65527.
+pub fn parse_packet_size(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if (1200..=65527).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a packet size: give bytes of UDP payload from 1200 (every IPv6 path) to 65527"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod packet_size_tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_moves_the_start_down_and_turns_discovery_off_at_or_below_it() {
+        let mut t = ferry_transport::TransportConfig::default();
+        apply_max_packet_size(&mut t, 9000);
+        assert!(t.path_mtu_discovery && t.max_datagram_size == 1350);
+        assert_eq!(t.largest_datagram(), 9000);
+        apply_max_packet_size(&mut t, 1280);
+        assert!(!t.path_mtu_discovery && t.max_datagram_size == 1280);
+        assert!(t.validate().is_ok());
+        assert!(parse_packet_size("1199").is_err() && parse_packet_size("65528").is_err());
+        assert_eq!(parse_packet_size("1452"), Ok(1452));
+    }
+}
+
 #[cfg(test)]
 mod monitor_address_tests {
     use super::monitor_address;
