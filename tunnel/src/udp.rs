@@ -79,9 +79,10 @@ pub struct UdpCounters {
     pub dropped_waiting: AtomicU64,
     /// Dropped: the local socket could not take them (its buffer full, or the host refused).
     pub dropped_socket: AtomicU64,
-    /// Flows refused: not in the allow-list.
+    /// Flows refused: the client is not in the allow-list (counted per datagram: no state is
+    /// kept for an address that is refused).
     pub refused_allow: AtomicU64,
-    /// Flows refused at a flow limit.
+    /// Flows refused at a flow limit (on the agent, per datagram, as above).
     pub refused_limit: AtomicU64,
 }
 
