@@ -148,16 +148,25 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    // The burst is in the last minutes' history, and its chart drew it.
-    let (_, _, body) = http_get(monitor, "/history").await;
-    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let points = history["fine"]["points"].as_array().unwrap();
-    assert!(
-        points
+    // The burst is in the last minutes' history (a chart needs two points to draw a line:
+    // the sampler takes one a second), and its chart drew it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, body) = http_get(monitor, "/history").await;
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let points = history["fine"]["points"].as_array().unwrap();
+        let busy = points
             .iter()
-            .any(|p| p["bytes_out_per_second"].as_f64().unwrap_or(0.0) > 0.0),
-        "{history}"
-    );
+            .any(|p| p["bytes_out_per_second"].as_f64().unwrap_or(0.0) > 0.0);
+        if busy && points.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no burst in the history: {history}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let charted = {
         let (browser, url) = (browser.clone(), url.clone());
         tokio::task::spawn_blocking(move || rendered_dom(&browser, &url))

@@ -66,9 +66,11 @@ async fn backend_down_resets_the_client_within_a_second_and_recovery_needs_no_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_equal_backends_share_the_streams_evenly() {
-    let (b1, c1) = echo_backend().await;
-    let (b2, c2) = echo_backend().await;
-    let (b3, c3) = echo_backend().await;
+    // On their own loopback address: their connections are counted exactly (see
+    // `echo_backend_on`).
+    let (b1, c1) = echo_backend_on("127.0.0.3").await;
+    let (b2, c2) = echo_backend_on("127.0.0.3").await;
+    let (b3, c3) = echo_backend_on("127.0.0.3").await;
     let list = format!("tcp://{b1},tcp://{b2},tcp://{b3}");
     let (_gw, gw_addr) = gateway(&["--backend", &list]);
     let (_agent, listen) = agent(gw_addr, &[]).await;

@@ -213,7 +213,15 @@ pub async fn wait_listening(addr: SocketAddr) {
 
 /// A TCP echo backend; counts the connections it accepted.
 pub async fn echo_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    echo_backend_on("127.0.0.1").await
+}
+
+/// [`echo_backend`] on another loopback address (`127.0.0.x`): a test that counts its backends'
+/// connections exactly uses one, since a port another test freed and still connects to (a
+/// backend it took down on purpose, probed by its gateway) can be handed to a new listener
+/// on 127.0.0.1, whose count would then include that test's connection.
+pub async fn echo_backend_on(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
