@@ -10,24 +10,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use ferry_test_support::udp_echo_backend;
 use tokio::net::UdpSocket;
-
-/// A UDP echo backend: each datagram goes back to its sender, prefixed with the sender's
-/// address as the backend saw it, so a test can tell the backend sockets (flows) apart.
-async fn udp_echo_backend() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let mut reply = from.to_string().into_bytes();
-            reply.push(b'|');
-            reply.extend_from_slice(&buf[..n]);
-            let _ = socket.send_to(&reply, from).await;
-        }
-    });
-    addr
-}
 
 /// A pair before a UDP echo backend: the gateway's and the agent's monitors, the agent's UDP
 /// listener, and the processes (keep them alive).
@@ -78,21 +62,33 @@ async fn pair(gateway_extra: &[&str], agent_extra: &[&str]) -> Pair {
     }
 }
 
-/// Waits until the agent's `/ready` answers 200: its gateway session is up.
-async fn wait_ready(monitor: SocketAddr) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+/// Checks `condition` every 20 ms until it holds (`Ok`); fails the test with its last `Err`
+/// if it does not within `timeout`.
+async fn eventually<F, Fut>(timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
     loop {
-        if tokio::net::TcpStream::connect(monitor).await.is_ok()
-            && http_get(monitor, "/ready").await.0 == 200
-        {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never became ready"
-        );
+        let why = match condition().await {
+            Ok(()) => return,
+            Err(why) => why,
+        };
+        assert!(std::time::Instant::now() < deadline, "{why}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the agent's `/ready` answers 200: its gateway session is up.
+async fn wait_ready(monitor: SocketAddr) {
+    eventually(Duration::from_secs(20), || async move {
+        let up = tokio::net::TcpStream::connect(monitor).await.is_ok()
+            && http_get(monitor, "/ready").await.0 == 200;
+        up.then_some(())
+            .ok_or("the agent never became ready".to_owned())
+    })
+    .await;
 }
 
 /// Sends `payload` from `socket` until a reply comes (UDP: a datagram may be lost, though on
@@ -184,19 +180,17 @@ async fn idle_flows_are_forgotten_on_both_ends_and_a_client_that_speaks_again_ge
     );
     // The agent ends the flow after 400 ms of silence, and the gateway closes its backend
     // socket with it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let agent = metric_of(pair.agent_monitor, "ferry_udp_flows_active", None).await;
-        let gateway = metric_of(pair.gateway_monitor, "ferry_udp_flows_active", None).await;
-        if agent == 0.0 && gateway == 0.0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "idle flow still open: agent {agent}, gateway {gateway}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (agent_monitor, gateway_monitor) = (pair.agent_monitor, pair.gateway_monitor);
+    eventually(Duration::from_secs(10), || async move {
+        let agent = metric_of(agent_monitor, "ferry_udp_flows_active", None).await;
+        let gateway = metric_of(gateway_monitor, "ferry_udp_flows_active", None).await;
+        (agent == 0.0 && gateway == 0.0)
+            .then_some(())
+            .ok_or(format!(
+                "idle flow still open: agent {agent}, gateway {gateway}"
+            ))
+    })
+    .await;
     let (second, echoed) = ask(&socket, b"again").await;
     assert_eq!(echoed, b"again");
     assert_ne!(first, second, "a new flow, with a new backend socket");
@@ -314,8 +308,7 @@ async fn after_a_gateway_restart_a_udp_client_is_carried_again_within_seconds() 
 
 /// The packet size each session of a monitor reports, once every session reports `want`.
 async fn packet_sizes_reach(monitor: SocketAddr, want: u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async move {
         let (_, _, body) = http_get(monitor, "/connections?format=json").await;
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
         let sizes: Vec<u64> = doc["sessions"]
@@ -324,15 +317,11 @@ async fn packet_sizes_reach(monitor: SocketAddr, want: u64) {
             .iter()
             .map(|s| s["datagram_size"].as_u64().unwrap())
             .collect();
-        if !sizes.is_empty() && sizes.iter().all(|s| *s == want) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "packet sizes {sizes:?}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (!sizes.is_empty() && sizes.iter().all(|s| *s == want))
+            .then_some(())
+            .ok_or(format!("packet sizes {sizes:?}, not {want}"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! [`skip`] (below), [`payload`] (incompressible bytes from a seed), [`procfs`] (a process's CPU
 //! time and memory), [`rtb`] (RTB-like JSON messages), [`http`] (a minimal GET, for the
 //! monitor's pages), [`nginx`] (nginx with its stream module, found), [`sibling`] (a program
-//! built beside this one). A dev-dependency of the crates whose tests use it, and a dependency
+//! built beside this one), [`udp_echo`] (a UDP echo backend that names each sender). A dev-dependency of the crates whose tests use it, and a dependency
 //! of the root package only for `ferry-bench` and `ferry-demo`, which the agent and the gateway
 //! do not link.
 //!
@@ -26,10 +26,12 @@ pub mod payload;
 pub mod procfs;
 pub mod rtb;
 mod sibling;
+pub mod udp_echo;
 
 pub use http::{http_get, http_get_accepting};
 pub use payload::payload;
 pub use sibling::sibling;
+pub use udp_echo::udp_echo_backend;
 
 /// The variable that lets tests skip.
 pub const ALLOW_SKIP: &str = "FERRY_ALLOW_SKIP";

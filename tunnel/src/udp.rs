@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use ferry_monitor::UdpTotals;
 use ferry_transport::datagrams::Protection;
 
-/// How long a flow lives without a datagram either way, by default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest UDP payload read from a socket.
 pub const MAX_UDP_PAYLOAD: usize = 65_535;
 
@@ -40,16 +38,6 @@ impl FromStr for Protect {
                 ))
             }
         }))
-    }
-}
-
-impl std::fmt::Display for Protect {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.0 {
-            Protection::None => "none",
-            Protection::Duplicate => "dup",
-            Protection::Adaptive => "auto",
-        })
     }
 }
 

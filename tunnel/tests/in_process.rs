@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ferry_test_support::udp_echo_backend;
 use ferry_transport::datagrams::Protection;
 use ferry_transport::{ServerConfig, TransportConfig};
 use ferry_tunnel::address::Address;
@@ -135,23 +136,6 @@ async fn an_agent_and_a_gateway_run_in_process_and_drain_on_shutdown() {
     gateway_result
         .unwrap()
         .expect("the gateway drained cleanly");
-}
-
-/// A UDP echo backend on loopback: each datagram goes back to its sender, prefixed with the
-/// sender's address as the backend saw it (so a test can tell flows apart).
-async fn udp_echo_backend() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let mut reply = from.to_string().into_bytes();
-            reply.push(b'|');
-            reply.extend_from_slice(&buf[..n]);
-            let _ = socket.send_to(&reply, from).await;
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,21 @@ mod tests {
         assert_eq!(Settings::decode(&buf), Ok(s));
     }
 
+    /// Encoded settings without the record of `dropped`, as an older peer would send them.
+    fn without(encoded: &[u8], dropped: u64) -> Vec<u8> {
+        let mut older = Vec::new();
+        let mut r = Reader::new(encoded);
+        while !r.is_empty() {
+            let key = r.varint().unwrap();
+            let value = r.length_prefixed().unwrap();
+            if key != dropped {
+                older.put_varint(key);
+                older.put_length_prefixed(value);
+            }
+        }
+        older
+    }
+
     #[test]
     fn an_absent_ack_delay_is_zero_and_a_huge_one_is_malformed() {
         let mut s = sample();
@@ -271,16 +286,7 @@ mod tests {
         let mut buf = Vec::new();
         s.encode(&mut buf);
         // Drop the ack-delay record, as an older peer would: it decodes as zero.
-        let mut older = Vec::new();
-        let mut r = Reader::new(&buf);
-        while !r.is_empty() {
-            let key = r.varint().unwrap();
-            let value = r.length_prefixed().unwrap();
-            if key != keys::MAX_ACK_DELAY_US {
-                older.put_varint(key);
-                older.put_length_prefixed(value);
-            }
-        }
+        let older = without(&buf, keys::MAX_ACK_DELAY_US);
         assert!(older.len() < buf.len());
         assert_eq!(Settings::decode(&older), Ok(s.clone()));
         s.max_ack_delay = MAX_ACK_DELAY_LIMIT + Duration::from_micros(1);
@@ -298,16 +304,7 @@ mod tests {
         s.max_datagram_payload = 0;
         let mut buf = Vec::new();
         s.encode(&mut buf);
-        let mut older = Vec::new();
-        let mut r = Reader::new(&buf);
-        while !r.is_empty() {
-            let key = r.varint().unwrap();
-            let value = r.length_prefixed().unwrap();
-            if key != keys::MAX_DATAGRAM_PAYLOAD {
-                older.put_varint(key);
-                older.put_length_prefixed(value);
-            }
-        }
+        let older = without(&buf, keys::MAX_DATAGRAM_PAYLOAD);
         assert!(older.len() < buf.len());
         assert_eq!(Settings::decode(&older), Ok(s.clone()));
         s.max_datagram_payload = MAX_DATAGRAM_PAYLOAD_LIMIT + 1;
