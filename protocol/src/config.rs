@@ -172,6 +172,12 @@ pub struct TransportConfig {
     /// longer costs it a repair round trip. Bulk transfers are unaffected (their packets are
     /// never the tail of a small burst, and their streams hold more unacknowledged data).
     pub tail_duplication: bool,
+    /// Forward error correction (see [`crate::fec`]): repair packets that rebuild a lost
+    /// packet without a retransmission round trip. Default `auto`: while the path's measured
+    /// loss is at least 1% and the traffic is not bulk. Used on a connection only when both ends
+    /// decode it (any mode but `off`, announced in the handshake); there it replaces
+    /// [`Self::tail_duplication`].
+    pub fec: crate::fec::FecMode,
     /// Named settings that must be identical on both ends, or the handshake fails with a reason
     /// naming each difference. The `crypto` setting is always the mode of [`Self::crypto`].
     pub required_settings: BTreeMap<String, String>,
@@ -227,6 +233,7 @@ impl Default for TransportConfig {
             rto_backoff: 1.5,
             congestion: CongestionConfig::Bbr,
             tail_duplication: true,
+            fec: crate::fec::FecMode::Auto,
             required_settings: BTreeMap::new(),
             crypto: CryptoConfig::None,
             batch_delay: Duration::ZERO,
@@ -259,6 +266,12 @@ impl TransportConfig {
     /// Turns duplication of small bursts' last packet on or off.
     pub fn tail_duplication(mut self, on: bool) -> Self {
         self.tail_duplication = on;
+        self
+    }
+
+    /// Sets the forward error correction mode.
+    pub fn fec(mut self, mode: crate::fec::FecMode) -> Self {
+        self.fec = mode;
         self
     }
 
@@ -423,6 +436,7 @@ impl TransportConfig {
             max_datagram_payload: self
                 .max_datagram_payload
                 .min(crate::wire::settings::MAX_DATAGRAM_PAYLOAD_LIMIT),
+            fec: self.fec != crate::fec::FecMode::Off,
             required: {
                 let mut required = self.required_settings.clone();
                 required.insert("crypto".into(), self.crypto.mode().into());

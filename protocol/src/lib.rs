@@ -19,7 +19,8 @@
 //!   [`congestion`] (controllers and pacing);
 //! - streams: [`streams`] (send buffers, reassembly, flow control); [`datagrams`] (unreliable
 //!   datagrams of UDP flows: loss protection, duplicate suppression, fragments), with
-//!   [`loss_rate`] (the path's recent loss, which adaptive protection follows);
+//!   [`loss_rate`] (the path's recent loss, which adaptive protection follows); [`fec`]
+//!   (forward error correction: repair packets that rebuild lost ones without a round trip);
 //! - state machines: [`connection`], [`endpoint`] (many connections on one socket);
 //! - testing: `sim` (seeded network simulator in virtual time), with the `sim` feature only.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod connection;
 pub mod crypto;
 pub mod datagrams;
 pub mod endpoint;
+pub mod fec;
 pub mod loss_rate;
 pub mod mtud;
 pub mod ranges;

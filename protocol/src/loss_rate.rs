@@ -32,12 +32,8 @@ impl LossRate {
             self.resolved /= 2;
             self.lost /= 2;
         }
-        let per_mille = self.per_mille();
-        if self.lossy {
-            self.lossy = per_mille >= CLEAN_BELOW_PER_MILLE;
-        } else {
-            self.lossy = self.lost >= MIN_LOSSES && per_mille >= LOSSY_FROM_PER_MILLE;
-        }
+        self.lossy =
+            (self.lossy || self.lost >= MIN_LOSSES) && verdict(self.per_mille(), self.lossy);
     }
 
     /// Recent loss rate, per mille.
@@ -52,6 +48,16 @@ impl LossRate {
     /// Whether the path has been losing packets lately (at least 1%, until below 0.5%).
     pub fn is_lossy(&self) -> bool {
         self.lossy
+    }
+}
+
+/// Whether a path losing `per_mille` counts as lossy, given whether it did: from 1% up, and
+/// clean again below 0.5% (the gap keeps the verdict from flapping).
+pub fn verdict(per_mille: u32, was_lossy: bool) -> bool {
+    if was_lossy {
+        per_mille >= CLEAN_BELOW_PER_MILLE
+    } else {
+        per_mille >= LOSSY_FROM_PER_MILLE
     }
 }
 

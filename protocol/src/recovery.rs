@@ -54,6 +54,9 @@ pub enum SentFrame {
     Ping,
     /// An unreliable datagram (or a fragment or a copy of one): never sent again.
     Datagram,
+    /// A forward error correction repair symbol: never sent again (the retransmission of what
+    /// it protected is the fallback).
+    FecRepair,
     /// The handshake HELLO.
     Hello,
     /// Server to client: the reset token and the address token (RESET_TOKEN, NEW_TOKEN).

@@ -490,7 +490,10 @@ fn many_small_messages_repaired(tail_duplication: bool) -> f64 {
     let link = LinkConfig::default()
         .with_delay(Duration::from_millis(20))
         .with_loss(0.05);
-    let config = TransportConfig::default().tail_duplication(tail_duplication);
+    // Forward error correction off: it would replace tail duplication (tests/fec.rs).
+    let config = TransportConfig::default()
+        .tail_duplication(tail_duplication)
+        .fec(ferry_protocol::fec::FecMode::Off);
     let mut pair = Pair::symmetric(11, ServerConfig::new(config.clone()), link);
     let (ch, sh) = pair.establish(config).expect("handshake");
     let ids: Vec<StreamId> = (0..32)

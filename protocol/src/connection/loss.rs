@@ -53,8 +53,8 @@ impl Connection {
                     .update(now.saturating_duration_since(last.time), delay);
             }
         }
-        self.datagrams
-            .on_packets_resolved(acked.len().min(u32::MAX as usize) as u32, 0);
+        self.loss_rate
+            .on_resolved(acked.len().min(u32::MAX as usize) as u32, 0);
         let mut samples = Vec::with_capacity(acked.len());
         for p in &acked {
             samples.push(AckedPacket {
@@ -141,7 +141,7 @@ impl Connection {
                         }
                     }
                     // An ACK is never resent: later packets carry newer ones.
-                    SentFrame::Ping | SentFrame::Ack { .. } => {}
+                    SentFrame::Ping | SentFrame::Ack { .. } | SentFrame::FecRepair => {}
                     SentFrame::Datagram => self.datagrams.on_frame_lost(),
                     ref other => self.streams.on_control_lost(other),
                 }
@@ -153,8 +153,8 @@ impl Connection {
             self.set_datagram_size(size);
         }
         self.stats.packets_lost += lost.len() as u64;
-        self.datagrams
-            .on_packets_resolved(0, lost.len().min(u32::MAX as usize) as u32);
+        self.loss_rate
+            .on_resolved(0, lost.len().min(u32::MAX as usize) as u32);
         if !lost.is_empty() {
             self.last_loss = Some(now);
         }

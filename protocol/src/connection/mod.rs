@@ -53,6 +53,8 @@ use crate::congestion::pacing::Pacer;
 use crate::congestion::Controller;
 use crate::crypto::{PacketKeys, TlsHandshake};
 use crate::datagrams::{Datagram, DatagramError, DatagramSet, Protection};
+use crate::fec::{FecReceiver, FecSender};
+use crate::loss_rate::LossRate;
 use crate::mtud::Mtud;
 use crate::ranges::RangeSet;
 use crate::recovery::SentPackets;
@@ -66,6 +68,7 @@ pub use crate::wire::close::{close_code, ConnectionError};
 pub use stats::ConnectionStats;
 
 mod ending;
+mod fec;
 mod handshake;
 mod loss;
 mod paths;
@@ -259,6 +262,19 @@ pub struct Connection {
 
     streams: StreamSet,
     datagrams: DatagramSet,
+    /// The path's recent loss, counting packets the peer rebuilt from repairs as lost: what
+    /// adaptive datagram protection and FEC follow.
+    loss_rate: LossRate,
+    /// Forward error correction: our groups and repairs, and the peer's.
+    fec_tx: FecSender,
+    fec_rx: FecReceiver,
+    /// The peer's packets missing on arrival (gaps in packet numbers, before repair): what we
+    /// report to the peer for its repairs, and the value last reported.
+    arrival_loss: LossRate,
+    loss_reported: Option<u16>,
+    /// The peer's last LOSS_REPORT (per mille) and its lossy verdict: our packets' loss on the
+    /// way there, which repairs hide from our own loss detection.
+    peer_loss: Option<(u16, bool)>,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -350,6 +366,12 @@ impl Connection {
             probe_credit: 0,
             streams: StreamSet::new(side, limits),
             datagrams: DatagramSet::default(),
+            loss_rate: LossRate::default(),
+            fec_tx: FecSender::default(),
+            fec_rx: FecReceiver::default(),
+            arrival_loss: LossRate::default(),
+            loss_reported: None,
+            peer_loss: None,
             events: VecDeque::new(),
             stats: ConnectionStats::default(),
             error: None,
@@ -478,10 +500,11 @@ impl Connection {
         s.pacing_rate = self.cc.pacing_rate(&self.rtt);
         s.datagram_size = self.max_datagram as u64;
         s.mtu_black_holes = self.mtud.black_holes();
-        s.datagrams = self.datagrams.stats();
+        s.datagrams = self.datagrams.stats(self.loss_rate.is_lossy());
         s.datagrams.unfragmented_max =
             crate::datagrams::unfragmented_max(self.datagram_room()) as u64;
-        s.recent_loss_per_mille = self.datagrams.loss_per_mille();
+        s.recent_loss_per_mille = self.loss_rate.per_mille();
+        s.fec = self.fec_stats();
         s
     }
 
@@ -588,8 +611,17 @@ impl Connection {
             .map_or(0, |s| s.max_datagram_payload);
         let room = self.datagram_room();
         let fragmentation = self.config.datagram_fragmentation;
-        self.datagrams
-            .send(now, flow, data, protection, room, peer_max, fragmentation)
+        let lossy = self.loss_rate.is_lossy();
+        self.datagrams.send(
+            now,
+            flow,
+            data,
+            protection,
+            room,
+            peer_max,
+            fragmentation,
+            lossy,
+        )
     }
 
     /// Packets are built at `size` bytes from now on (path MTU discovery moved).
@@ -678,6 +710,10 @@ impl Connection {
         if !self.is_closed() {
             self.update_loss_timer();
             self.update_datagram_timer();
+            match self.fec_tx.deadline() {
+                Some(at) if self.state == State::Established => self.timers.set(Timer::Fec, at),
+                _ => self.timers.stop(Timer::Fec),
+            }
             match self.mtud.next_deadline() {
                 Some(at) if self.state == State::Established => self.timers.set(Timer::Mtu, at),
                 _ => self.timers.stop(Timer::Mtu),
@@ -713,6 +749,7 @@ impl Connection {
                 Timer::Pacing | Timer::Batch | Timer::Ack => {}
                 Timer::Datagram => self.datagrams.on_timer(now),
                 Timer::Mtu => self.mtud.on_timeout(now),
+                Timer::Fec => self.close_fec_group(now),
                 Timer::Loss => self.on_loss_timer(now),
             }
         }

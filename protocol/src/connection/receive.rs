@@ -2,7 +2,8 @@
 //! duplicates and replays by packet number), opened when sealed, decoded whole, and its frames
 //! applied one by one; each frame kind goes to its home (ACKs to [`super::loss`], HELLO and
 //! CRYPTO to [`super::handshake`], path frames to [`super::paths`], stream frames and credit to
-//! the `StreamSet`).
+//! the `StreamSet`, repairs to [`super::fec`], whose rebuilt packets come back through here as
+//! if they had arrived).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -119,6 +120,7 @@ impl Connection {
         }
         if !sealed {
             self.process_packet(now, remote, pn, packet.payload, datagram_len, close_only);
+            self.process_rebuilt(now, remote);
             return;
         }
         let mut plain = std::mem::take(&mut self.open_buf);
@@ -140,11 +142,12 @@ impl Connection {
             }
         }
         self.open_buf = plain;
+        self.process_rebuilt(now, remote);
     }
 
     /// Applies the frames of an authentic (or, without TLS, accepted) packet number `pn`.
     /// With `close_only`, only a CLOSE frame takes effect.
-    fn process_packet(
+    pub(super) fn process_packet(
         &mut self,
         now: Instant,
         remote: SocketAddr,
@@ -199,7 +202,14 @@ impl Connection {
         }
         self.received.insert_one(pn);
         self.received.truncate_low(MAX_RECEIVED_RANGES);
+        if frames.iter().any(|f| matches!(f, Frame::FecSource)) {
+            self.fec_rx.on_source(pn, payload, &self.received);
+        }
         if newest {
+            let skipped = self
+                .largest_received
+                .map_or(0, |(largest, _)| pn - largest - 1);
+            self.on_arrival(skipped);
             self.largest_received = Some((pn, now));
         }
         if ack_eliciting {
@@ -315,6 +325,15 @@ impl Connection {
                 {
                     self.events.push_back(Event::DatagramReceived);
                 }
+                Ok(())
+            }
+            Frame::FecSource => Ok(()),
+            Frame::FecRepair(repair) => {
+                self.on_fec_repair(repair);
+                Ok(())
+            }
+            Frame::LossReport(per_mille) => {
+                self.on_loss_report(*per_mille);
                 Ok(())
             }
             Frame::MaxData(max) => {

@@ -2,7 +2,8 @@
 //! its header, an ACK when one is owed, then the frames owed in order (HELLO, CRYPTO, tokens,
 //! stream control, PING, datagrams, stream data), within the congestion window and the pacer; it is padded
 //! and sealed, and remembered for loss detection. Batching holds small writes and lone ACKs back
-//! briefly; tail duplication sends the end of a small burst twice.
+//! briefly; tail duplication sends the end of a small burst twice (unless forward error
+//! correction is in use: then sources carry FEC_SOURCE and owed repairs leave first).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -97,6 +98,13 @@ impl Connection {
     /// Completes the packet at the end of `buf`: pads a client Initial (amplification rule),
     /// seals a short packet under TLS.
     fn finish_packet(&mut self, pn: u64, layout: &PacketLayout, buf: &mut Vec<u8>) {
+        self.pad_packet(layout, buf);
+        self.seal_packet(pn, layout, buf);
+    }
+
+    /// Pads a client Initial (amplification rule) and a client's short packet (so that a
+    /// stateless reset can answer it).
+    fn pad_packet(&self, layout: &PacketLayout, buf: &mut Vec<u8>) {
         if layout.initial {
             let min = layout.start + packet::MIN_INITIAL_SIZE;
             if buf.len() < min {
@@ -114,6 +122,10 @@ impl Connection {
                 buf.resize(min, 0);
             }
         }
+    }
+
+    /// Seals a short packet under TLS.
+    fn seal_packet(&mut self, pn: u64, layout: &PacketLayout, buf: &mut Vec<u8>) {
         if layout.sealed {
             if let Some(keys) = &mut self.keys {
                 keys.seal.seal(pn, buf, layout.start, layout.payload);
@@ -181,6 +193,7 @@ impl Connection {
                     || self.streams.has_pending_control()
                     || self.streams.has_pending_data()
                     || self.datagrams.has_due(now)
+                    || self.fec_tx.has_repairs()
             }
             _ => false,
         }
@@ -335,7 +348,8 @@ impl Connection {
             || self.tokens_pending
             || self.probe_credit > 0
             || self.streams.has_pending_control()
-            || self.datagrams.has_due(now);
+            || self.datagrams.has_due(now)
+            || self.fec_tx.has_repairs();
         // Room for stream data in one packet: the datagram less headers, frame headers and tag.
         let room = self.max_datagram.saturating_sub(64) as u64;
         if delay.is_zero() || urgent || self.streams.pending_data_at_least(room) {
@@ -418,18 +432,41 @@ impl Connection {
         let long = self.in_handshake_packets()
             || (tls && may_elicit && self.hello_pending && self.side == Side::Server);
         let layout = self.header(pn, long, buf);
-        let limit = self.packet_limit(&layout);
+        let mut limit = self.packet_limit(&layout);
+        // Forward error correction: an owed repair leaves first, in a packet of its own (an
+        // ACK waits for the next packet: the repair must fit whole). Otherwise the packet may
+        // be a source of the open group, leaving room for a repair of it to fit a packet too.
+        let short = !long && self.state == State::Established;
+        let repair_packet = may_elicit && short && self.fec_tx.has_repairs();
+        let fec_source = may_elicit && short && !repair_packet && self.fec_protects();
+        if fec_source {
+            limit -= crate::fec::SOURCE_RESERVE;
+        }
         // Most ACKs leave at once in ACK-only packets, which the peer never acknowledges, so
         // once per round trip (while old gaps are still being reported) an ACK rides in a packet
         // that will be acknowledged: a data packet, or an ACK-only one given a PING.
-        let confirm_ack =
-            !long && (may_elicit || (!wants && self.ack_pending)) && self.ack_needs_confirming(now);
-        let acked_up_to = if self.ack_pending || confirm_ack {
+        let confirm_ack = !long
+            && !repair_packet
+            && (may_elicit || (!wants && self.ack_pending))
+            && self.ack_needs_confirming(now);
+        let acked_up_to = if (self.ack_pending && !repair_packet) || confirm_ack {
             self.write_ack(now, buf)
         } else {
             None
         };
+        if acked_up_to.is_some() {
+            if let Some(per_mille) = self.loss_report_owed() {
+                Frame::LossReport(per_mille).encode(buf);
+            }
+        }
         let mut frames = Vec::new();
+        if repair_packet {
+            if let Some(repair) = self.next_fec_repair(now, limit.saturating_sub(buf.len())) {
+                buf.extend_from_slice(&repair);
+                frames.push(SentFrame::FecRepair);
+            }
+        }
+        let repair_written = !frames.is_empty();
         if confirm_ack && acked_up_to.is_some() {
             if !may_elicit {
                 buf.put_varint(frame::types::PING);
@@ -437,7 +474,7 @@ impl Connection {
             }
             self.ack_confirm_sent = Some(now);
         }
-        if may_elicit {
+        if may_elicit && !repair_written {
             if self.hello_pending {
                 buf.put_varint(frame::types::HELLO);
                 buf.put_length_prefixed(&self.local_hello);
@@ -480,8 +517,24 @@ impl Connection {
         {
             buf.resize(limit, 0);
         }
-        self.finish_packet(pn, &layout, buf);
+        // A source carries FEC_SOURCE so that the receiver keeps a copy of it. Packets of
+        // datagrams alone are not sources: datagrams have their own protection.
+        let source = fec_source
+            && frames
+                .iter()
+                .any(|f| !matches!(f, SentFrame::Datagram | SentFrame::Ping));
+        if source {
+            buf.put_varint(frame::types::FEC_SOURCE);
+        }
+        self.pad_packet(&layout, buf);
+        if source {
+            self.on_fec_source_sent(now, pn, &buf[layout.payload..]);
+        }
+        self.seal_packet(pn, &layout, buf);
         let len = buf.len() - start;
+        if repair_written {
+            self.fec_tx.on_repair_sent(len);
+        }
         self.next_pn += 1;
         if frames.is_empty() {
             self.sent.push(pn, None);
@@ -518,7 +571,8 @@ impl Connection {
     /// [`TransportConfig::tail_duplication`]: crate::config::TransportConfig::tail_duplication
     fn maybe_duplicate_tail(&mut self, pn: u64) {
         let copies = std::mem::take(&mut self.duplicating);
-        if !self.config.tail_duplication {
+        // Forward error correction, when both ends use it, protects small bursts instead.
+        if !self.config.tail_duplication || self.fec_negotiated() {
             return;
         }
         if self.streams.has_pending_data() {

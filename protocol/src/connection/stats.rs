@@ -49,4 +49,6 @@ pub struct ConnectionStats {
     pub datagrams: crate::datagrams::DatagramStats,
     /// Recent packet loss, per mille (what adaptive datagram protection follows).
     pub recent_loss_per_mille: u32,
+    /// Forward error correction: groups, repairs sent and received, packets rebuilt.
+    pub fec: crate::fec::FecStats,
 }

@@ -24,9 +24,11 @@ pub(super) enum Timer {
     Datagram,
     /// A path MTU probe counts as lost, or a completed search starts again.
     Mtu,
+    /// The open group of forward error correction closes: its repairs are owed.
+    Fec,
 }
 
-const ALL: [Timer; 9] = [
+const ALL: [Timer; 10] = [
     Timer::Idle,
     Timer::Loss,
     Timer::Keepalive,
@@ -36,6 +38,7 @@ const ALL: [Timer; 9] = [
     Timer::Ack,
     Timer::Datagram,
     Timer::Mtu,
+    Timer::Fec,
 ];
 
 /// Deadline of each timer, if armed.

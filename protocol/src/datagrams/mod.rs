@@ -25,7 +25,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::loss_rate::LossRate;
 use crate::recovery::SentFrame;
 use crate::wire::coding::VARINT_MAX;
 use crate::wire::frame::{DatagramFrame, Fragment, MAX_DATAGRAM_FRAGMENTS};
@@ -156,14 +155,14 @@ pub(crate) struct DatagramSet {
     /// When the datagram timer last fired: copies due by then wait for the congestion window
     /// or the pacer (which wake the connection themselves), not for the timer again.
     woken: Option<Instant>,
-    loss: LossRate,
     receive: receive::Receive,
     stats: DatagramStats,
 }
 
 impl DatagramSet {
     /// Queues `data` on `flow`. `room` is what one packet holds for a frame, `peer_max` what
-    /// the peer accepts (zero: none).
+    /// the peer accepts (zero: none); `lossy` is the connection's verdict on the path (see
+    /// [`LossRate`](crate::loss_rate::LossRate)), which adaptive protection follows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send(
         &mut self,
@@ -174,6 +173,7 @@ impl DatagramSet {
         room: usize,
         peer_max: u32,
         fragmentation: bool,
+        lossy: bool,
     ) -> Result<(), DatagramError> {
         if peer_max == 0 {
             return Err(DatagramError::Unsupported);
@@ -204,7 +204,7 @@ impl DatagramSet {
         let copy = match protection {
             Protection::None => false,
             Protection::Duplicate => true,
-            Protection::Adaptive => self.loss.is_lossy(),
+            Protection::Adaptive => lossy,
         };
         self.stats.sent += 1;
         self.stats.sent_bytes += data.len() as u64;
@@ -330,11 +330,6 @@ impl DatagramSet {
         }
     }
 
-    /// Packets were acknowledged and declared lost: the loss rate adaptive protection uses.
-    pub(crate) fn on_packets_resolved(&mut self, acked: u32, lost: u32) {
-        self.loss.on_resolved(acked, lost);
-    }
-
     /// A datagram frame was in a packet declared lost. It is not sent again.
     pub(crate) fn on_frame_lost(&mut self) {
         self.stats.frames_lost += 1;
@@ -362,16 +357,11 @@ impl DatagramSet {
         self.receive.pop()
     }
 
-    /// Counters.
-    pub(crate) fn stats(&self) -> DatagramStats {
+    /// Counters; `lossy` as for [`send`](Self::send).
+    pub(crate) fn stats(&self, lossy: bool) -> DatagramStats {
         let mut s = self.stats.clone();
-        s.adaptive_duplicating = self.loss.is_lossy();
+        s.adaptive_duplicating = lossy;
         s
-    }
-
-    /// Recent packet loss, per mille, as adaptive protection measures it.
-    pub(crate) fn loss_per_mille(&self) -> u32 {
-        self.loss.per_mille()
     }
 }
 

@@ -26,6 +26,9 @@
 //! | 0x33        | NEW_TOKEN        | address token for the client's next connection (length-prefixed) |
 //! | 0x34        | DATAGRAM         | flow, sequence, data (length-prefixed); never retransmitted |
 //! | 0x35        | DATAGRAM_FRAGMENT | flow, sequence, index (u8), count (u8), data (length-prefixed) |
+//! | 0x36        | FEC_SOURCE       | none; the packet belongs to a group that repair packets protect |
+//! | 0x37        | FEC_REPAIR       | first packet number, members (bitmap), repair count (u8), index (u8), symbol (length-prefixed) |
+//! | 0x38        | LOSS_REPORT      | the peer's packets lost on the way here lately, per mille |
 
 use std::ops::Range;
 
@@ -57,6 +60,9 @@ pub mod types {
     pub const NEW_TOKEN: u64 = 0x33;
     pub const DATAGRAM: u64 = 0x34;
     pub const DATAGRAM_FRAGMENT: u64 = 0x35;
+    pub const FEC_SOURCE: u64 = 0x36;
+    pub const FEC_REPAIR: u64 = 0x37;
+    pub const LOSS_REPORT: u64 = 0x38;
 }
 
 /// Most fragments one datagram is split into: a datagram that needs more is refused at the
@@ -121,6 +127,58 @@ pub enum Frame<'a> {
     NewToken(&'a [u8]),
     /// An unreliable datagram of a flow, or one fragment of it.
     Datagram(DatagramFrame<'a>),
+    /// Forward error correction: this packet is a source of a group (see [`crate::fec`]); the
+    /// receiver keeps its payload until the group's repairs have passed.
+    FecSource,
+    /// Forward error correction: one repair symbol of a group of source packets.
+    FecRepair(RepairFrame<'a>),
+    /// How many of our packets the peer saw missing lately (per mille, from gaps in packet
+    /// numbers, before any repair): what forward error correction sizes its repairs by, since
+    /// the packets it rebuilds never look lost to us.
+    LossReport(u16),
+}
+
+/// Most packet numbers a repair group spans, first to last: its members are a bitmap this wide.
+pub const MAX_GROUP_SPAN: u64 = 32;
+/// Most source packets in one repair group.
+pub const MAX_GROUP_SOURCES: u32 = 16;
+/// Most repair symbols of one group.
+pub const MAX_GROUP_REPAIRS: u8 = 8;
+
+/// One repair symbol of a group of source packets: with any `members` of the group's sources and
+/// repairs received, the missing sources can be rebuilt (see [`crate::fec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairFrame<'a> {
+    /// The group's first packet number.
+    pub first_pn: u64,
+    /// Which packet numbers are sources: bit `i` is `first_pn + i`; bit 0 always set.
+    pub members: u32,
+    /// How many repair symbols the group has (1 to [`MAX_GROUP_REPAIRS`]).
+    pub repairs: u8,
+    /// Which of them this is.
+    pub index: u8,
+    /// The symbol: as long as the longest source payload plus two bytes.
+    pub symbol: &'a [u8],
+}
+
+impl RepairFrame<'_> {
+    /// Bytes a FEC_REPAIR frame takes besides its symbol, at most.
+    pub const MAX_OVERHEAD: usize = 1 + 8 + 8 + 1 + 1 + 4;
+
+    /// Source packets in the group.
+    pub fn sources(&self) -> u32 {
+        self.members.count_ones()
+    }
+
+    /// Appends the frame.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_varint(types::FEC_REPAIR);
+        out.put_varint(self.first_pn);
+        out.put_varint(u64::from(self.members));
+        out.put_u8(self.repairs);
+        out.put_u8(self.index);
+        out.put_length_prefixed(self.symbol);
+    }
 }
 
 /// An unreliable datagram (or a fragment of one): never retransmitted; a copy sent for loss
@@ -309,7 +367,14 @@ impl AckFrame {
 impl<'a> Frame<'a> {
     /// True for frames that require the receiver to acknowledge the packet.
     pub fn is_ack_eliciting(&self) -> bool {
-        !matches!(self, Frame::Padding | Frame::Ack(_) | Frame::Close(_))
+        !matches!(
+            self,
+            Frame::Padding
+                | Frame::Ack(_)
+                | Frame::Close(_)
+                | Frame::FecSource
+                | Frame::LossReport(_)
+        )
     }
 
     fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -406,6 +471,41 @@ impl<'a> Frame<'a> {
                     data: r.length_prefixed()?,
                 })
             }
+            types::FEC_SOURCE => Frame::FecSource,
+            types::FEC_REPAIR => {
+                let first_pn = r.varint()?;
+                let members = r.varint()?;
+                let repairs = r.u8()?;
+                let index = r.u8()?;
+                let symbol = r.length_prefixed()?;
+                if members & 1 == 0 || members >> MAX_GROUP_SPAN != 0 {
+                    return Err(DecodeError::Invalid("repair group members"));
+                }
+                let members = members as u32;
+                if members.count_ones() > MAX_GROUP_SOURCES {
+                    return Err(DecodeError::Invalid("repair group size"));
+                }
+                if !(1..=MAX_GROUP_REPAIRS).contains(&repairs) || index >= repairs {
+                    return Err(DecodeError::Invalid("repair symbol number"));
+                }
+                if symbol.len() < 2 {
+                    return Err(DecodeError::Invalid("repair symbol length"));
+                }
+                Frame::FecRepair(RepairFrame {
+                    first_pn,
+                    members,
+                    repairs,
+                    index,
+                    symbol,
+                })
+            }
+            types::LOSS_REPORT => {
+                let per_mille = r.varint()?;
+                if per_mille > 1000 {
+                    return Err(DecodeError::Invalid("loss report"));
+                }
+                Frame::LossReport(per_mille as u16)
+            }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
     }
@@ -465,6 +565,12 @@ impl<'a> Frame<'a> {
                 out.put_length_prefixed(token);
             }
             Frame::Datagram(d) => d.encode(out),
+            Frame::FecSource => out.put_varint(types::FEC_SOURCE),
+            Frame::FecRepair(repair) => repair.encode(out),
+            Frame::LossReport(per_mille) => {
+                out.put_varint(types::LOSS_REPORT);
+                out.put_varint(u64::from(*per_mille));
+            }
         }
     }
 }
@@ -588,6 +694,51 @@ mod tests {
             fragment: Some(Fragment { index: 7, count: 8 }),
             data: &[5; 1200],
         }));
+        round_trip(Frame::FecSource);
+        round_trip(Frame::LossReport(1000));
+        let mut buf = Vec::new();
+        buf.put_varint(types::LOSS_REPORT);
+        buf.put_varint(1001);
+        assert!(decode_all(&buf).is_err());
+        round_trip(Frame::FecRepair(RepairFrame {
+            first_pn: (1 << 62) - 1,
+            members: 0x8000_7fff,
+            repairs: MAX_GROUP_REPAIRS,
+            index: MAX_GROUP_REPAIRS - 1,
+            symbol: &[9; 1300],
+        }));
+    }
+
+    #[test]
+    fn repair_overhead_bounds_the_encoding_and_bad_groups_are_malformed() {
+        let frame = RepairFrame {
+            first_pn: (1 << 62) - 1,
+            members: 0xffff_0001,
+            repairs: 8,
+            index: 7,
+            symbol: &[0; 1500],
+        };
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        assert!(buf.len() <= RepairFrame::MAX_OVERHEAD + 1500);
+        let bad = |members: u64, repairs: u8, index: u8, symbol: &[u8]| {
+            let mut buf = Vec::new();
+            buf.put_varint(types::FEC_REPAIR);
+            buf.put_varint(5);
+            buf.put_varint(members);
+            buf.put_u8(repairs);
+            buf.put_u8(index);
+            buf.put_length_prefixed(symbol);
+            decode_all(&buf).is_err()
+        };
+        assert!(!bad(0b101, 2, 1, b"abc"));
+        assert!(bad(0b100, 2, 1, b"abc"), "first packet not a member");
+        assert!(bad(1 << 32 | 1, 2, 1, b"abc"), "span too wide");
+        assert!(bad(0x1_ffff, 2, 1, b"abc"), "17 sources");
+        assert!(bad(1, 0, 0, b"abc"), "no repairs");
+        assert!(bad(1, MAX_GROUP_REPAIRS + 1, 0, b"abc"), "too many repairs");
+        assert!(bad(1, 2, 2, b"abc"), "index past the count");
+        assert!(bad(1, 2, 1, b"a"), "symbol too short for a length");
     }
 
     #[test]

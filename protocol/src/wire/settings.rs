@@ -27,6 +27,7 @@ mod keys {
     pub const REQUIRED: u64 = 0x06;
     pub const MAX_ACK_DELAY_US: u64 = 0x07;
     pub const MAX_DATAGRAM_PAYLOAD: u64 = 0x08;
+    pub const FEC: u64 = 0x09;
 }
 
 /// Largest unreliable datagram an end may announce that it accepts: a UDP payload.
@@ -57,6 +58,10 @@ pub struct Settings {
     /// Largest unreliable datagram (DATAGRAM frames, reassembled) this end accepts; zero (or
     /// absent: an older peer) means none.
     pub max_datagram_payload: u32,
+    /// This end decodes forward error correction (FEC_SOURCE and FEC_REPAIR frames,
+    /// and sends LOSS_REPORT frames; see [`crate::fec`]), so the peer may protect its packets. Absent (an older peer)
+    /// means no: such a peer is never sent repair packets.
+    pub fec: bool,
     /// Settings that must be identical on both ends, by name.
     pub required: BTreeMap<String, String>,
 }
@@ -91,6 +96,7 @@ impl Settings {
                 keys::MAX_DATAGRAM_PAYLOAD,
                 u64::from(self.max_datagram_payload),
             ),
+            (keys::FEC, u64::from(self.fec)),
         ] {
             num.clear();
             num.put_varint(value);
@@ -114,6 +120,7 @@ impl Settings {
         let mut max_streams = None;
         let mut max_ack_delay = Duration::ZERO;
         let mut max_datagram_payload = 0;
+        let mut fec = false;
         let mut required = BTreeMap::new();
         while !r.is_empty() {
             let key = r.varint()?;
@@ -143,6 +150,13 @@ impl Settings {
                         return Err(DecodeError::Invalid("max datagram payload"));
                     }
                     max_datagram_payload = size as u32;
+                }
+                keys::FEC => {
+                    fec = match number()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(DecodeError::Invalid("fec")),
+                    }
                 }
                 keys::REQUIRED => {
                     let mut pr = Reader::new(value);
@@ -177,6 +191,7 @@ impl Settings {
             initial_max_streams: max_streams.ok_or(missing)?,
             max_ack_delay,
             max_datagram_payload,
+            fec,
             required,
         })
     }
@@ -250,6 +265,7 @@ mod tests {
             initial_max_streams: 256,
             max_ack_delay: Duration::from_millis(2),
             max_datagram_payload: 1500,
+            fec: true,
             required: BTreeMap::from([("crypto".into(), "none".into())]),
         }
     }
@@ -296,6 +312,21 @@ mod tests {
             Settings::decode(&huge),
             Err(DecodeError::Invalid("max ack delay"))
         );
+    }
+
+    #[test]
+    fn an_absent_fec_record_means_no_and_a_value_above_one_is_malformed() {
+        let mut s = sample();
+        s.fec = false;
+        let mut buf = Vec::new();
+        s.encode(&mut buf);
+        let older = without(&buf, keys::FEC);
+        assert!(older.len() < buf.len());
+        assert_eq!(Settings::decode(&older), Ok(s.clone()));
+        let mut bad = older.clone();
+        bad.put_varint(keys::FEC);
+        bad.put_length_prefixed(&[2]);
+        assert_eq!(Settings::decode(&bad), Err(DecodeError::Invalid("fec")));
     }
 
     #[test]

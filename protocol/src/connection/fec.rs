@@ -1,0 +1,141 @@
+//! The connection's side of forward error correction (see [`crate::fec`]): whether this
+//! packet is a source, the group's hold, the measured loss the repair count follows, rebuilt
+//! packets processed as received, and the peer's reports of packets it rebuilt.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Connection, State};
+use crate::fec::{group_hold, FecMode, FecStats};
+use crate::wire::frame::{RepairFrame, MAX_GROUP_SOURCES};
+
+/// The loss rate the repair count assumes at least, once the path counts as lossy: the
+/// measurement is coarse at first, and a repair too few costs a round trip.
+const ASSUMED_LOSS_FLOOR: f64 = 0.01;
+
+impl Connection {
+    /// Whether we send repairs on this connection: our mode is not `off` and the peer decodes.
+    pub(super) fn fec_negotiated(&self) -> bool {
+        self.config.fec != FecMode::Off
+            && self.state == State::Established
+            && self.peer_settings.as_ref().is_some_and(|s| s.fec)
+    }
+
+    /// Whether the path to the peer is lossy: by the peer's reports when it sends them (what
+    /// repairs rebuilt never looks lost here), else by our own loss detection.
+    fn path_lossy(&self) -> bool {
+        match self.peer_loss {
+            Some((_, lossy)) => lossy,
+            None => self.loss_rate.is_lossy(),
+        }
+    }
+
+    /// Whether the packet being built is a source of the open group: FEC is in use, and (in
+    /// `auto`) the path is lossy and the sender is not in a bulk transfer (more than a group of
+    /// full packets' worth of stream data queued).
+    pub(super) fn fec_protects(&self) -> bool {
+        if !self.fec_negotiated() {
+            return false;
+        }
+        match self.config.fec {
+            FecMode::Off => false,
+            FecMode::Fixed { .. } => true,
+            FecMode::Auto => {
+                let bulk = u64::from(MAX_GROUP_SOURCES) * self.max_datagram as u64;
+                self.path_lossy() && !self.streams.pending_data_at_least(bulk)
+            }
+        }
+    }
+
+    /// The loss rate the repair count is chosen for: the peer's report, else our own measure.
+    fn fec_loss(&self) -> f64 {
+        let per_mille = match self.peer_loss {
+            Some((per_mille, _)) => u32::from(per_mille),
+            None => self.loss_rate.per_mille(),
+        };
+        (f64::from(per_mille) / 1000.0).max(ASSUMED_LOSS_FLOOR)
+    }
+
+    /// Packet `pn`, whose plaintext payload is `payload`, left as a source. The group closes
+    /// at once if the connection is quiet (nothing queued, at most three packets in flight):
+    /// a lone message's repair follows it without waiting for the group's hold.
+    pub(super) fn on_fec_source_sent(&mut self, now: Instant, pn: u64, payload: &[u8]) {
+        let (mode, loss) = (self.config.fec, self.fec_loss());
+        let hold = group_hold(self.rtt.smoothed());
+        let quiet = !self.streams.has_pending_data()
+            && self.sent.bytes_in_flight() <= 3 * self.max_datagram as u64;
+        self.fec_tx
+            .add_source(now, pn, payload, mode, loss, hold, quiet);
+    }
+
+    /// The FEC timer fired: the open group closes if its hold is over.
+    pub(super) fn close_fec_group(&mut self, now: Instant) {
+        let (mode, loss) = (self.config.fec, self.fec_loss());
+        self.fec_tx.on_timer(now, mode, loss);
+    }
+
+    /// The next repair frame owed, if one fits `room`. A repair older than half the RTT (at
+    /// least 10 ms) is dropped: by then the retransmission is as near.
+    pub(super) fn next_fec_repair(&mut self, now: Instant, room: usize) -> Option<Vec<u8>> {
+        let stale = (self.rtt.smoothed() / 2).max(Duration::from_millis(10));
+        self.fec_tx.next_repair(now, room, stale)
+    }
+
+    /// A FEC_REPAIR frame arrived.
+    pub(super) fn on_fec_repair(&mut self, repair: &RepairFrame<'_>) {
+        let max_symbol = usize::from(self.config.largest_datagram());
+        self.fec_rx.on_repair(repair, &self.received, max_symbol);
+    }
+
+    /// A packet arrived with a higher number than any before, `skipped` numbers after the
+    /// previous highest: those count as missing (a rebuilt or late one does not undo it; late
+    /// ones are rare, and rebuilt ones were lost on the path).
+    pub(super) fn on_arrival(&mut self, skipped: u64) {
+        let skipped = skipped.min(u64::from(crate::loss_rate::WINDOW)) as u32;
+        self.arrival_loss.on_resolved(1, skipped);
+    }
+
+    /// The loss to report to the peer in the ACK being written, if it changed since the last
+    /// report; only while we decode its repairs (it sizes them by the report).
+    pub(super) fn loss_report_owed(&mut self) -> Option<u16> {
+        if self.config.fec == FecMode::Off || self.state != State::Established {
+            return None;
+        }
+        let per_mille = self.arrival_loss.per_mille().min(1000) as u16;
+        if self.loss_reported == Some(per_mille) {
+            return None;
+        }
+        self.loss_reported = Some(per_mille);
+        Some(per_mille)
+    }
+
+    /// The peer reports how many of our packets it saw missing lately.
+    pub(super) fn on_loss_report(&mut self, per_mille: u16) {
+        let was = self.peer_loss.is_some_and(|(_, lossy)| lossy);
+        let lossy = crate::loss_rate::verdict(u32::from(per_mille), was);
+        self.peer_loss = Some((per_mille, lossy));
+    }
+
+    /// Processes the packets rebuilt from repairs as if they had arrived from `remote`.
+    pub(super) fn process_rebuilt(&mut self, now: Instant, remote: SocketAddr) {
+        while let Some((pn, payload)) = self.fec_rx.take_rebuilt() {
+            if !self.is_closed() && !self.received.contains(pn) {
+                let len = payload.len();
+                self.process_packet(now, remote, pn, &payload, len, false);
+            }
+            self.fec_rx.recycle(payload);
+        }
+    }
+
+    /// Both directions' counters.
+    pub(super) fn fec_stats(&self) -> FecStats {
+        let tx = self.fec_tx.stats();
+        let rx = self.fec_rx.stats();
+        FecStats {
+            repair_packets_received: rx.repair_packets_received,
+            packets_recovered: rx.packets_recovered,
+            groups_unrecoverable: rx.groups_unrecoverable,
+            ..tx
+        }
+    }
+}

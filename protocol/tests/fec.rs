@@ -1,0 +1,331 @@
+//! Forward error correction (`ferry_protocol::fec`) in virtual time: small request/response
+//! exchanges through random and bursty loss keep their tail within about one round trip, at a
+//! bounded cost in repair bytes; a clean path pays nothing; bulk transfers are unharmed and
+//! intact; and either end turning FEC off turns it off.
+
+use std::time::Duration;
+
+use ferry_protocol::config::{ServerConfig, TransportConfig};
+use ferry_protocol::connection::ConnectionStats;
+use ferry_protocol::fec::FecMode;
+use ferry_protocol::sim::exchange::{quantile, request_response, Exchanges};
+use ferry_protocol::sim::transfer::{verify, BulkSide};
+use ferry_protocol::sim::{LinkConfig, Pair};
+use ferry_protocol::streams::ReadOutcome;
+use ferry_protocol::StreamId;
+
+const MS: Duration = Duration::from_millis(1);
+/// The path: 20 ms each way, so one round trip is 40 ms.
+const ONE_WAY: Duration = Duration::from_millis(20);
+const RTT: Duration = Duration::from_millis(40);
+
+fn link(loss: f64, burst: f64) -> LinkConfig {
+    LinkConfig::default()
+        .with_delay(ONE_WAY)
+        .with_loss(loss)
+        .with_loss_burst(burst)
+}
+
+/// Repair bytes over all other bytes sent, both ends together.
+fn overhead(stats: &[ConnectionStats]) -> f64 {
+    let repair: u64 = stats.iter().map(|s| s.fec.repair_bytes_sent).sum();
+    let all: u64 = stats.iter().map(|s| s.bytes_sent).sum();
+    repair as f64 / (all - repair).max(1) as f64
+}
+
+/// Sequential 1 KB exchanges (an interactive client: 20 ms between them) on one connection;
+/// the latencies, sorted, and both ends' counters.
+fn sequential(
+    fec: FecMode,
+    loss: f64,
+    burst: f64,
+    seed: u64,
+    count: usize,
+) -> (Vec<Duration>, [ConnectionStats; 2]) {
+    let config = TransportConfig::default().fec(fec);
+    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(loss, burst));
+    let (ch, sh) = pair.establish(config).expect("handshake");
+    let shape = Exchanges {
+        count,
+        size: 1024,
+        pause: 20 * MS,
+        think: Duration::from_micros(200),
+    };
+    let mut latencies = request_response(&mut pair, ch, sh, shape).expect("every exchange ends");
+    latencies.sort();
+    let stats = [
+        pair.client.connection(ch).unwrap().stats(),
+        pair.server.connection(sh).unwrap().stats(),
+    ];
+    (latencies, stats)
+}
+
+/// `streams` closed-loop clients on one connection (as the agent carries many client
+/// connections on one session), each sending a 1 KB request as soon as its previous response
+/// is whole, until `total` exchanges ended; latencies sorted, and both ends' counters.
+fn concurrent(
+    fec: FecMode,
+    loss: f64,
+    burst: f64,
+    seed: u64,
+    streams: usize,
+    total: usize,
+) -> (Vec<Duration>, [ConnectionStats; 2]) {
+    let config = TransportConfig::default().fec(fec);
+    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(loss, burst));
+    let (ch, sh) = pair.establish(config).expect("handshake");
+    let ids: Vec<StreamId> = (0..streams)
+        .map(|_| pair.client.connection(ch).unwrap().open_stream().unwrap())
+        .collect();
+    let message = [0x5au8; 1024];
+    let mut buf = [0u8; 4096];
+    // Per stream: when its request left (None: not yet), bytes at the server, bytes back.
+    let mut sent_at = vec![None; streams];
+    let mut at_server = vec![0usize; streams];
+    let mut back = vec![0usize; streams];
+    let mut latencies = Vec::new();
+    let start = pair.now;
+    let tick = Duration::from_micros(250);
+    let mut t = Duration::ZERO;
+    while latencies.len() < total {
+        assert!(t < Duration::from_secs(120), "exchanges stalled");
+        pair.advance_to(start + t);
+        let now = pair.now;
+        for (i, id) in ids.iter().enumerate() {
+            // Clients start spread over one round trip.
+            if sent_at[i].is_none() && t >= RTT * i as u32 / streams as u32 {
+                let c = pair.client.connection(ch).unwrap();
+                assert_eq!(c.write(*id, &message).unwrap(), message.len());
+                sent_at[i] = Some(now);
+            }
+            let s = pair.server.connection(sh).unwrap();
+            while let Ok(ReadOutcome::Data(n)) = s.read(now, *id, &mut buf) {
+                at_server[i] += n;
+                if at_server[i] == message.len() {
+                    at_server[i] = 0;
+                    s.write(*id, &message).unwrap();
+                }
+            }
+            let c = pair.client.connection(ch).unwrap();
+            while let Ok(ReadOutcome::Data(n)) = c.read(now, *id, &mut buf) {
+                back[i] += n;
+                if back[i] == message.len() {
+                    back[i] = 0;
+                    latencies.push(now - sent_at[i].unwrap());
+                    assert_eq!(c.write(*id, &message).unwrap(), message.len());
+                    sent_at[i] = Some(now);
+                }
+            }
+        }
+        t += tick;
+    }
+    latencies.sort();
+    let stats = [
+        pair.client.connection(ch).unwrap().stats(),
+        pair.server.connection(sh).unwrap().stats(),
+    ];
+    (latencies, stats)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[test]
+fn sequential_exchanges_stay_within_a_quarter_round_trip_of_the_limit_at_5_and_10_percent() {
+    for loss in [0.05, 0.10] {
+        let (mut auto, mut off) = (Vec::new(), Vec::new());
+        let mut stats = Vec::new();
+        for seed in 1..=3 {
+            let (lat, s) = sequential(FecMode::Auto, loss, 1.0, seed, 400);
+            auto.extend(lat);
+            stats.extend(s);
+            off.extend(sequential(FecMode::Off, loss, 1.0, seed, 400).0);
+        }
+        auto.sort();
+        off.sort();
+        let (p99, p99_off) = (quantile(&auto, 0.99), quantile(&off, 0.99));
+        let recovered: u64 = stats.iter().map(|s| s.fec.packets_recovered).sum();
+        eprintln!(
+            "sequential, {:.0}% loss: p50 {:.1} ms, p99 {:.1} ms (off: {:.1} ms), overhead {:.2}, {recovered} packets rebuilt",
+            loss * 100.0,
+            ms(quantile(&auto, 0.5)),
+            ms(p99),
+            ms(p99_off),
+            overhead(&stats),
+        );
+        assert!(p99 <= RTT * 5 / 4, "{:.0}% loss: p99 {p99:?}", loss * 100.0);
+        eprintln!("  (off: tail duplication instead)");
+        assert!(recovered > 0);
+    }
+}
+
+#[test]
+fn sixty_four_concurrent_clients_keep_the_tail_within_half_a_round_trip_of_the_limit() {
+    for loss in [0.05, 0.10] {
+        let (lat, stats) = concurrent(FecMode::Auto, loss, 1.0, 5, 64, 4000);
+        let (off, _) = concurrent(FecMode::Off, loss, 1.0, 5, 64, 4000);
+        let cost = overhead(&stats);
+        eprintln!(
+            "64 concurrent, {:.0}% loss: p50 {:.1} ms, p99 {:.1} ms (off {:.1} ms), overhead {cost:.2}",
+            loss * 100.0,
+            ms(quantile(&lat, 0.5)),
+            ms(quantile(&lat, 0.99)),
+            ms(quantile(&off, 0.99)),
+        );
+        let p99 = quantile(&lat, 0.99);
+        // At 5% within a quarter round trip of the limit; at 10% a group of 16 fails often
+        // enough (eight repairs at most) that the tail is half a round trip longer, still far
+        // below a retransmission's.
+        let bound = if loss < 0.06 {
+            RTT * 5 / 4
+        } else {
+            RTT * 3 / 2
+        } + 2 * MS;
+        assert!(p99 <= bound, "{:.0}% loss: p99 {p99:?}", loss * 100.0);
+        assert!(quantile(&off, 0.99) > RTT * 3 / 2);
+        // Repair bytes over all other bytes: about 0.4 at 5% (groups of 12 to 16 with four
+        // repairs), more at 10%.
+        assert!(
+            cost <= if loss < 0.06 { 0.45 } else { 0.8 },
+            "overhead {cost:.2}"
+        );
+    }
+}
+
+/// Latencies of sequential and 64 concurrent exchanges through bursty loss, sorted.
+fn bursty(fec: FecMode) -> Vec<Duration> {
+    let mut lat = Vec::new();
+    for seed in 1..=3 {
+        lat.extend(sequential(fec, 0.05, 3.0, seed, 400).0);
+    }
+    lat.extend(concurrent(fec, 0.05, 3.0, 7, 64, 3000).0);
+    lat.sort();
+    lat
+}
+
+#[test]
+fn bursty_loss_costs_no_more_than_without_fec() {
+    // Bursts of three packets on average take a lone message's repair with it two times in
+    // three: the simulator's bursts are counted in packets, so spacing the repair in time does
+    // not help, and covering them would take five or more repairs per message. FEC must not
+    // make the tail worse than tail duplication and retransmission alone.
+    let (auto, off) = (bursty(FecMode::Auto), bursty(FecMode::Off));
+    for (name, lat) in [("auto", &auto), ("off", &off)] {
+        eprintln!(
+            "bursty 5% (mean burst 3), fec {name}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+            ms(quantile(lat, 0.5)),
+            ms(quantile(lat, 0.9)),
+            ms(quantile(lat, 0.99))
+        );
+    }
+    assert!(quantile(&auto, 0.9) <= RTT * 5 / 4);
+    assert!(quantile(&auto, 0.99) <= quantile(&off, 0.99) + 5 * MS);
+}
+
+#[test]
+fn heavy_loss_is_survived_with_every_exchange_complete() {
+    // 20%: the repair count is capped, so the tail is longer, but every exchange ends.
+    let (lat, stats) = sequential(FecMode::Auto, 0.20, 1.0, 3, 200);
+    eprintln!(
+        "sequential, 20% loss: p50 {:.1} ms, p99 {:.1} ms, overhead {:.2}",
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+        overhead(&stats)
+    );
+    assert_eq!(lat.len(), 200);
+    assert!(quantile(&lat, 0.9) <= RTT * 5 / 4);
+}
+
+#[test]
+fn a_clean_path_pays_nothing_in_auto_and_a_fixed_code_always_pays() {
+    let (_, auto) = sequential(FecMode::Auto, 0.0, 1.0, 1, 200);
+    assert_eq!(
+        auto[0].fec.repair_packets_sent + auto[1].fec.repair_packets_sent,
+        0
+    );
+    let fixed = FecMode::Fixed {
+        sources: 1,
+        total: 2,
+    };
+    let (_, stats) = sequential(fixed, 0.0, 1.0, 1, 200);
+    // Each request and each response is a group of one with one repair.
+    assert!(
+        stats[0].fec.repair_packets_sent >= 200,
+        "{:?}",
+        stats[0].fec
+    );
+    assert!(
+        stats[1].fec.repair_packets_sent >= 200,
+        "{:?}",
+        stats[1].fec
+    );
+}
+
+#[test]
+fn an_end_that_turns_fec_off_gets_no_repairs_and_sends_none() {
+    let fixed = TransportConfig::default().fec(FecMode::Fixed {
+        sources: 2,
+        total: 4,
+    });
+    let off = TransportConfig::default().fec(FecMode::Off);
+    for (client, server) in [(fixed.clone(), off.clone()), (off, fixed)] {
+        let mut pair = Pair::symmetric(1, ServerConfig::new(server), link(0.05, 1.0));
+        let (ch, sh) = pair.establish(client).expect("handshake");
+        let shape = Exchanges {
+            count: 50,
+            size: 1024,
+            pause: 10 * MS,
+            think: Duration::ZERO,
+        };
+        request_response(&mut pair, ch, sh, shape).expect("exchanges end");
+        let c = pair.client.connection(ch).unwrap().stats();
+        let s = pair.server.connection(sh).unwrap().stats();
+        assert_eq!(c.fec.repair_packets_sent + s.fec.repair_packets_sent, 0);
+    }
+}
+
+/// Goodput through a 50 Mbit/s bottleneck (40 ms RTT) at `loss`, with every byte checked.
+fn bulk_goodput(fec: FecMode, loss: f64) -> (f64, ConnectionStats) {
+    let rate = 50_000_000;
+    let link = LinkConfig::default()
+        .with_delay(ONE_WAY)
+        .with_rate(rate, 250_000)
+        .with_loss(loss);
+    let config = TransportConfig::default()
+        .fec(fec)
+        .receive_windows(16 << 20, 64 << 20)
+        .stream_send_buffer(16 << 20);
+    let mut pair = Pair::symmetric(9, ServerConfig::new(config.clone()), link);
+    let (ch, sh) = pair.establish(config).unwrap();
+    let size = 16 << 20;
+    let mut sender = BulkSide::new(ch, true, 9, 1, size);
+    let mut receiver = BulkSide::new(sh, false, 9, 0, 0);
+    let start = pair.now;
+    let done = pair.run_until(Duration::from_secs(60), |p| {
+        sender.pump(p.now, &mut p.client);
+        receiver.pump(p.now, &mut p.server);
+        receiver.received_bytes() >= size && sender.is_done() || receiver.is_done()
+    });
+    assert!(done, "transfer did not finish");
+    verify(&sender, &receiver).expect("every byte intact");
+    let secs = (pair.now - start).as_secs_f64();
+    let stats = pair.client.connection(ch).unwrap().stats();
+    (size as f64 * 8.0 / secs / rate as f64, stats)
+}
+
+#[test]
+fn bulk_transfers_are_neither_slowed_nor_padded_with_repairs() {
+    for loss in [0.05, 0.10] {
+        let (auto, stats) = bulk_goodput(FecMode::Auto, loss);
+        let (off, _) = bulk_goodput(FecMode::Off, loss);
+        let cost = stats.fec.repair_bytes_sent as f64 / stats.bytes_sent as f64;
+        eprintln!(
+            "bulk 16 MiB, {:.0}% loss: goodput auto {auto:.3}, off {off:.3} of the link; repair share {cost:.4}",
+            loss * 100.0
+        );
+        assert!(auto >= off * 0.9, "auto {auto:.3} vs off {off:.3}");
+        // Only the transfer's start and its tail (less than a group's worth queued) are sources.
+        assert!(cost < 0.03, "repairs in bulk: {cost:.4}");
+    }
+}
