@@ -6,9 +6,10 @@ use std::fmt::Write;
 
 use crate::report::Run;
 
-const PEERS: [(&str, &str); 3] = [
+const PEERS: [(&str, &str); 4] = [
     ("tcp", "#7a7a7a"),
     ("ferry", "#0b8a6f"),
+    ("ferry-fec-off", "#7fc8b4"),
     ("kcptun", "#d9622b"),
 ];
 const WIDTH: f64 = 960.0;

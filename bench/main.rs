@@ -147,8 +147,8 @@ struct Args {
     udp_interval_ms: f64,
 
     /// Ferry's --udp-protect modes the `udp` scenario measures (comma-separated: none, dup,
-    /// auto), each beside plain UDP.
-    #[arg(long, value_delimiter = ',', default_value = "none,dup,auto")]
+    /// auto, fec), each beside plain UDP.
+    #[arg(long, value_delimiter = ',', default_value = "none,dup,auto,fec")]
     udp_protect: Vec<udp::Protect>,
 
     /// Write the figures as JSON to this file, and with a loss sweep the chart as SVG next to
@@ -250,6 +250,7 @@ async fn measure(
             }
             Scenario::Latency => {
                 progress(&format!("{}: latency", peer.name()));
+                let before = run.net.map(|n| n.traffic());
                 let mut seq = load::request_response(client, tunnel.entry, 1, requests).await?;
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp sequential, p{p} ms").replace("p100", "max");
@@ -260,6 +261,14 @@ async fn measure(
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp 64 conns, p{p} ms").replace("p100", "max");
                     f.put(&name, percentile_ms(&mut conc, p));
+                }
+                // What the exchanges cost on the link: every peer's headers, ACKs, repairs.
+                let exchanges = (seq.len() + conc.len()) as f64;
+                if let Some(wire) = before.and_then(|b| link_bytes(run.net, &b)) {
+                    f.put(
+                        "1 KB req/resp, link bytes / payload",
+                        wire as f64 / (exchanges * 2.0 * 1024.0),
+                    );
                 }
             }
             Scenario::Connect => {

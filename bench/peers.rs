@@ -77,6 +77,8 @@ pub enum Peer {
     Tcp,
     /// ferry-agent and ferry-gateway.
     Ferry,
+    /// The same with forward error correction off (`--fec off`), to show what it buys.
+    FerryFecOff,
     /// kcptun in fast3 mode.
     Kcptun,
     /// Two nginx stream proxies in a chain (client side, server side): a plain TCP tunnel with
@@ -91,6 +93,7 @@ impl Peer {
         match self {
             Peer::Tcp => "tcp",
             Peer::Ferry => "ferry",
+            Peer::FerryFecOff => "ferry-fec-off",
             Peer::Kcptun => "kcptun",
             Peer::Relay => "relay",
         }
@@ -386,14 +389,18 @@ pub async fn start(
             children: Vec::new(),
             describe: "direct".into(),
         })),
-        Peer::Ferry => {
+        Peer::Ferry | Peer::FerryFecOff => {
             let entry = SocketAddr::new(LOCALHOST, sites.port());
             let ends = FerryEnds {
                 listen: format!("tcp://{entry}"),
                 backend: format!("tcp://{backend}"),
                 agent_args: Vec::new(),
             };
-            let mut tunnel = ferry(sites, ends, entry, settings, certs)?;
+            let mut settings = settings.clone();
+            if peer == Peer::FerryFecOff {
+                settings.ferry_args.push("--fec=off".into());
+            }
+            let mut tunnel = ferry(sites, ends, entry, &settings, certs)?;
             wait_ready(&sites.client, entry, &mut tunnel.children).await?;
             Ok(Some(tunnel))
         }

@@ -72,6 +72,8 @@ pub enum Protect {
     Dup,
     /// Twice while the path loses 1% or more.
     Auto,
+    /// In forward error correction groups.
+    Fec,
 }
 
 impl Protect {
@@ -80,6 +82,7 @@ impl Protect {
             Protect::None => "none",
             Protect::Dup => "dup",
             Protect::Auto => "auto",
+            Protect::Fec => "fec",
         }
     }
 }
@@ -98,6 +101,7 @@ impl UdpPeer {
             UdpPeer::Ferry(Protect::None) => "ferry-none",
             UdpPeer::Ferry(Protect::Dup) => "ferry-dup",
             UdpPeer::Ferry(Protect::Auto) => "ferry-auto",
+            UdpPeer::Ferry(Protect::Fec) => "ferry-fec",
         }
     }
 }

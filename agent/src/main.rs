@@ -58,8 +58,10 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_SESSION_WAIT", default_value = "5s", value_parser = ferry_tunnel::duration::parse)]
     session_wait: Duration,
 
-    /// Loss protection of UDP flows' datagrams: none, dup (each sent twice, a few ms apart) or
-    /// auto (twice only while the path loses 1% of packets or more).
+    /// Loss protection of UDP flows' datagrams: none, dup (each sent twice, a few ms apart),
+    /// auto (twice only while the path loses 1% of packets or more) or fec (in forward error
+    /// correction groups whose repairs many datagrams share, sized as --fec says; auto where
+    /// the gateway has FEC off).
     #[arg(long, env = "FERRY_AGENT_UDP_PROTECT", default_value = "auto")]
     udp_protect: ferry_tunnel::udp::Protect,
 
@@ -108,6 +110,13 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_ACK_DELAY", default_value = "1ms", value_parser = ferry_tunnel::duration::parse)]
     ack_delay: Duration,
 
+    /// Forward error correction: repair packets that rebuild a lost packet without waiting a
+    /// round trip for its retransmission. auto: while the path loses 1% of packets or more, for
+    /// everything but bulk transfers, as many repairs as the measured loss calls for; off; or
+    /// K/N: always, N-K repairs per K packets (for example 4/6). Used only when both ends allow it.
+    #[arg(long, env = "FERRY_AGENT_FEC", default_value = "auto", value_parser = ferry_transport::fec::FecMode::parse)]
+    fec: ferry_transport::fec::FecMode,
+
     #[command(flatten)]
     tls: ferry_tunnel::tls::AgentTlsArgs,
 
@@ -153,6 +162,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
                 idle_timeout: args.idle_timeout,
                 batch_delay: args.batch_delay,
                 ack_delay: args.ack_delay,
+                fec: args.fec,
                 crypto: crypto.for_gateway(*g),
                 ..TransportConfig::default()
             };

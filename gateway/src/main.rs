@@ -148,6 +148,13 @@ struct Args {
     /// retransmission timeout. 0: acknowledge every packet at once. At most 100ms.
     #[arg(long, env = "FERRY_GATEWAY_ACK_DELAY", default_value = "1ms", value_parser = ferry_tunnel::duration::parse)]
     ack_delay: Duration,
+
+    /// Forward error correction: repair packets that rebuild a lost packet without waiting a
+    /// round trip for its retransmission. auto: while the path loses 1% of packets or more, for
+    /// everything but bulk transfers, as many repairs as the measured loss calls for; off; or
+    /// K/N: always, N-K repairs per K packets (for example 4/6). Used only when both ends allow it.
+    #[arg(long, env = "FERRY_GATEWAY_FEC", default_value = "auto", value_parser = ferry_transport::fec::FecMode::parse)]
+    fec: ferry_transport::fec::FecMode,
 }
 
 /// Default of `--max-streams`: 10,000, the agent's default `--max-connections`, so that an
@@ -230,6 +237,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         idle_timeout: args.idle_timeout,
         batch_delay: args.batch_delay,
         ack_delay: args.ack_delay,
+        fec: args.fec,
         crypto,
         ..TransportConfig::default()
     };

@@ -36,7 +36,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use snapshot::{BackendInfo, ClosedSession, History, SessionInfo, Snapshot, Totals, UdpTotals};
+pub use snapshot::{
+    BackendInfo, ClosedSession, FecTotals, History, SessionInfo, Snapshot, Totals, UdpTotals,
+};
 
 /// Where a binary's monitor state comes from.
 pub trait Source: Send + Sync + 'static {

@@ -198,6 +198,41 @@ impl Collector for SnapshotCollector {
             Some(&bytes),
             t.retransmitted_bytes,
         )?;
+        let fec = &t.fec;
+        counter(
+            &mut e,
+            "ferry_fec_repair_packets_sent",
+            "Forward error correction repair packets sent",
+            None,
+            fec.repair_packets_sent,
+        )?;
+        counter(
+            &mut e,
+            "ferry_fec_repair_sent",
+            "UDP payload bytes of repair packets sent",
+            Some(&bytes),
+            fec.repair_bytes_sent,
+        )?;
+        counter(
+            &mut e,
+            "ferry_fec_repair_packets_received",
+            "Forward error correction repair packets received",
+            None,
+            fec.repair_packets_received,
+        )?;
+        counter(
+            &mut e,
+            "ferry_fec_packets_recovered",
+            "Lost packets of the peer rebuilt from repair packets, without a retransmission",
+            None,
+            fec.packets_recovered,
+        )?;
+        gauge(
+            &mut e,
+            "ferry_fec_overhead_ratio",
+            "Repair bytes over all UDP payload bytes sent, since start",
+            fec.repair_bytes_sent as f64 / t.wire_bytes_out.max(1) as f64,
+        )?;
         counter(
             &mut e,
             "ferry_malformed_packets_dropped",

@@ -91,6 +91,15 @@ pub fn stats_html(s: &Snapshot) -> String {
             format!("{} / {}", t.packets_sent, t.packets_lost),
         ],
         vec![
+            "FEC repairs sent / packets rebuilt / overhead".into(),
+            format!(
+                "{} / {} / {:.1}%",
+                t.fec.repair_packets_sent,
+                t.fec.packets_recovered,
+                100.0 * t.fec.repair_bytes_sent as f64 / t.wire_bytes_out.max(1) as f64
+            ),
+        ],
+        vec![
             "malformed / unauthenticated dropped".into(),
             format!("{} / {}", t.malformed_dropped, t.unauthenticated_dropped),
         ],

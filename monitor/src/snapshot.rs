@@ -58,6 +58,9 @@ pub struct Totals {
     pub packets_lost: u64,
     /// Stream bytes sent again.
     pub retransmitted_bytes: u64,
+    /// Forward error correction: repair packets sent, their bytes, repair packets received,
+    /// and the peer's lost packets rebuilt here from them.
+    pub fec: FecTotals,
     /// Datagrams dropped as malformed (undecodable headers or frames).
     pub malformed_dropped: u64,
     /// Packets dropped because they failed authentication.
@@ -74,6 +77,19 @@ pub struct Totals {
     pub stateless_resets: Vec<(String, u64)>,
     /// UDP flows through the tunnel.
     pub udp: UdpTotals,
+}
+
+/// Forward error correction (`ferry_protocol::fec`) summed over sessions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FecTotals {
+    /// Repair packets sent.
+    pub repair_packets_sent: u64,
+    /// Their UDP payload bytes: the cost, against `wire_bytes_out`.
+    pub repair_bytes_sent: u64,
+    /// Repair packets received from the peer.
+    pub repair_packets_received: u64,
+    /// The peer's lost packets rebuilt here without a retransmission.
+    pub packets_recovered: u64,
 }
 
 /// UDP flows and their datagrams. "In" is what this binary's local sockets received (clients

@@ -24,4 +24,5 @@ pub use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStat
 pub use ferry_protocol::crypto::{rustls, CryptoConfig, CryptoConfigError, Identity};
 pub use ferry_protocol::datagrams;
 pub use ferry_protocol::endpoint::ConnectionHandle;
+pub use ferry_protocol::fec;
 pub use stream::{Stream, RESET_DROPPED};

@@ -110,6 +110,7 @@ impl Preamble {
                 Protection::None => 0,
                 Protection::Duplicate => 1,
                 Protection::Adaptive => 2,
+                Protection::Fec => 3,
             });
         }
         out
@@ -150,6 +151,7 @@ impl Preamble {
                 0 => Protection::None,
                 1 => Protection::Duplicate,
                 2 => Protection::Adaptive,
+                3 => Protection::Fec,
                 other => return Err(bad(&format!("UDP flow protection {other}"))),
             })
         } else {
@@ -189,6 +191,12 @@ mod tests {
                 client: Some("192.0.2.7:5353".parse().unwrap()),
                 destination: Some("127.0.0.1:53".parse().unwrap()),
                 udp_flow: Some(Protection::Adaptive),
+            },
+            Preamble {
+                service: "voice".into(),
+                client: Some("192.0.2.8:5004".parse().unwrap()),
+                destination: None,
+                udp_flow: Some(Protection::Fec),
             },
             Preamble {
                 service: "db-main_2.x".into(),

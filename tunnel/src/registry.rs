@@ -32,6 +32,7 @@ struct Wire {
     retransmitted: u64,
     unauthenticated: u64,
     datagrams: ferry_transport::datagrams::DatagramStats,
+    fec: ferry_transport::fec::FecStats,
 }
 
 impl Wire {
@@ -42,6 +43,11 @@ impl Wire {
         self.packets_lost += s.packets_lost;
         self.retransmitted += s.stream_bytes_retransmitted;
         self.unauthenticated += s.unauthenticated_packets;
+        let (f, o) = (&mut self.fec, &s.fec);
+        f.repair_packets_sent += o.repair_packets_sent;
+        f.repair_bytes_sent += o.repair_bytes_sent;
+        f.repair_packets_received += o.repair_packets_received;
+        f.packets_recovered += o.packets_recovered;
         let (d, o) = (&mut self.datagrams, &s.datagrams);
         d.copies_sent += o.copies_sent;
         d.copy_bytes += o.copy_bytes;
@@ -60,6 +66,11 @@ impl Wire {
         t.packets_lost += self.packets_lost;
         t.retransmitted_bytes += self.retransmitted;
         t.unauthenticated_dropped += self.unauthenticated;
+        let f = &self.fec;
+        t.fec.repair_packets_sent += f.repair_packets_sent;
+        t.fec.repair_bytes_sent += f.repair_bytes_sent;
+        t.fec.repair_packets_received += f.repair_packets_received;
+        t.fec.packets_recovered += f.packets_recovered;
         let (d, u) = (&self.datagrams, &mut t.udp);
         u.copies_sent += d.copies_sent;
         u.copy_bytes += d.copy_bytes;

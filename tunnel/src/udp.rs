@@ -32,9 +32,10 @@ impl FromStr for Protect {
             "none" => Protection::None,
             "dup" => Protection::Duplicate,
             "auto" => Protection::Adaptive,
+            "fec" => Protection::Fec,
             other => {
                 return Err(format!(
-                    "invalid --udp-protect {other:?}: expected none, dup (every datagram twice) or auto (twice while the path loses 1% or more)"
+                    "invalid --udp-protect {other:?}: expected none, dup (every datagram twice), auto (twice while the path loses 1% or more) or fec (repair packets shared by many datagrams, as --fec sizes them)"
                 ))
             }
         }))

@@ -6,7 +6,9 @@
 //! The packets stay well formed (the right connection ID, the packet number the sender gave
 //! them), so the frames reach the connection's frame handling on either side, where the
 //! stateless-path targets never go. A datagram may also be made to arrive from a new address
-//! (a NAT rebinding), so the tamperer's frames meet path validation too.
+//! (a NAT rebinding), so the tamperer's frames meet path validation too. The input's first
+//! byte picks forward error correction's mode on both ends (`auto`, `1/2` or `4/6`), so repair
+//! groups form and the tamperer's FEC frames meet a receiver that decodes them.
 //!
 //! Checked for every input: nothing panics (overflow checks are on in fuzz builds); neither end
 //! sends without end at one instant (at most [`MAX_DATAGRAMS_PER_INSTANT`]); a connection not
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::Event;
 use ferry_protocol::datagrams::Protection;
+use ferry_protocol::fec::FecMode;
 use ferry_protocol::endpoint::{ConnectionHandle, Endpoint};
 use ferry_protocol::streams::ReadOutcome;
 use ferry_protocol::wire::packet::{encode_header, Header, Packet};
@@ -112,15 +115,14 @@ fn tampered(datagram: &[u8], tamper: &Tamper) -> Option<Vec<u8>> {
 
 impl Session {
     /// A plaintext client and server with the handshake completed in memory.
-    fn establish() -> Option<Self> {
+    fn establish(fec: FecMode) -> Option<Self> {
         let now = Instant::now();
         let client_addr: SocketAddr = "127.0.0.2:40000".parse().ok()?;
         let server_addr: SocketAddr = "127.0.0.1:9000".parse().ok()?;
         let mut client = Endpoint::new(None, [1; 32], now);
-        let server = Endpoint::new(Some(ServerConfig::default()), [2; 32], now);
-        let handle = client
-            .connect(now, server_addr, TransportConfig::default())
-            .ok()?;
+        let config = TransportConfig::default().fec(fec);
+        let server = Endpoint::new(Some(ServerConfig::new(config.clone())), [2; 32], now);
+        let handle = client.connect(now, server_addr, config).ok()?;
         let mut s = Session {
             now,
             client: End {
@@ -307,10 +309,11 @@ impl Session {
                     &mut self.server
                 };
                 let len = u.int_in_range(0..=12_000usize)?;
-                let protection = match u.int_in_range(0..=2u8)? {
+                let protection = match u.int_in_range(0..=3u8)? {
                     0 => Protection::None,
                     1 => Protection::Duplicate,
-                    _ => Protection::Adaptive,
+                    2 => Protection::Adaptive,
+                    _ => Protection::Fec,
                 };
                 let flow = u.arbitrary()?;
                 let now = self.now;
@@ -358,10 +361,21 @@ impl Session {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(mut session) = Session::establish() else {
+    let mut u = Unstructured::new(data);
+    let fec = match u.int_in_range(0..=2u8) {
+        Ok(0) | Err(_) => FecMode::Auto,
+        Ok(1) => FecMode::Fixed {
+            sources: 1,
+            total: 2,
+        },
+        Ok(_) => FecMode::Fixed {
+            sources: 4,
+            total: 6,
+        },
+    };
+    let Some(mut session) = Session::establish(fec) else {
         return;
     };
-    let mut u = Unstructured::new(data);
     for _ in 0..MAX_OPS {
         if u.is_empty() || session.play(&mut u).is_err() {
             break;

@@ -59,10 +59,17 @@ impl Connection {
     /// Packet `pn`, whose plaintext payload is `payload`, left as a source. The group closes
     /// at once if the connection is quiet (nothing queued, at most three packets in flight):
     /// a lone message's repair follows it without waiting for the group's hold.
-    pub(super) fn on_fec_source_sent(&mut self, now: Instant, pn: u64, payload: &[u8]) {
+    pub(super) fn on_fec_source_sent(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        payload: &[u8],
+        lone_allowed: bool,
+    ) {
         let (mode, loss) = (self.config.fec, self.fec_loss());
         let hold = group_hold(self.rtt.smoothed());
-        let quiet = !self.streams.has_pending_data()
+        let quiet = lone_allowed
+            && !self.streams.has_pending_data()
             && self.sent.bytes_in_flight() <= 3 * self.max_datagram as u64;
         self.fec_tx
             .add_source(now, pn, payload, mode, loss, hold, quiet);

@@ -611,7 +611,10 @@ impl Connection {
             .map_or(0, |s| s.max_datagram_payload);
         let room = self.datagram_room();
         let fragmentation = self.config.datagram_fragmentation;
-        let lossy = self.loss_rate.is_lossy();
+        let path = crate::datagrams::PathState {
+            lossy: self.loss_rate.is_lossy(),
+            fec: self.fec_negotiated(),
+        };
         self.datagrams.send(
             now,
             flow,
@@ -620,7 +623,7 @@ impl Connection {
             room,
             peer_max,
             fragmentation,
-            lossy,
+            path,
         )
     }
 

@@ -438,8 +438,13 @@ impl Connection {
         // be a source of the open group, leaving room for a repair of it to fit a packet too.
         let short = !long && self.state == State::Established;
         let repair_packet = may_elicit && short && self.fec_tx.has_repairs();
-        let fec_source = may_elicit && short && !repair_packet && self.fec_protects();
-        if fec_source {
+        let streams_source = may_elicit && short && !repair_packet && self.fec_protects();
+        let datagram_source = may_elicit
+            && short
+            && !repair_packet
+            && self.fec_negotiated()
+            && self.datagrams.fec_due();
+        if streams_source || datagram_source {
             limit -= crate::fec::SOURCE_RESERVE;
         }
         // Most ACKs leave at once in ACK-only packets, which the peer never acknowledges, so
@@ -467,6 +472,7 @@ impl Connection {
             }
         }
         let repair_written = !frames.is_empty();
+        let mut wrote_fec_datagram = false;
         if confirm_ack && acked_up_to.is_some() {
             if !may_elicit {
                 buf.put_varint(frame::types::PING);
@@ -497,7 +503,8 @@ impl Connection {
                 }
                 // Datagrams before stream data: they never wait behind a bulk transfer.
                 let (rtt, room) = (self.rtt.smoothed(), self.datagram_room());
-                self.datagrams
+                wrote_fec_datagram = self
+                    .datagrams
                     .write(now, rtt, room, buf, limit, &mut frames);
                 self.streams.write_data(buf, limit, &mut frames);
                 for f in &frames {
@@ -518,17 +525,22 @@ impl Connection {
             buf.resize(limit, 0);
         }
         // A source carries FEC_SOURCE so that the receiver keeps a copy of it. Packets of
-        // datagrams alone are not sources: datagrams have their own protection.
-        let source = fec_source
-            && frames
-                .iter()
-                .any(|f| !matches!(f, SentFrame::Datagram | SentFrame::Ping));
+        // datagrams alone are sources only for datagrams that asked for it (`Protection::Fec`):
+        // the others have their own protection.
+        let source = wrote_fec_datagram
+            || streams_source
+                && frames
+                    .iter()
+                    .any(|f| !matches!(f, SentFrame::Datagram | SentFrame::Ping));
         if source {
             buf.put_varint(frame::types::FEC_SOURCE);
         }
         self.pad_packet(&layout, buf);
         if source {
-            self.on_fec_source_sent(now, pn, &buf[layout.payload..]);
+            // A lone stream message's repair follows it at once; datagrams (a steady flow)
+            // fill their group over its hold.
+            let lone_allowed = !wrote_fec_datagram;
+            self.on_fec_source_sent(now, pn, &buf[layout.payload..], lone_allowed);
         }
         self.seal_packet(pn, &layout, buf);
         let len = buf.len() - start;

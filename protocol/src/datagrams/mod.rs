@@ -10,7 +10,11 @@
 //! second time a few milliseconds later, in another packet, so one random loss does not take
 //! it (at 5% loss the delivered share goes from 95% to about 99.75%); `Adaptive` does so only
 //! while the path's measured loss ([`crate::loss_rate`]) is at least 1%, so a clean path pays
-//! nothing. The copy carries the same sequence number and the receiver suppresses it.
+//! nothing. The copy carries the same sequence number and the receiver suppresses it. `Fec`
+//! makes the packets that carry the datagram sources of forward error correction groups
+//! ([`crate::fec`]), whose repairs are sized by the measured loss and shared by every datagram
+//! of the group: at high datagram rates a fraction of duplication's cost. Where FEC is not in
+//! use on the connection (either end has it off) it falls back to `Adaptive`.
 //!
 //! A datagram too large for one packet is split into at most
 //! [`MAX_DATAGRAM_FRAGMENTS`] fragments that the receiver reassembles (bounded memory, a
@@ -51,6 +55,18 @@ pub enum Protection {
     Duplicate,
     /// Sent twice while the path has been losing at least 1% of packets, else once.
     Adaptive,
+    /// Carried in forward error correction groups (repairs sized by the measured loss, at
+    /// least one per group); `Adaptive` where the connection does not use FEC.
+    Fec,
+}
+
+/// What the connection knows of its path when a datagram is queued.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PathState {
+    /// The path has been losing 1% of packets or more lately.
+    pub lossy: bool,
+    /// Forward error correction is in use (both ends decode it).
+    pub fec: bool,
 }
 
 /// A datagram received, with its flow.
@@ -141,6 +157,8 @@ struct Queued {
     at: Instant,
     /// Whether a copy is to follow once this one leaves.
     copy: bool,
+    /// Whether the packet that carries it is to be a FEC source.
+    fec: bool,
 }
 
 /// The datagrams of one connection: the send queue, the copies owed, and the receive side.
@@ -161,8 +179,9 @@ pub(crate) struct DatagramSet {
 
 impl DatagramSet {
     /// Queues `data` on `flow`. `room` is what one packet holds for a frame, `peer_max` what
-    /// the peer accepts (zero: none); `lossy` is the connection's verdict on the path (see
-    /// [`LossRate`](crate::loss_rate::LossRate)), which adaptive protection follows.
+    /// the peer accepts (zero: none); `path` says whether the path is lossy (see
+    /// [`LossRate`](crate::loss_rate::LossRate)), which adaptive protection follows, and
+    /// whether FEC is in use.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn send(
         &mut self,
@@ -173,7 +192,7 @@ impl DatagramSet {
         room: usize,
         peer_max: u32,
         fragmentation: bool,
-        lossy: bool,
+        path: PathState,
     ) -> Result<(), DatagramError> {
         if peer_max == 0 {
             return Err(DatagramError::Unsupported);
@@ -201,10 +220,12 @@ impl DatagramSet {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let fec = protection == Protection::Fec && path.fec;
         let copy = match protection {
             Protection::None => false,
             Protection::Duplicate => true,
-            Protection::Adaptive => lossy,
+            Protection::Adaptive => path.lossy,
+            Protection::Fec => !path.fec && path.lossy,
         };
         self.stats.sent += 1;
         self.stats.sent_bytes += data.len() as u64;
@@ -216,6 +237,7 @@ impl DatagramSet {
                 data: data.to_vec(),
                 at: now,
                 copy,
+                fec,
             });
         } else {
             let count = data.len().div_ceil(piece_room);
@@ -233,6 +255,7 @@ impl DatagramSet {
                     data: piece.to_vec(),
                     at: now,
                     copy,
+                    fec,
                 });
             }
         }
@@ -266,6 +289,11 @@ impl DatagramSet {
         }
     }
 
+    /// Whether a datagram waiting to leave wants its packet to be a FEC source.
+    pub(crate) fn fec_due(&self) -> bool {
+        self.fresh.iter().any(|q| q.fec)
+    }
+
     /// Whether a frame is ready to leave now.
     pub(crate) fn has_due(&self, now: Instant) -> bool {
         !self.fresh.is_empty() || self.copies.front().is_some_and(|q| q.at <= now)
@@ -282,7 +310,8 @@ impl DatagramSet {
     /// Appends the frames that are due and fit before `limit`: copies first (they are older),
     /// then fresh datagrams in order. Stops at the first that does not fit, so order holds.
     /// A frame larger than `room`, what an empty packet holds (the packet size shrank since
-    /// it was queued: a path MTU black hole), can never leave and is dropped.
+    /// it was queued: a path MTU black hole), can never leave and is dropped. Returns whether
+    /// a datagram that wants FEC was written (the packet is then a source).
     pub(crate) fn write(
         &mut self,
         now: Instant,
@@ -291,7 +320,7 @@ impl DatagramSet {
         buf: &mut Vec<u8>,
         limit: usize,
         frames: &mut Vec<SentFrame>,
-    ) {
+    ) -> bool {
         self.drop_stale(now);
         if self.room.is_some_and(|r| room < r) {
             let too_big = |q: &Queued| frame_len(q) > room;
@@ -312,6 +341,7 @@ impl DatagramSet {
             self.stats.copy_bytes += len as u64;
         }
         let spacing = (rtt / 8).clamp(MIN_COPY_SPACING, MAX_COPY_SPACING);
+        let mut wants_fec = false;
         while let Some(q) = self.fresh.front() {
             if !fits(q, buf, limit) {
                 break;
@@ -319,6 +349,7 @@ impl DatagramSet {
             let mut q = self.fresh.pop_front().expect("front exists");
             encode(&q, buf);
             frames.push(SentFrame::Datagram);
+            wants_fec |= q.fec;
             if q.copy {
                 q.at = now + spacing;
                 q.copy = false;
@@ -328,6 +359,7 @@ impl DatagramSet {
                 self.copies.push_back(q);
             }
         }
+        wants_fec
     }
 
     /// A datagram frame was in a packet declared lost. It is not sent again.
