@@ -150,7 +150,7 @@ struct Args {
     ack_delay: Duration,
 
     /// Forward error correction: repair packets that rebuild a lost packet without waiting a
-    /// round trip for its retransmission. auto: while the path loses 1% of packets or more, for
+    /// round trip for its retransmission. auto: while the path loses 0.3% of packets or more, for
     /// everything but bulk transfers, as many repairs as the measured loss calls for; off; or
     /// K/N: always, N-K repairs per K packets (for example 4/6). Used only when both ends allow it.
     #[arg(long, env = "FERRY_GATEWAY_FEC", default_value = "auto", value_parser = ferry_transport::fec::FecMode::parse)]

@@ -174,7 +174,7 @@ pub struct TransportConfig {
     pub tail_duplication: bool,
     /// Forward error correction (see [`crate::fec`]): repair packets that rebuild a lost
     /// packet without a retransmission round trip. Default `auto`: while the path's measured
-    /// loss is at least 1% and the traffic is not bulk. Used on a connection only when both ends
+    /// loss is at least 0.3% and the traffic is not bulk. Used on a connection only when both ends
     /// decode it (any mode but `off`, announced in the handshake); there it replaces
     /// [`Self::tail_duplication`].
     pub fec: crate::fec::FecMode,

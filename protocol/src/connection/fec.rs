@@ -12,6 +12,13 @@ use crate::wire::frame::{RepairFrame, MAX_GROUP_SOURCES};
 /// The loss rate the repair count assumes at least, once the path counts as lossy: the
 /// measurement is coarse at first, and a repair too few costs a round trip.
 const ASSUMED_LOSS_FLOOR: f64 = 0.01;
+/// `auto` protects from this loss (per mille) up...
+const PROTECT_FROM_PER_MILLE: u16 = 3;
+/// ...until the loss falls below this. Lower than datagram duplication's 1%: a request and its
+/// reply are two packets, so at 0.5% loss one exchange in a hundred would wait a round trip,
+/// and the p99 with it (measured: at 1% loss, 64 clients' p99 was 72 ms where every loss was
+/// repaired and 45 ms where it was not, with the 1% threshold flapping).
+const PROTECT_UNTIL_PER_MILLE: u16 = 1;
 
 impl Connection {
     /// Whether we send repairs on this connection: our mode is not `off` and the peer decodes.
@@ -21,12 +28,13 @@ impl Connection {
             && self.peer_settings.as_ref().is_some_and(|s| s.fec)
     }
 
-    /// Whether the path to the peer is lossy: by the peer's reports when it sends them (what
-    /// repairs rebuilt never looks lost here), else by our own loss detection.
+    /// Whether the path to the peer loses enough for `auto` to protect: by the peer's reports
+    /// when it sends them (what repairs rebuilt never looks lost here), else by our own loss
+    /// detection.
     fn path_lossy(&self) -> bool {
         match self.peer_loss {
             Some((_, lossy)) => lossy,
-            None => self.loss_rate.is_lossy(),
+            None => self.loss_rate.per_mille() >= u32::from(PROTECT_FROM_PER_MILLE),
         }
     }
 
@@ -119,7 +127,11 @@ impl Connection {
     /// The peer reports how many of our packets it saw missing lately.
     pub(super) fn on_loss_report(&mut self, per_mille: u16) {
         let was = self.peer_loss.is_some_and(|(_, lossy)| lossy);
-        let lossy = crate::loss_rate::verdict(u32::from(per_mille), was);
+        let lossy = if was {
+            per_mille >= PROTECT_UNTIL_PER_MILLE
+        } else {
+            per_mille >= PROTECT_FROM_PER_MILLE
+        };
         self.peer_loss = Some((per_mille, lossy));
     }
 

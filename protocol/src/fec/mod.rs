@@ -31,7 +31,7 @@
 //! (LOSS_REPORT, per mille, when it changes); the sender sizes its repairs by that report.
 //!
 //! **When and how much** ([`FecMode`]): `auto` protects while the path's measured loss is at
-//! least 1% (until it is below 0.5%) and the sender is not in a bulk transfer (more than a
+//! least 0.3% (until it is below 0.1%) and the sender is not in a bulk transfer (more than a
 //! group's worth of stream data queued: bulk throughput is what retransmission is good at, and
 //! redundancy would only take bandwidth from it). A group closes when it holds
 //! [`MAX_GROUP_SOURCES`](crate::wire::frame::MAX_GROUP_SOURCES) sources, a short while after
@@ -59,7 +59,7 @@ use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES};
 pub enum FecMode {
     /// Never (and tell the peer we do not decode, so it sends none either).
     Off,
-    /// While the path's measured loss is at least 1% and the traffic is not bulk.
+    /// While the path's measured loss is at least 0.3% and the traffic is not bulk.
     #[default]
     Auto,
     /// Always: groups of `sources` packets with `total - sources` repairs each.
