@@ -258,6 +258,46 @@ fn fec_protection_falls_back_to_duplication_where_fec_is_off() {
     assert!(stats.datagrams.copies_sent >= 200, "{:?}", stats.datagrams);
 }
 
+/// Found by the established_session fuzz target (input `[0, 2, 3, 0, 28, 217, 91, 10, 227,
+/// 227, 227]`): a datagram asking for FEC, as large as a packet holds, was sized for a whole
+/// packet while its packets kept room for the repair, so it never fit, and every packet built
+/// for it went out empty, without end. Now such datagrams are sized for the smaller room, and
+/// no packet keeps the room when the next datagram due would not fit beside it.
+#[test]
+fn datagrams_as_large_as_a_packet_holds_leave_whatever_their_protection() {
+    for protection in [Protection::Fec, Protection::Adaptive, Protection::None] {
+        for fec in [
+            FecMode::Auto,
+            FecMode::Fixed {
+                sources: 1,
+                total: 2,
+            },
+        ] {
+            let config = TransportConfig::default().fec(fec);
+            let mut pair = Pair::symmetric(5, ServerConfig::new(config.clone()), lossy(0.0));
+            let (ch, sh) = pair.establish(config).expect("handshake");
+            let now = pair.now;
+            let conn = pair.client.connection(ch).unwrap();
+            let sizes = [conn.stats().datagrams.unfragmented_max as usize, 1200, 9000];
+            for (i, size) in sizes.into_iter().enumerate() {
+                let mut data = (i as u64).to_be_bytes().to_vec();
+                data.resize(size, i as u8);
+                conn.send_datagram(now, 7, &data, protection).unwrap();
+            }
+            let sent_before = pair.client.connection(ch).unwrap().stats().packets_sent;
+            pair.run_until(Duration::from_millis(500), |_| false);
+            let mut seen = HashSet::new();
+            let got = drain(&mut pair, true, sh, &mut seen);
+            let sent = pair.client.connection(ch).unwrap().stats().packets_sent - sent_before;
+            assert_eq!(got, 3, "{protection:?}, {fec}: {got} of 3 arrived");
+            assert!(
+                sent < 100,
+                "{protection:?}, {fec}: {sent} packets for 3 datagrams"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_datagram_larger_than_a_packet_arrives_whole_in_fragments() {
     for size in [1400, 5000, 9000] {

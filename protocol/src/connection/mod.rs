@@ -609,7 +609,10 @@ impl Connection {
             .peer_settings
             .as_ref()
             .map_or(0, |s| s.max_datagram_payload);
-        let room = self.datagram_room();
+        // A datagram that asks for FEC leaves room in its packet for the source mark and for a
+        // repair of the packet to fit a packet too.
+        let fec = protection == Protection::Fec && self.fec_negotiated();
+        let room = self.datagram_room() - if fec { crate::fec::SOURCE_RESERVE } else { 0 };
         let fragmentation = self.config.datagram_fragmentation;
         let path = crate::datagrams::PathState {
             lossy: self.loss_rate.is_lossy(),

@@ -436,14 +436,18 @@ impl Connection {
         // Forward error correction: an owed repair leaves first, in a packet of its own (an
         // ACK waits for the next packet: the repair must fit whole). Otherwise the packet may
         // be a source of the open group, leaving room for a repair of it to fit a packet too.
+        // The room is kept only if the next datagram due still fits a packet without it
+        // (datagrams are sized for a whole packet unless they asked for FEC): else that
+        // datagram could never leave, and every packet built for it would go out empty.
         let short = !long && self.state == State::Established;
         let repair_packet = may_elicit && short && self.fec_tx.has_repairs();
-        let streams_source = may_elicit && short && !repair_packet && self.fec_protects();
-        let datagram_source = may_elicit
-            && short
-            && !repair_packet
-            && self.fec_negotiated()
-            && self.datagrams.fec_due();
+        let reserve_fits = self
+            .datagrams
+            .next_frame_len(now)
+            .is_none_or(|len| len + crate::fec::SOURCE_RESERVE <= self.datagram_room());
+        let may_be_source = may_elicit && short && !repair_packet && reserve_fits;
+        let streams_source = may_be_source && self.fec_protects();
+        let datagram_source = may_be_source && self.fec_negotiated() && self.datagrams.fec_due();
         if streams_source || datagram_source {
             limit -= crate::fec::SOURCE_RESERVE;
         }
@@ -527,7 +531,7 @@ impl Connection {
         // A source carries FEC_SOURCE so that the receiver keeps a copy of it. Packets of
         // datagrams alone are sources only for datagrams that asked for it (`Protection::Fec`):
         // the others have their own protection.
-        let source = wrote_fec_datagram
+        let source = (datagram_source || streams_source) && wrote_fec_datagram
             || streams_source
                 && frames
                     .iter()

@@ -289,9 +289,19 @@ impl DatagramSet {
         }
     }
 
-    /// Whether a datagram waiting to leave wants its packet to be a FEC source.
+    /// Whether the next fresh datagram to leave wants its packet to be a FEC source.
     pub(crate) fn fec_due(&self) -> bool {
-        self.fresh.iter().any(|q| q.fec)
+        self.fresh.front().is_some_and(|q| q.fec)
+    }
+
+    /// Bytes of the frame that leaves next, if one is due: a copy due, else the oldest fresh
+    /// datagram (the order of [`write`](Self::write)).
+    pub(crate) fn next_frame_len(&self, now: Instant) -> Option<usize> {
+        self.copies
+            .front()
+            .filter(|q| q.at <= now)
+            .or(self.fresh.front())
+            .map(frame_len)
     }
 
     /// Whether a frame is ready to leave now.
