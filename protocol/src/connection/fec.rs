@@ -9,6 +9,10 @@ use super::{Connection, State};
 use crate::fec::{group_hold, FecMode, FecStats};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_SOURCES};
 
+/// Gaps in the peer's packet numbers waiting for the reordering allowance; beyond, a gap
+/// counts as lost at once.
+const MAX_ARRIVAL_GAPS: usize = 256;
+
 /// The loss rate the repair count assumes at least, once the path counts as lossy: the
 /// measurement is coarse at first, and a repair too few costs a round trip.
 const ASSUMED_LOSS_FLOOR: f64 = 0.01;
@@ -34,7 +38,9 @@ impl Connection {
     fn path_lossy(&self) -> bool {
         match self.peer_loss {
             Some((_, lossy)) => lossy,
-            None => self.loss_rate.per_mille() >= u32::from(PROTECT_FROM_PER_MILLE),
+            // Before the first report: our own verdict, which needs two losses and 1% (a
+            // single early loss among few packets is no rate).
+            None => self.loss_rate.is_lossy(),
         }
     }
 
@@ -102,25 +108,76 @@ impl Connection {
         self.fec_rx.on_repair(repair, &self.received, max_symbol);
     }
 
-    /// A packet arrived with a higher number than any before, `skipped` numbers after the
-    /// previous highest: those count as missing (a rebuilt or late one does not undo it; late
-    /// ones are rare, and rebuilt ones were lost on the path).
-    pub(super) fn on_arrival(&mut self, skipped: u64) {
-        let skipped = skipped.min(u64::from(crate::loss_rate::WINDOW)) as u32;
-        self.arrival_loss.on_resolved(1, skipped);
+    /// A packet arrived, the highest number yet, having skipped `skipped`: those are
+    /// missing, and count as lost only if still missing after the reordering allowance
+    /// ([`expire_arrival_gaps`](Self::expire_arrival_gaps)); a path that reorders must not look
+    /// lossy (on the tests' reordering relay, gaps alone read as 16-90% loss).
+    pub(super) fn on_arrival(&mut self, now: Instant, skipped: std::ops::Range<u64>) {
+        self.arrival_loss.on_resolved(1, 0);
+        let mut lost_at_once = 0;
+        for gap in skipped {
+            if self.arrival_gaps.len() >= MAX_ARRIVAL_GAPS {
+                lost_at_once += 1;
+            } else {
+                self.arrival_gaps.push_back((gap, now));
+            }
+        }
+        if lost_at_once > 0 {
+            self.arrival_loss
+                .on_resolved(0, lost_at_once.min(u32::MAX as usize) as u32);
+        }
+        self.expire_arrival_gaps(now);
+    }
+
+    /// A packet below the highest number arrived: late (reordered), it fills its gap; rebuilt
+    /// from repairs, its gap was a loss.
+    pub(super) fn on_gap_filled(&mut self, pn: u64, rebuilt: bool) {
+        if let Some(at) = self.arrival_gaps.iter().position(|(gap, _)| *gap == pn) {
+            self.arrival_gaps.remove(at);
+            if rebuilt {
+                self.arrival_loss.on_resolved(0, 1);
+            } else {
+                self.arrival_loss.on_resolved(1, 0);
+            }
+        }
+    }
+
+    /// Gaps older than the reordering allowance (a quarter of the RTT, 2 to 25 ms) count as
+    /// lost.
+    fn expire_arrival_gaps(&mut self, now: Instant) {
+        let allowance =
+            (self.rtt.smoothed() / 4).clamp(Duration::from_millis(2), Duration::from_millis(25));
+        let mut lost = 0;
+        while self
+            .arrival_gaps
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= allowance)
+        {
+            self.arrival_gaps.pop_front();
+            lost += 1;
+        }
+        if lost > 0 {
+            self.arrival_loss.on_resolved(0, lost);
+        }
     }
 
     /// The loss to report to the peer in the ACK being written, if it changed since the last
     /// report; only while we decode its repairs (it sizes them by the report).
-    pub(super) fn loss_report_owed(&mut self) -> Option<u16> {
+    pub(super) fn loss_report_owed(&mut self, now: Instant) -> Option<u16> {
         if self.config.fec == FecMode::Off || self.state != State::Established {
             return None;
         }
+        self.expire_arrival_gaps(now);
         let per_mille = self.arrival_loss.per_mille().min(1000) as u16;
-        if self.loss_reported == Some(per_mille) {
+        // Also once a round trip unchanged: a report may be lost, or arrive before the peer
+        // counts itself established, and the next change may be long in coming.
+        let fresh = self
+            .loss_reported
+            .is_some_and(|(reported, at)| reported == per_mille && now < at + self.rtt.smoothed());
+        if fresh {
             return None;
         }
-        self.loss_reported = Some(per_mille);
+        self.loss_reported = Some((per_mille, now));
         Some(per_mille)
     }
 
@@ -140,7 +197,7 @@ impl Connection {
         while let Some((pn, payload)) = self.fec_rx.take_rebuilt() {
             if !self.is_closed() && !self.received.contains(pn) {
                 let len = payload.len();
-                self.process_packet(now, remote, pn, &payload, len, false);
+                self.process_packet(now, remote, pn, &payload, len, false, true);
             }
             self.fec_rx.recycle(payload);
         }

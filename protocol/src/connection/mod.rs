@@ -271,7 +271,10 @@ pub struct Connection {
     /// The peer's packets missing on arrival (gaps in packet numbers, before repair): what we
     /// report to the peer for its repairs, and the value last reported.
     arrival_loss: LossRate,
-    loss_reported: Option<u16>,
+    loss_reported: Option<(u16, Instant)>,
+    /// Packet numbers a newer packet skipped, and since when: missing, but not counted as lost
+    /// until they stay missing past the reordering allowance.
+    arrival_gaps: VecDeque<(u64, Instant)>,
     /// The peer's last LOSS_REPORT (per mille) and its lossy verdict: our packets' loss on the
     /// way there, which repairs hide from our own loss detection.
     peer_loss: Option<(u16, bool)>,
@@ -370,6 +373,7 @@ impl Connection {
             fec_tx: FecSender::default(),
             fec_rx: FecReceiver::default(),
             arrival_loss: LossRate::default(),
+            arrival_gaps: VecDeque::new(),
             loss_reported: None,
             peer_loss: None,
             events: VecDeque::new(),

@@ -119,7 +119,15 @@ impl Connection {
             return;
         }
         if !sealed {
-            self.process_packet(now, remote, pn, packet.payload, datagram_len, close_only);
+            self.process_packet(
+                now,
+                remote,
+                pn,
+                packet.payload,
+                datagram_len,
+                close_only,
+                false,
+            );
             self.process_rebuilt(now, remote);
             return;
         }
@@ -138,7 +146,7 @@ impl Connection {
                     self.keys_confirmed = true;
                     self.try_establish(now);
                 }
-                self.process_packet(now, remote, pn, &plain[..len], datagram_len, false);
+                self.process_packet(now, remote, pn, &plain[..len], datagram_len, false, false);
             }
         }
         self.open_buf = plain;
@@ -146,7 +154,8 @@ impl Connection {
     }
 
     /// Applies the frames of an authentic (or, without TLS, accepted) packet number `pn`.
-    /// With `close_only`, only a CLOSE frame takes effect.
+    /// With `close_only`, only a CLOSE frame takes effect; `rebuilt` marks a packet rebuilt
+    /// from FEC repairs (lost on the path, not late).
     pub(super) fn process_packet(
         &mut self,
         now: Instant,
@@ -155,6 +164,7 @@ impl Connection {
         payload: &[u8],
         datagram_len: usize,
         close_only: bool,
+        rebuilt: bool,
     ) {
         // Decode every frame before acting on any: a malformed packet changes nothing.
         let frames: Result<Vec<Frame<'_>>, _> = FrameIter::new(payload).collect();
@@ -206,11 +216,11 @@ impl Connection {
             self.fec_rx.on_source(pn, payload, &self.received);
         }
         if newest {
-            let skipped = self
-                .largest_received
-                .map_or(0, |(largest, _)| pn - largest - 1);
-            self.on_arrival(skipped);
+            let skipped_from = self.largest_received.map_or(pn, |(largest, _)| largest + 1);
+            self.on_arrival(now, skipped_from..pn);
             self.largest_received = Some((pn, now));
+        } else {
+            self.on_gap_filled(pn, rebuilt);
         }
         if ack_eliciting {
             self.owe_ack(now, in_order, datagram_len);

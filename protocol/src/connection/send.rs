@@ -463,8 +463,8 @@ impl Connection {
         } else {
             None
         };
-        if acked_up_to.is_some() {
-            if let Some(per_mille) = self.loss_report_owed() {
+        if acked_up_to.is_some() && !long {
+            if let Some(per_mille) = self.loss_report_owed(now) {
                 Frame::LossReport(per_mille).encode(buf);
             }
         }
