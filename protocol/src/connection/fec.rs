@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::receive::Arrival;
 use super::{Connection, State};
 use crate::fec::{group_hold, FecMode, FecStats};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_SOURCES};
@@ -197,7 +198,7 @@ impl Connection {
         while let Some((pn, payload)) = self.fec_rx.take_rebuilt() {
             if !self.is_closed() && !self.received.contains(pn) {
                 let len = payload.len();
-                self.process_packet(now, remote, pn, &payload, len, false, true);
+                self.process_packet(now, remote, pn, &payload, len, Arrival::Rebuilt);
             }
             self.fec_rx.recycle(payload);
         }

@@ -16,6 +16,18 @@ use crate::wire::ids::Side;
 use crate::wire::packet::{decode_packet_number, Header, Packet};
 use crate::wire::stateless_reset::ResetToken;
 
+/// How a packet reached [`Connection::process_packet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// From the network.
+    Received,
+    /// From the network, but only a CLOSE in it may take effect (a cleartext packet while the
+    /// client still waits for the server's first sealed one).
+    CloseOnly,
+    /// Rebuilt from forward error correction repairs: it was lost on the path, not late.
+    Rebuilt,
+}
+
 /// Most packet-number ranges remembered as received.
 const MAX_RECEIVED_RANGES: usize = 64;
 
@@ -119,15 +131,12 @@ impl Connection {
             return;
         }
         if !sealed {
-            self.process_packet(
-                now,
-                remote,
-                pn,
-                packet.payload,
-                datagram_len,
-                close_only,
-                false,
-            );
+            let how = if close_only {
+                Arrival::CloseOnly
+            } else {
+                Arrival::Received
+            };
+            self.process_packet(now, remote, pn, packet.payload, datagram_len, how);
             self.process_rebuilt(now, remote);
             return;
         }
@@ -146,7 +155,14 @@ impl Connection {
                     self.keys_confirmed = true;
                     self.try_establish(now);
                 }
-                self.process_packet(now, remote, pn, &plain[..len], datagram_len, false, false);
+                self.process_packet(
+                    now,
+                    remote,
+                    pn,
+                    &plain[..len],
+                    datagram_len,
+                    Arrival::Received,
+                );
             }
         }
         self.open_buf = plain;
@@ -154,8 +170,7 @@ impl Connection {
     }
 
     /// Applies the frames of an authentic (or, without TLS, accepted) packet number `pn`.
-    /// With `close_only`, only a CLOSE frame takes effect; `rebuilt` marks a packet rebuilt
-    /// from FEC repairs (lost on the path, not late).
+    /// `how` it came: under [`Arrival::CloseOnly`] only a CLOSE frame takes effect.
     pub(super) fn process_packet(
         &mut self,
         now: Instant,
@@ -163,8 +178,7 @@ impl Connection {
         pn: u64,
         payload: &[u8],
         datagram_len: usize,
-        close_only: bool,
-        rebuilt: bool,
+        how: Arrival,
     ) {
         // Decode every frame before acting on any: a malformed packet changes nothing.
         let frames: Result<Vec<Frame<'_>>, _> = FrameIter::new(payload).collect();
@@ -176,7 +190,7 @@ impl Connection {
                 return;
             }
         };
-        if close_only {
+        if how == Arrival::CloseOnly {
             if let Some(close) = frames.iter().find(|f| matches!(f, Frame::Close(_))) {
                 self.apply_frame(now, remote, close);
             }
@@ -220,7 +234,7 @@ impl Connection {
             self.on_arrival(now, skipped_from..pn);
             self.largest_received = Some((pn, now));
         } else {
-            self.on_gap_filled(pn, rebuilt);
+            self.on_gap_filled(pn, how == Arrival::Rebuilt);
         }
         if ack_eliciting {
             self.owe_ack(now, in_order, datagram_len);
