@@ -176,9 +176,11 @@ impl Connection {
             .take_while(|r| r.end > lowest)
             .nth(1)
             .is_some();
-        gaps && self
-            .ack_confirm_sent
-            .is_none_or(|at| now >= at + self.rtt.smoothed())
+        // At least a millisecond apart: with an RTT estimate of zero (no time has passed since
+        // the handshake) an ACK would be confirmed in every packet, and a datagram sized for a
+        // packet without one would never leave (found by the established_session fuzz target).
+        let interval = self.rtt.smoothed().max(Duration::from_millis(1));
+        gaps && self.ack_confirm_sent.is_none_or(|at| now >= at + interval)
     }
 
     fn wants_to_send_eliciting(&self, now: Instant) -> bool {

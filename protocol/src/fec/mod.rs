@@ -27,8 +27,10 @@
 //! had arrived and acknowledged as received, so the sender's loss detection never retransmits
 //! it (unless it declared it lost before the repair arrived: then the copy is redundant, not
 //! late). Since rebuilt packets never look lost to the sender, the receiver measures the
-//! path's loss itself, from gaps in the packet numbers it sees (before repair), and reports it
-//! (LOSS_REPORT, per mille, when it changes); the sender sizes its repairs by that report.
+//! path's loss itself, from gaps in the packet numbers it sees (before repair; a gap counts
+//! once it has stayed open a quarter of a round trip, so reordering is not loss), and reports
+//! it (LOSS_REPORT, per mille, when it changes and at least once a round trip); the sender
+//! sizes its repairs by that report.
 //!
 //! **When and how much** ([`FecMode`]): `auto` protects while the path's measured loss is at
 //! least 0.3% (until it is below 0.1%) and the sender is not in a bulk transfer (more than a
