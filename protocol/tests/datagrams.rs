@@ -298,6 +298,69 @@ fn datagrams_as_large_as_a_packet_holds_leave_whatever_their_protection() {
     }
 }
 
+/// Written after the established_session fuzz target's second livelock of this change (an ACK
+/// confirmed in every packet with an RTT of zero kept a datagram that fits only a packet
+/// without an ACK from ever leaving; fixed in `ack_needs_confirming`). On a link without delay
+/// that loses packets (gaps), full-size datagrams each way must leave in a bounded number of
+/// packets. It still finds one: the server keeps building packets for a next datagram frame
+/// of 1,327 bytes that never fits after 25 bytes in a 1,350-byte limit (FEC on or off), not
+/// yet understood; ignored, visibly, until fixed.
+#[test]
+#[ignore = "open livelock (2026-12-07): on this link the server's packets leave empty without end; see the stop note"]
+fn full_size_datagrams_leave_on_a_link_without_delay_that_leaves_gaps() {
+    // A livelock never returns: run it on a thread and fail after a minute instead of hanging.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for fec in [FecMode::Off, FecMode::Auto] {
+            full_size_datagrams_without_delay(fec);
+        }
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("packets sent without end at one instant");
+}
+
+fn full_size_datagrams_without_delay(fec: FecMode) {
+    let config = TransportConfig::default().fec(fec);
+    let link = LinkConfig::default().with_loss(0.2);
+    let mut pair = Pair::symmetric(8, ServerConfig::new(config.clone()), link);
+    let (ch, sh) = pair.establish(config).expect("handshake");
+    for round in 0..20u64 {
+        let now = pair.now;
+        for (handle, client) in [(ch, true), (sh, false)] {
+            let endpoint = if client {
+                &mut pair.client
+            } else {
+                &mut pair.server
+            };
+            let conn = endpoint.connection(handle).unwrap();
+            let max = conn.stats().datagrams.unfragmented_max as usize;
+            let mut data = round.to_be_bytes().to_vec();
+            data.resize(max, round as u8);
+            conn.send_datagram(now, 7, &data, Protection::None).unwrap();
+            conn.send_datagram(now, 7, &data[..8], Protection::None)
+                .unwrap();
+        }
+        let until = pair.now + Duration::from_millis(5);
+        pair.run_until(Duration::from_secs(1), |p| p.now >= until);
+    }
+    let sent = pair.client.connection(ch).unwrap().stats().packets_sent
+        + pair.server.connection(sh).unwrap().stats().packets_sent;
+    assert!(sent < 2_000, "{sent} packets for 80 datagrams");
+    let received = pair
+        .server
+        .connection(sh)
+        .unwrap()
+        .stats()
+        .datagrams
+        .received;
+    assert!(
+        received >= 20,
+        "{received} of 40 datagrams reached the server"
+    );
+}
+
 #[test]
 fn a_datagram_larger_than_a_packet_arrives_whole_in_fragments() {
     for size in [1400, 5000, 9000] {

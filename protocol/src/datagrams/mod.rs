@@ -168,8 +168,6 @@ pub(crate) struct DatagramSet {
     fresh: VecDeque<Queued>,
     /// Copies owed, in order of the time they are due.
     copies: VecDeque<Queued>,
-    /// What an empty packet held for a frame when frames were last written.
-    room: Option<usize>,
     /// When the datagram timer last fired: copies due by then wait for the congestion window
     /// or the pacer (which wake the connection themselves), not for the timer again.
     woken: Option<Instant>,
@@ -332,14 +330,17 @@ impl DatagramSet {
         frames: &mut Vec<SentFrame>,
     ) -> bool {
         self.drop_stale(now);
-        if self.room.is_some_and(|r| room < r) {
-            let too_big = |q: &Queued| frame_len(q) > room;
-            self.copies.retain(|q| !too_big(q));
-            let before = self.fresh.len();
-            self.fresh.retain(|q| !too_big(q));
-            self.stats.dropped_too_big += (before - self.fresh.len()) as u64;
+        // Checked at the front, every time: comparing with the room of the last write missed a
+        // datagram queued while packets were briefly larger (a path MTU probe succeeded, then
+        // a black hole shrank them before anything was written), which then waited at the front
+        // for ever, and every packet built for it left empty (found by a simulator test).
+        while self.copies.front().is_some_and(|q| frame_len(q) > room) {
+            self.copies.pop_front();
         }
-        self.room = Some(room);
+        while self.fresh.front().is_some_and(|q| frame_len(q) > room) {
+            self.fresh.pop_front();
+            self.stats.dropped_too_big += 1;
+        }
         while let Some(q) = self.copies.front() {
             if q.at > now || !fits(q, buf, limit) {
                 break;
