@@ -520,6 +520,13 @@ impl Connection {
                 }
             }
         }
+        // Nothing to carry after all (what was due does not fit this packet: a datagram sized
+        // for a short header while handshake packets are still long, or a stale repair): no
+        // packet, rather than an empty one, and another, without end at this instant.
+        if frames.is_empty() && acked_up_to.is_none() {
+            buf.truncate(start);
+            return false;
+        }
         // Frames that filled a packet to within one frame of its limit leave it a few bytes
         // short: padded to the limit, every full packet is `max_datagram` long, so a run of
         // them leaves as one GSO batch (`poll_transmit` ends a batch at a shorter packet).
