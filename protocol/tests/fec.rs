@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferry_protocol::config::{ServerConfig, TransportConfig};
 use ferry_protocol::connection::ConnectionStats;
+use ferry_protocol::endpoint::ConnectionHandle;
 use ferry_protocol::fec::FecMode;
 use ferry_protocol::sim::exchange::{quantile, request_response, Exchanges};
 use ferry_protocol::sim::transfer::{verify, BulkSide};
@@ -33,6 +34,28 @@ fn overhead(stats: &[ConnectionStats]) -> f64 {
     repair as f64 / (all - repair).max(1) as f64
 }
 
+/// An established pair over a 40 ms round trip losing `loss` each way (in bursts of mean
+/// length `burst`), both ends using `fec`.
+fn established(
+    fec: FecMode,
+    loss: f64,
+    burst: f64,
+    seed: u64,
+) -> (Pair, ConnectionHandle, ConnectionHandle) {
+    let config = TransportConfig::default().fec(fec);
+    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(loss, burst));
+    let (ch, sh) = pair.establish(config).expect("handshake");
+    (pair, ch, sh)
+}
+
+/// Both ends' counters: client, server.
+fn both_stats(pair: &mut Pair, ch: ConnectionHandle, sh: ConnectionHandle) -> [ConnectionStats; 2] {
+    [
+        pair.client.connection(ch).unwrap().stats(),
+        pair.server.connection(sh).unwrap().stats(),
+    ]
+}
+
 /// Sequential 1 KB exchanges (an interactive client: 20 ms between them) on one connection;
 /// the latencies, sorted, and both ends' counters.
 fn sequential(
@@ -42,9 +65,7 @@ fn sequential(
     seed: u64,
     count: usize,
 ) -> (Vec<Duration>, [ConnectionStats; 2]) {
-    let config = TransportConfig::default().fec(fec);
-    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(loss, burst));
-    let (ch, sh) = pair.establish(config).expect("handshake");
+    let (mut pair, ch, sh) = established(fec, loss, burst, seed);
     let shape = Exchanges {
         count,
         size: 1024,
@@ -53,10 +74,7 @@ fn sequential(
     };
     let mut latencies = request_response(&mut pair, ch, sh, shape).expect("every exchange ends");
     latencies.sort();
-    let stats = [
-        pair.client.connection(ch).unwrap().stats(),
-        pair.server.connection(sh).unwrap().stats(),
-    ];
+    let stats = both_stats(&mut pair, ch, sh);
     (latencies, stats)
 }
 
@@ -71,9 +89,7 @@ fn concurrent(
     streams: usize,
     total: usize,
 ) -> (Vec<Duration>, [ConnectionStats; 2]) {
-    let config = TransportConfig::default().fec(fec);
-    let mut pair = Pair::symmetric(seed, ServerConfig::new(config.clone()), link(loss, burst));
-    let (ch, sh) = pair.establish(config).expect("handshake");
+    let (mut pair, ch, sh) = established(fec, loss, burst, seed);
     let ids: Vec<StreamId> = (0..streams)
         .map(|_| pair.client.connection(ch).unwrap().open_stream().unwrap())
         .collect();
@@ -120,10 +136,7 @@ fn concurrent(
         t += tick;
     }
     latencies.sort();
-    let stats = [
-        pair.client.connection(ch).unwrap().stats(),
-        pair.server.connection(sh).unwrap().stats(),
-    ];
+    let stats = both_stats(&mut pair, ch, sh);
     (latencies, stats)
 }
 

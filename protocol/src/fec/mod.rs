@@ -178,6 +178,15 @@ pub fn group_hold(srtt: Duration) -> Duration {
     (srtt / 5).clamp(Duration::from_millis(1), Duration::from_millis(15))
 }
 
+/// `bytes` in a buffer taken from `spare` (a new one if none is left): sources and rebuilt
+/// packets reuse the buffers of earlier ones.
+fn copy_from_spare(spare: &mut Vec<Vec<u8>>, bytes: &[u8]) -> Vec<u8> {
+    let mut copy = spare.pop().unwrap_or_default();
+    copy.clear();
+    copy.extend_from_slice(bytes);
+    copy
+}
+
 /// Room a source packet leaves unused, so that a repair of it fits a packet of the same size:
 /// the repair frame's fields, the symbol's length prefix, and the FEC_SOURCE frame itself.
 pub const SOURCE_RESERVE: usize = RepairFrame::MAX_OVERHEAD + 2 + 1;

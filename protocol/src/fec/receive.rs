@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use super::{code, FecStats};
+use super::{code, copy_from_spare, FecStats};
 use crate::ranges::RangeSet;
 use crate::wire::frame::RepairFrame;
 
@@ -52,9 +52,7 @@ impl FecReceiver {
                 self.spare.push(old);
             }
         }
-        let mut copy = self.spare.pop().unwrap_or_default();
-        copy.clear();
-        copy.extend_from_slice(payload);
+        let copy = copy_from_spare(&mut self.spare, payload);
         self.sources.push_back((pn, copy));
         if !self.groups.is_empty() {
             self.decode(received);
@@ -157,9 +155,7 @@ impl FecReceiver {
             let Some(payload) = shards[index].as_deref().and_then(code::from_symbol) else {
                 return Outcome::Unrecoverable;
             };
-            let mut copy = self.spare.pop().unwrap_or_default();
-            copy.clear();
-            copy.extend_from_slice(payload);
+            let copy = copy_from_spare(&mut self.spare, payload);
             self.rebuilt.push_back((pn, copy));
             self.stats.packets_recovered += 1;
         }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{code, repairs_needed, FecMode, FecStats};
+use super::{code, copy_from_spare, repairs_needed, FecMode, FecStats};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES, MAX_GROUP_SPAN};
 
 /// Source packets gathering into a group.
@@ -60,10 +60,7 @@ impl FecSender {
             closes_at: now + hold,
         });
         group.members |= 1 << (pn - group.first_pn);
-        let mut copy = spare.pop().unwrap_or_default();
-        copy.clear();
-        copy.extend_from_slice(payload);
-        group.payloads.push(copy);
+        group.payloads.push(copy_from_spare(spare, payload));
         group.longest = group.longest.max(payload.len());
         let full = match mode {
             FecMode::Fixed { sources, .. } => u32::from(sources),
