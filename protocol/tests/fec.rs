@@ -1,7 +1,7 @@
 //! Forward error correction (`ferry_protocol::fec`) in virtual time: small request/response
-//! exchanges through random and bursty loss keep their tail within about one round trip, at a
-//! bounded cost in repair bytes; a clean path pays nothing; bulk transfers are unharmed and
-//! intact; and either end turning FEC off turns it off.
+//! exchanges through random loss keep their tail within about one round trip (bursty loss within
+//! one retransmission), at a bounded cost in repair bytes; a clean path pays nothing; bulk
+//! transfers are unharmed and intact; and either end turning FEC off turns it off.
 
 use std::time::Duration;
 
@@ -215,11 +215,12 @@ fn bursty(fec: FecMode) -> Vec<Duration> {
 }
 
 #[test]
-fn bursty_loss_costs_no_more_than_without_fec() {
-    // Bursts of three packets on average take a lone message's repair with it two times in
-    // three: the simulator's bursts are counted in packets, so spacing the repair in time does
-    // not help, and covering them would take five or more repairs per message. FEC must not
-    // make the tail worse than tail duplication and retransmission alone.
+fn bursty_loss_keeps_the_tail_within_one_retransmission() {
+    // Bursts of three packets on average take a lone message's repairs with it: the receiver
+    // reports the runs it sees, and the sender sends enough repairs to outlast them (seven for
+    // a lone packet at 5%). What is left above one round trip is the start, before the runs
+    // are measured, and the 0.3% of groups that fail: about 1% of exchanges wait for one
+    // retransmission (82 ms here), where without FEC the p99 is three round trips.
     let (auto, off) = (bursty(FecMode::Auto), bursty(FecMode::Off));
     for (name, lat) in [("auto", &auto), ("off", &off)] {
         eprintln!(
@@ -230,7 +231,8 @@ fn bursty_loss_costs_no_more_than_without_fec() {
         );
     }
     assert!(quantile(&auto, 0.9) <= RTT * 5 / 4);
-    assert!(quantile(&auto, 0.99) <= quantile(&off, 0.99) + 5 * MS);
+    assert!(quantile(&auto, 0.99) <= 2 * RTT + 3 * MS);
+    assert!(quantile(&off, 0.99) > 5 * RTT / 2);
 }
 
 #[test]

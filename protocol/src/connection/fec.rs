@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::receive::Arrival;
 use super::{Connection, State};
-use crate::fec::{group_hold, FecMode, FecStats};
-use crate::wire::frame::{RepairFrame, MAX_GROUP_SOURCES};
+use crate::fec::{group_hold, FecMode, FecStats, PathLoss};
+use crate::wire::frame::{LossReport, RepairFrame, MAX_GROUP_SOURCES};
 
 /// Gaps in the peer's packet numbers waiting for the reordering allowance; beyond, a gap
 /// counts as lost at once.
@@ -26,6 +26,13 @@ const PROTECT_FROM_PER_MILLE: u16 = 3;
 /// loss crossed back and forth, 64 clients' p99 was 72 ms; with this one, 46 ms).
 const PROTECT_UNTIL_PER_MILLE: u16 = 1;
 
+/// The peer's last LOSS_REPORT and the lossy verdict `auto` took from it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerLoss {
+    report: LossReport,
+    lossy: bool,
+}
+
 impl Connection {
     /// Whether we send repairs on this connection: our mode is not `off` and the peer decodes.
     pub(super) fn fec_negotiated(&self) -> bool {
@@ -39,7 +46,7 @@ impl Connection {
     /// detection.
     fn path_lossy(&self) -> bool {
         match self.peer_loss {
-            Some((_, lossy)) => lossy,
+            Some(peer) => peer.lossy,
             // Before the first report: our own verdict, which needs two losses and 1% (a
             // single early loss among few packets is no rate).
             None => self.loss_rate.is_lossy(),
@@ -63,13 +70,20 @@ impl Connection {
         }
     }
 
-    /// The loss rate the repair count is chosen for: the peer's report, else our own measure.
-    fn fec_loss(&self) -> f64 {
-        let per_mille = match self.peer_loss {
-            Some((per_mille, _)) => u32::from(per_mille),
-            None => self.loss_rate.per_mille(),
+    /// The loss the repair count is chosen for: the peer's report, else our own measure (which
+    /// cannot tell bursts: taken as independent).
+    fn fec_loss(&self) -> PathLoss {
+        let (per_mille, mean_run_tenths) = match self.peer_loss {
+            Some(peer) => (
+                u32::from(peer.report.per_mille),
+                peer.report.mean_run_tenths,
+            ),
+            None => (self.loss_rate.per_mille(), 10),
         };
-        (f64::from(per_mille) / 1000.0).max(ASSUMED_LOSS_FLOOR)
+        PathLoss {
+            rate: (f64::from(per_mille) / 1000.0).max(ASSUMED_LOSS_FLOOR),
+            mean_run: f64::from(mean_run_tenths) / 10.0,
+        }
     }
 
     /// Packet `pn`, whose plaintext payload is `payload`, left as a source. The group closes
@@ -120,6 +134,7 @@ impl Connection {
         for gap in skipped {
             if self.arrival_gaps.len() >= MAX_ARRIVAL_GAPS {
                 lost_at_once += 1;
+                self.arrival_runs.on_lost(gap);
             } else {
                 self.arrival_gaps.push_back((gap, now));
             }
@@ -131,16 +146,17 @@ impl Connection {
         self.expire_arrival_gaps(now);
     }
 
-    /// A packet below the highest number arrived: late (reordered), it fills its gap; rebuilt
-    /// from repairs, its gap was a loss.
+    /// A packet below the highest number arrived late (reordered): it fills its gap. A packet
+    /// rebuilt from repairs was lost on the way: its gap stays, to be counted lost with its
+    /// neighbours when the allowance ends (counted now, before the gaps in front of it, it
+    /// would cut their run in pieces).
     pub(super) fn on_gap_filled(&mut self, pn: u64, rebuilt: bool) {
+        if rebuilt {
+            return;
+        }
         if let Some(at) = self.arrival_gaps.iter().position(|(gap, _)| *gap == pn) {
             self.arrival_gaps.remove(at);
-            if rebuilt {
-                self.arrival_loss.on_resolved(0, 1);
-            } else {
-                self.arrival_loss.on_resolved(1, 0);
-            }
+            self.arrival_loss.on_resolved(1, 0);
         }
     }
 
@@ -150,12 +166,12 @@ impl Connection {
         let allowance =
             (self.rtt.smoothed() / 4).clamp(Duration::from_millis(2), Duration::from_millis(25));
         let mut lost = 0;
-        while self
-            .arrival_gaps
-            .front()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= allowance)
-        {
+        while let Some(&(pn, at)) = self.arrival_gaps.front() {
+            if now.saturating_duration_since(at) < allowance {
+                break;
+            }
             self.arrival_gaps.pop_front();
+            self.arrival_runs.on_lost(pn);
             lost += 1;
         }
         if lost > 0 {
@@ -165,33 +181,36 @@ impl Connection {
 
     /// The loss to report to the peer in the ACK being written, if it changed since the last
     /// report; only while we decode its repairs (it sizes them by the report).
-    pub(super) fn loss_report_owed(&mut self, now: Instant) -> Option<u16> {
+    pub(super) fn loss_report_owed(&mut self, now: Instant) -> Option<LossReport> {
         if self.config.fec == FecMode::Off || self.state != State::Established {
             return None;
         }
         self.expire_arrival_gaps(now);
-        let per_mille = self.arrival_loss.per_mille().min(1000) as u16;
+        let report = LossReport {
+            per_mille: self.arrival_loss.per_mille().min(1000) as u16,
+            mean_run_tenths: self.arrival_runs.mean_tenths(),
+        };
         // Also once a round trip unchanged: a report may be lost, or arrive before the peer
         // counts itself established, and the next change may be long in coming.
         let fresh = self
             .loss_reported
-            .is_some_and(|(reported, at)| reported == per_mille && now < at + self.rtt.smoothed());
+            .is_some_and(|(reported, at)| reported == report && now < at + self.rtt.smoothed());
         if fresh {
             return None;
         }
-        self.loss_reported = Some((per_mille, now));
-        Some(per_mille)
+        self.loss_reported = Some((report, now));
+        Some(report)
     }
 
-    /// The peer reports how many of our packets it saw missing lately.
-    pub(super) fn on_loss_report(&mut self, per_mille: u16) {
-        let was = self.peer_loss.is_some_and(|(_, lossy)| lossy);
+    /// The peer reports how many of our packets it saw missing lately, and how they cluster.
+    pub(super) fn on_loss_report(&mut self, report: LossReport) {
+        let was = self.peer_loss.is_some_and(|peer| peer.lossy);
         let lossy = if was {
-            per_mille >= PROTECT_UNTIL_PER_MILLE
+            report.per_mille >= PROTECT_UNTIL_PER_MILLE
         } else {
-            per_mille >= PROTECT_FROM_PER_MILLE
+            report.per_mille >= PROTECT_FROM_PER_MILLE
         };
-        self.peer_loss = Some((per_mille, lossy));
+        self.peer_loss = Some(PeerLoss { report, lossy });
     }
 
     /// Processes the packets rebuilt from repairs as if they had arrived from `remote`.

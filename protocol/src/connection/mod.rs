@@ -54,12 +54,13 @@ use crate::congestion::Controller;
 use crate::crypto::{PacketKeys, TlsHandshake};
 use crate::datagrams::{Datagram, DatagramError, DatagramSet, Protection};
 use crate::fec::{FecReceiver, FecSender};
-use crate::loss_rate::LossRate;
+use crate::loss_rate::{LossRate, LossRuns};
 use crate::mtud::Mtud;
 use crate::ranges::RangeSet;
 use crate::recovery::SentPackets;
 use crate::rtt::RttEstimator;
 use crate::streams::{ReadOutcome, StreamError, StreamEvent, StreamSet};
+use crate::wire::frame::LossReport;
 use crate::wire::ids::{ConnectionId, Side, StreamId};
 use crate::wire::settings::Settings;
 use crate::wire::stateless_reset::ResetToken;
@@ -271,13 +272,15 @@ pub struct Connection {
     /// The peer's packets missing on arrival (gaps in packet numbers, before repair): what we
     /// report to the peer for its repairs, and the value last reported.
     arrival_loss: LossRate,
-    loss_reported: Option<(u16, Instant)>,
+    /// How those missing packets cluster (runs of consecutive numbers), also reported.
+    arrival_runs: LossRuns,
+    loss_reported: Option<(LossReport, Instant)>,
     /// Packet numbers a newer packet skipped, and since when: missing, but not counted as lost
     /// until they stay missing past the reordering allowance.
     arrival_gaps: VecDeque<(u64, Instant)>,
-    /// The peer's last LOSS_REPORT (per mille) and its lossy verdict: our packets' loss on the
-    /// way there, which repairs hide from our own loss detection.
-    peer_loss: Option<(u16, bool)>,
+    /// The peer's last LOSS_REPORT and its lossy verdict: our packets' loss on the way there,
+    /// which repairs hide from our own loss detection.
+    peer_loss: Option<fec::PeerLoss>,
     events: VecDeque<Event>,
     stats: ConnectionStats,
     error: Option<ConnectionError>,
@@ -373,6 +376,7 @@ impl Connection {
             fec_tx: FecSender::default(),
             fec_rx: FecReceiver::default(),
             arrival_loss: LossRate::default(),
+            arrival_runs: LossRuns::default(),
             arrival_gaps: VecDeque::new(),
             loss_reported: None,
             peer_loss: None,

@@ -356,8 +356,8 @@ impl Connection {
                 self.on_fec_repair(repair);
                 Ok(())
             }
-            Frame::LossReport(per_mille) => {
-                self.on_loss_report(*per_mille);
+            Frame::LossReport(report) => {
+                self.on_loss_report(*report);
                 Ok(())
             }
             Frame::MaxData(max) => {

@@ -466,8 +466,8 @@ impl Connection {
             None
         };
         if acked_up_to.is_some() && !long {
-            if let Some(per_mille) = self.loss_report_owed(now) {
-                Frame::LossReport(per_mille).encode(buf);
+            if let Some(report) = self.loss_report_owed(now) {
+                Frame::LossReport(report).encode(buf);
             }
         }
         let mut frames = Vec::new();

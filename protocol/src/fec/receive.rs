@@ -189,7 +189,7 @@ enum Outcome {
 mod tests {
     use super::super::FecSender;
     use super::*;
-    use crate::fec::FecMode;
+    use crate::fec::{FecMode, PathLoss};
     use crate::wire::frame::{Frame, FrameIter};
     use std::time::{Duration, Instant};
 
@@ -203,7 +203,15 @@ mod tests {
         };
         let mut s = FecSender::default();
         for (pn, p) in payloads.iter().enumerate() {
-            s.add_source(t0, pn as u64, p, mode, 0.0, Duration::from_millis(5), false);
+            s.add_source(
+                t0,
+                pn as u64,
+                p,
+                mode,
+                PathLoss::independent(0.0),
+                Duration::from_millis(5),
+                false,
+            );
         }
         std::iter::from_fn(|| s.next_repair(t0, usize::MAX, Duration::from_secs(1))).collect()
     }

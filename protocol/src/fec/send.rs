@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{code, copy_from_spare, repairs_needed, FecMode, FecStats};
+use super::{code, copy_from_spare, repairs_needed, FecMode, FecStats, PathLoss};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES, MAX_GROUP_SPAN};
 
 /// Source packets gathering into a group.
@@ -40,7 +40,7 @@ impl FecSender {
         pn: u64,
         payload: &[u8],
         mode: FecMode,
-        loss: f64,
+        loss: PathLoss,
         hold: Duration,
         quiet: bool,
     ) {
@@ -77,14 +77,14 @@ impl FecSender {
     }
 
     /// Closes the open group if its hold has ended.
-    pub(crate) fn on_timer(&mut self, now: Instant, mode: FecMode, loss: f64) {
+    pub(crate) fn on_timer(&mut self, now: Instant, mode: FecMode, loss: PathLoss) {
         if self.deadline().is_some_and(|at| at <= now) {
             self.close(now, mode, loss);
         }
     }
 
     /// Closes the open group: its repair frames join the queue.
-    fn close(&mut self, now: Instant, mode: FecMode, loss: f64) {
+    fn close(&mut self, now: Instant, mode: FecMode, loss: PathLoss) {
         let Some(group) = self.group.take() else {
             return;
         };
@@ -190,12 +190,24 @@ mod tests {
         let t0 = Instant::now();
         let hold = Duration::from_millis(5);
         let mut s = FecSender::default();
-        s.add_source(t0, 7, b"request", FecMode::Auto, 0.10, hold, false);
+        s.add_source(
+            t0,
+            7,
+            b"request",
+            FecMode::Auto,
+            PathLoss::independent(0.10),
+            hold,
+            false,
+        );
         assert!(!s.has_repairs());
         assert_eq!(s.deadline(), Some(t0 + hold));
-        s.on_timer(t0 + Duration::from_millis(4), FecMode::Auto, 0.10);
+        s.on_timer(
+            t0 + Duration::from_millis(4),
+            FecMode::Auto,
+            PathLoss::independent(0.10),
+        );
         assert!(!s.has_repairs());
-        s.on_timer(t0 + hold, FecMode::Auto, 0.10);
+        s.on_timer(t0 + hold, FecMode::Auto, PathLoss::independent(0.10));
         // Two repairs for a lone packet at 10% loss, each a symbol of 7 + 2 bytes.
         assert_eq!(
             repairs_of(&mut s, t0 + hold),
@@ -214,13 +226,29 @@ mod tests {
         };
         let mut s = FecSender::default();
         for pn in [10, 11, 13, 14] {
-            s.add_source(t0, pn, &[1; 100], mode, 0.0, hold, false);
+            s.add_source(
+                t0,
+                pn,
+                &[1; 100],
+                mode,
+                PathLoss::independent(0.0),
+                hold,
+                false,
+            );
         }
         let full = repairs_of(&mut s, t0);
         assert_eq!(full.len(), 2);
         assert_eq!(full[0].1, 0b11011);
-        s.add_source(t0, 20, &[1; 100], mode, 0.0, hold, false);
-        s.on_timer(t0 + hold, mode, 0.0);
+        s.add_source(
+            t0,
+            20,
+            &[1; 100],
+            mode,
+            PathLoss::independent(0.0),
+            hold,
+            false,
+        );
+        s.on_timer(t0 + hold, mode, PathLoss::independent(0.0));
         assert_eq!(repairs_of(&mut s, t0 + hold).len(), 1);
     }
 
@@ -229,13 +257,21 @@ mod tests {
         let t0 = Instant::now();
         let mut s = FecSender::default();
         let hold = Duration::from_millis(5);
-        s.add_source(t0, 100, b"a", FecMode::Auto, 0.05, hold, false);
+        s.add_source(
+            t0,
+            100,
+            b"a",
+            FecMode::Auto,
+            PathLoss::independent(0.05),
+            hold,
+            false,
+        );
         s.add_source(
             t0,
             100 + MAX_GROUP_SPAN,
             b"b",
             FecMode::Auto,
-            0.05,
+            PathLoss::independent(0.05),
             hold,
             false,
         );
@@ -253,15 +289,23 @@ mod tests {
             1,
             &[0; 1000],
             FecMode::Auto,
-            0.05,
+            PathLoss::independent(0.05),
             Duration::ZERO,
             false,
         );
-        s.on_timer(t0, FecMode::Auto, 0.05);
+        s.on_timer(t0, FecMode::Auto, PathLoss::independent(0.05));
         assert!(s.has_repairs());
         assert_eq!(s.next_repair(t0, 100, Duration::from_secs(1)), None);
-        s.add_source(t0, 2, b"x", FecMode::Auto, 0.05, Duration::ZERO, false);
-        s.on_timer(t0, FecMode::Auto, 0.05);
+        s.add_source(
+            t0,
+            2,
+            b"x",
+            FecMode::Auto,
+            PathLoss::independent(0.05),
+            Duration::ZERO,
+            false,
+        );
+        s.on_timer(t0, FecMode::Auto, PathLoss::independent(0.05));
         let late = t0 + Duration::from_millis(50);
         assert_eq!(s.next_repair(late, 2000, Duration::from_millis(20)), None);
     }

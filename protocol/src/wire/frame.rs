@@ -28,7 +28,7 @@
 //! | 0x35        | DATAGRAM_FRAGMENT | flow, sequence, index (u8), count (u8), data (length-prefixed) |
 //! | 0x36        | FEC_SOURCE       | none; the packet belongs to a group that repair packets protect |
 //! | 0x37        | FEC_REPAIR       | first packet number, members (bitmap), repair count (u8), index (u8), symbol (length-prefixed) |
-//! | 0x38        | LOSS_REPORT      | the peer's packets lost on the way here lately, per mille |
+//! | 0x38        | LOSS_REPORT      | the peer's packets lost on the way here lately, per mille; their mean run length, tenths |
 
 use std::ops::Range;
 
@@ -135,7 +135,23 @@ pub enum Frame<'a> {
     /// How many of our packets the peer saw missing lately (per mille, from gaps in packet
     /// numbers, before any repair): what forward error correction sizes its repairs by, since
     /// the packets it rebuilds never look lost to us.
-    LossReport(u16),
+    LossReport(LossReport),
+}
+
+/// A LOSS_REPORT frame's fields: how many of the peer's packets went missing on the way here
+/// lately, and how they cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossReport {
+    /// Share missing, per mille (0 to 1000).
+    pub per_mille: u16,
+    /// Mean length of a run of consecutive missing packet numbers, in tenths (10 to 10,000:
+    /// independent losses at rate p make runs of 1/(1 - p), bursty ones longer).
+    pub mean_run_tenths: u16,
+}
+
+impl LossReport {
+    /// Largest mean run length a report carries, in tenths.
+    pub const MAX_RUN_TENTHS: u16 = 10_000;
 }
 
 /// Most packet numbers a repair group spans, first to last: its members are a bitmap this wide.
@@ -501,10 +517,16 @@ impl<'a> Frame<'a> {
             }
             types::LOSS_REPORT => {
                 let per_mille = r.varint()?;
-                if per_mille > 1000 {
+                let mean_run_tenths = r.varint()?;
+                if per_mille > 1000
+                    || !(10..=u64::from(LossReport::MAX_RUN_TENTHS)).contains(&mean_run_tenths)
+                {
                     return Err(DecodeError::Invalid("loss report"));
                 }
-                Frame::LossReport(per_mille as u16)
+                Frame::LossReport(LossReport {
+                    per_mille: per_mille as u16,
+                    mean_run_tenths: mean_run_tenths as u16,
+                })
             }
             other => return Err(DecodeError::UnknownFrame(other)),
         })
@@ -567,9 +589,10 @@ impl<'a> Frame<'a> {
             Frame::Datagram(d) => d.encode(out),
             Frame::FecSource => out.put_varint(types::FEC_SOURCE),
             Frame::FecRepair(repair) => repair.encode(out),
-            Frame::LossReport(per_mille) => {
+            Frame::LossReport(report) => {
                 out.put_varint(types::LOSS_REPORT);
-                out.put_varint(u64::from(*per_mille));
+                out.put_varint(u64::from(report.per_mille));
+                out.put_varint(u64::from(report.mean_run_tenths));
             }
         }
     }
@@ -695,10 +718,25 @@ mod tests {
             data: &[5; 1200],
         }));
         round_trip(Frame::FecSource);
-        round_trip(Frame::LossReport(1000));
+        round_trip(Frame::LossReport(LossReport {
+            per_mille: 1000,
+            mean_run_tenths: LossReport::MAX_RUN_TENTHS,
+        }));
+        round_trip(Frame::LossReport(LossReport {
+            per_mille: 0,
+            mean_run_tenths: 10,
+        }));
+        for (per_mille, tenths) in [(1001, 10), (5, 9), (5, 10_001), (5, 0)] {
+            let mut buf = Vec::new();
+            buf.put_varint(types::LOSS_REPORT);
+            buf.put_varint(per_mille);
+            buf.put_varint(tenths);
+            assert!(decode_all(&buf).is_err(), "{per_mille} {tenths}");
+        }
+        // A report without its run length is truncated.
         let mut buf = Vec::new();
         buf.put_varint(types::LOSS_REPORT);
-        buf.put_varint(1001);
+        buf.put_varint(5);
         assert!(decode_all(&buf).is_err());
         round_trip(Frame::FecRepair(RepairFrame {
             first_pn: (1 << 62) - 1,
