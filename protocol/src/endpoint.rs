@@ -90,6 +90,21 @@ pub enum ConnectError {
     InvalidConfig(ConfigError),
 }
 
+/// Why [`Endpoint::replace_server_config`] kept the configuration it had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplaceServerConfigError {
+    /// A client endpoint accepts no connections.
+    #[error("not a server endpoint")]
+    NotAServer,
+    /// The new transport settings are unusable for a server.
+    #[error("invalid transport configuration: {0}")]
+    InvalidConfig(ConfigError),
+    /// `what` (the static secret, the server ID, the stateless-reset rate) differs: the keys
+    /// and connection IDs derived from it at creation cannot change under live connections.
+    #[error("the {0} cannot change while the endpoint runs")]
+    Fixed(&'static str),
+}
+
 /// Most stateless replies queued at once; beyond that they are dropped (and counted).
 const MAX_STATELESS_QUEUED: usize = 256;
 
@@ -198,6 +213,36 @@ impl Endpoint {
     /// Restricts which source addresses may connect (and migrate) to this server.
     pub fn set_address_filter(&mut self, filter: Option<AddressFilter>) {
         self.address_filter = filter;
+    }
+
+    /// Replaces a server's configuration for the connections it accepts from now on (their
+    /// transport settings, TLS certificate and key included, and `max_connections`); live
+    /// connections keep the settings they were made with. The static secret, server ID and
+    /// stateless-reset rate must stay as they were (the keys derived from them serve live
+    /// connections): a change is refused with [`ReplaceServerConfigError::Fixed`], and nothing
+    /// is replaced.
+    pub fn replace_server_config(
+        &mut self,
+        config: ServerConfig,
+    ) -> Result<(), ReplaceServerConfigError> {
+        let Some(current) = &self.server else {
+            return Err(ReplaceServerConfigError::NotAServer);
+        };
+        if config.static_secret != current.static_secret {
+            return Err(ReplaceServerConfigError::Fixed("static secret"));
+        }
+        if config.server_id != current.server_id {
+            return Err(ReplaceServerConfigError::Fixed("server ID"));
+        }
+        if config.stateless_reset_rate != current.stateless_reset_rate {
+            return Err(ReplaceServerConfigError::Fixed("stateless-reset rate"));
+        }
+        config
+            .transport
+            .validate_for(Side::Server)
+            .map_err(ReplaceServerConfigError::InvalidConfig)?;
+        self.server = Some(config);
+        Ok(())
     }
 
     /// Counters.

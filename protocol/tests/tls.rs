@@ -505,3 +505,39 @@ fn only_authenticated_packets_from_a_new_address_start_a_migration() {
     // rebinding, packets to the old address do count as misaddressed.)
     assert_eq!(misaddressed_before_rebinding, Some(0));
 }
+
+#[test]
+fn a_replaced_certificate_serves_new_handshakes_while_a_live_session_keeps_its_own() {
+    let old = Setup::new();
+    let new = Setup::new();
+    let mut pair = pair(11, old.server.clone(), LinkConfig::default().with_delay(MS));
+    let (first, _) = pair
+        .establish(TransportConfig::default().crypto(old.client()))
+        .expect("a handshake with the first certificate");
+    pair.server
+        .replace_server_config(ServerConfig::new(
+            TransportConfig::default().crypto(new.server.clone()),
+        ))
+        .unwrap();
+    assert!(
+        pair.establish(TransportConfig::default().crypto(old.client()))
+            .is_none(),
+        "a new handshake must meet the new certificate, which the old CA does not sign"
+    );
+    pair.establish(TransportConfig::default().crypto(new.client()))
+        .expect("a handshake with the new certificate");
+    assert!(
+        pair.client
+            .connection_ref(first)
+            .is_some_and(|c| c.is_established()),
+        "the session made before the replacement lives on"
+    );
+    let mut other_id = ServerConfig::new(TransportConfig::default().crypto(new.server.clone()));
+    other_id.server_id = Some(7);
+    assert_eq!(
+        pair.server.replace_server_config(other_id),
+        Err(ferry_protocol::endpoint::ReplaceServerConfigError::Fixed(
+            "server ID"
+        ))
+    );
+}

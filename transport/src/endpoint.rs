@@ -159,6 +159,17 @@ impl Endpoint {
         self.shared.lock().endpoint.set_address_filter(filter);
     }
 
+    /// Replaces a server endpoint's configuration for the sessions it accepts from now on: their
+    /// transport settings, TLS certificate and key, and the connection limit. Live sessions keep
+    /// what they were made with. See
+    /// [`ferry_protocol::endpoint::Endpoint::replace_server_config`] for what must not change.
+    pub fn replace_server_config(
+        &self,
+        config: ServerConfig,
+    ) -> Result<(), ferry_protocol::endpoint::ReplaceServerConfigError> {
+        self.shared.lock().endpoint.replace_server_config(config)
+    }
+
     /// The protocol endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
         self.shared.lock().endpoint.stats().clone()

@@ -23,6 +23,7 @@ pub use ferry_protocol::config::{ConfigError, ServerConfig, StaticSecret, Transp
 pub use ferry_protocol::connection::{close_code, ConnectionError, ConnectionStats};
 pub use ferry_protocol::crypto::{rustls, CryptoConfig, CryptoConfigError, Identity};
 pub use ferry_protocol::datagrams;
-pub use ferry_protocol::endpoint::ConnectionHandle;
+pub use ferry_protocol::endpoint::{AddressFilter, ConnectionHandle, ReplaceServerConfigError};
 pub use ferry_protocol::fec;
+pub use ferry_protocol::Side;
 pub use stream::{Stream, RESET_DROPPED};
