@@ -37,7 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use snapshot::{
-    BackendInfo, ClosedSession, FecTotals, History, SessionInfo, Snapshot, Totals, UdpTotals,
+    BackendInfo, ClosedSession, ConfigLoads, FecTotals, History, SessionInfo, Snapshot, Totals,
+    UdpTotals,
 };
 
 /// Where a binary's monitor state comes from.

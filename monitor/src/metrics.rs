@@ -364,6 +364,27 @@ impl Collector for SnapshotCollector {
             "Largest UDP datagram carried in one packet now, without fragments",
             u.unfragmented_max as f64,
         )?;
+        {
+            let mut m = e.encode_descriptor(
+                "ferry_config_reloads",
+                "Configuration reloads (SIGHUP): ok (applied) or failed (refused whole)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, value) in [
+                ("ok", s.config.reloads_ok),
+                ("failed", s.config.reloads_failed),
+            ] {
+                m.encode_family(&[("result", result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "ferry_config_last_reload_timestamp_seconds",
+            "When the configuration in force was loaded (start-up or the last applied reload), Unix time",
+            s.config.last_load_unix_seconds,
+        )?;
         let rtts: Vec<f64> = s.sessions.iter().map(|x| x.rtt_seconds).collect();
         let losses: Vec<f64> = s.sessions.iter().map(|x| x.loss_rate).collect();
         histogram(

@@ -67,6 +67,7 @@ pub fn stats_json(s: &Snapshot) -> serde_json::Value {
         "rtt_distribution_active": dist(&rtts, &RTT_BUCKETS),
         "loss_rate_distribution_active": dist(&losses, &LOSS_BUCKETS),
         "backends": s.backends,
+        "config": s.config,
     })
 }
 
@@ -280,6 +281,7 @@ table{border-collapse:collapse;background:#fff} td,th{border:1px solid #dde3ea;p
 <p><a href="/stats">stats</a> · <a href="/connections">connections</a> · <a href="/stats-history">history</a> · <a href="/metrics">metrics</a> · updated <span id="updated">never</span></p>
 <script>
 function fmtBytes(n){const u=['B','KiB','MiB','GiB','TiB'];let i=0;while(n>=1024&&i<4){n/=1024;i++}return n.toFixed(i?1:0)+' '+u[i]}
+function esc(t){return String(t).replace(/[&<>"']/g,c=>'&#'+c.charCodeAt(0)+';')}
 function card(label,value){return '<div class="card"><b>'+value+'</b><span>'+label+'</span></div>'}
 function bars(id,dist,fmt){
   const svg=document.getElementById(id),w=420,h=180,n=dist.length,bw=(w-20)/n;
@@ -330,6 +332,10 @@ async function refresh(){
       +card('wire out / in',fmtBytes(t.wire_bytes_out)+' / '+fmtBytes(t.wire_bytes_in))+card('compression saving',saving)
       +card('packets lost / sent',t.packets_lost+' / '+t.packets_sent)+card('dropped (malformed / forged)',t.malformed_dropped+' / '+t.unauthenticated_dropped);
     (t.rejected||[]).forEach(([k,v])=>{c+=card('rejected: '+k,v)});
+    const cf=s.config;if(cf){
+      c+=card('configuration loaded','<span id="config-loaded">'+(cf.last_load_unix_seconds>0?new Date(cf.last_load_unix_seconds*1000).toLocaleString():'-')+'</span>')
+        +card('last reload (ok / failed: '+cf.reloads_ok+' / '+cf.reloads_failed+')','<span id="config-last-reload" title="'+esc(cf.last_reload||'')+'">'+(cf.last_reload==null?'none':(cf.last_reload==='ok'?'ok':'failed'))+'</span>');
+    }
     const u=t.udp;if(u&&(u.flows_total>0)){
       c+=card('UDP flows active / total',u.flows_active+' / '+u.flows_total)+card('UDP datagrams in / out',u.datagrams_in+' / '+u.datagrams_out)
         +card('UDP copies / duplicates dropped',u.copies_sent+' / '+u.duplicates_suppressed)+card('UDP largest unfragmented',u.unfragmented_max+' B');

@@ -27,6 +27,22 @@ pub struct Snapshot {
     pub backends: Vec<BackendInfo>,
     /// The most recent closed sessions, newest first.
     pub history: Vec<ClosedSession>,
+    /// When the configuration was loaded, and how reloads went.
+    pub config: ConfigLoads,
+}
+
+/// The configuration's loads: at start-up, and each reload (SIGHUP) since.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigLoads {
+    /// When the configuration in force was loaded (start-up or the last reload that was
+    /// applied), seconds since the Unix epoch.
+    pub last_load_unix_seconds: f64,
+    /// Reloads applied.
+    pub reloads_ok: u64,
+    /// Reloads refused (a configuration that did not parse or validate).
+    pub reloads_failed: u64,
+    /// The last reload's result: `ok`, or why it was refused; `None` before the first one.
+    pub last_reload: Option<String>,
 }
 
 /// Process-wide figures.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_monitor::{BackendInfo, SessionInfo, Snapshot, Source, Totals};
+use ferry_monitor::{BackendInfo, ConfigLoads, SessionInfo, Snapshot, Source, Totals};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,6 +52,12 @@ impl Source for Fake {
                 latency_seconds: Some(0.001),
             }],
             history: Vec::new(),
+            config: ConfigLoads {
+                last_load_unix_seconds: 1_700_000_000.0,
+                reloads_ok: 2,
+                reloads_failed: 1,
+                last_reload: Some("invalid value for --max-connections".into()),
+            },
         }
     }
 }
@@ -124,6 +130,17 @@ async fn every_endpoint_answers_with_its_content_type_and_parses() {
         Some(("address", "tcp://127.0.0.1:8080")),
     );
     assert_eq!(number(streams), 5.0);
+    let reloads = |result| {
+        number(value(
+            "ferry_config_reloads_total",
+            Some(("result", result)),
+        ))
+    };
+    assert_eq!((reloads("ok"), reloads("failed")), (2.0, 1.0));
+    assert_eq!(
+        number(value("ferry_config_last_reload_timestamp_seconds", None)),
+        1_700_000_000.0
+    );
 
     for path in ["/stats", "/connections", "/stats-history"] {
         let (status, ct, body) = get(addr, path, "text/html").await;

@@ -53,8 +53,8 @@ pub(crate) fn serve(
 
 /// The snapshot of a binary named `role`, with what every binary reports filled in: its
 /// sessions, the session, stream and byte totals, uptime and history. It says ready; the
-/// caller adds its refusals, endpoint counters and backends, and readiness if it has a
-/// condition.
+/// caller adds its refusals, endpoint counters and backends, its configuration's loads, and
+/// readiness if it has a condition.
 pub(crate) fn snapshot(role: &str, registry: &Registry, meter: &Meter, drain: &Drain) -> Snapshot {
     let mut totals = Totals::default();
     let sessions = registry.describe(&mut totals);
@@ -74,5 +74,6 @@ pub(crate) fn snapshot(role: &str, registry: &Registry, meter: &Meter, drain: &D
         sessions,
         backends: Vec::new(),
         history: registry.history(),
+        config: Default::default(),
     }
 }
