@@ -102,6 +102,62 @@ fn the_gateway_says_ready_keeps_the_watchdog_fed_and_says_when_it_stops() {
     assert!(status.success(), "{status}");
 }
 
+fn hang_up(proc: &mut Proc) {
+    let pid = proc.0.id() as i32;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+}
+
+/// The `MONOTONIC_USEC` of a `RELOADING=1` message.
+fn monotonic_usec(message: &str) -> u64 {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {message:?}"))
+}
+
+#[test]
+fn a_reload_is_told_to_systemd_as_reloading_then_ready_even_when_refused() {
+    let systemd = FakeSystemd::new("reload");
+    let config =
+        std::env::temp_dir().join(format!("ferry-reload-notify-{}.toml", std::process::id()));
+    std::fs::write(&config, "backend = \"tcp://127.0.0.1:9\"\n").unwrap();
+    let args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{}", free_udp_port()),
+        "--config".to_owned(),
+        config.display().to_string(),
+    ];
+    let mut gateway = spawn_notifying(env!("CARGO_BIN_EXE_ferry-gateway"), &args, &systemd, 0);
+    systemd.expect("READY=1", Duration::from_secs(20));
+    std::fs::write(
+        &config,
+        "backend = [\"tcp://127.0.0.1:9\", \"tcp://127.0.0.1:10\"]\n",
+    )
+    .unwrap();
+    hang_up(&mut gateway);
+    let first = monotonic_usec(&systemd.expect("RELOADING=1", Duration::from_secs(10)));
+    let ready = systemd.expect("READY=1", Duration::from_secs(10));
+    assert!(ready.contains("STATUS=configuration reloaded"), "{ready}");
+    // Refused (a flag's value that is no number): systemd hears READY=1 all the same, with why.
+    std::fs::write(&config, "max-connections = \"lots\"\n").unwrap();
+    hang_up(&mut gateway);
+    let second = monotonic_usec(&systemd.expect("RELOADING=1", Duration::from_secs(10)));
+    assert!(second > first, "{second} after {first}");
+    let ready = systemd.expect("READY=1", Duration::from_secs(10));
+    assert!(
+        ready.contains("refused") && ready.contains("lots"),
+        "{ready}"
+    );
+    terminate(&mut gateway);
+    systemd.expect("STOPPING=1", Duration::from_secs(10));
+    assert!(gateway.0.wait().unwrap().success(), "SIGHUP never ended it");
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_says_ready_once_its_gateway_session_is_up() {
     let (_gateway, gateway_addr) = gateway(&["--backend", "tcp://127.0.0.1:9"]);
@@ -162,6 +218,10 @@ fn the_unit_files_pass_systemd_analyze_verify() {
         ))
         .unwrap();
         assert!(text.contains("Type=notify") && text.contains("DynamicUser=yes"));
+        assert!(
+            text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+            "{unit}"
+        );
         // verify checks that ExecStart's program exists: the binary just built stands in for
         // the installed one.
         let installed = format!("/usr/local/bin/{}", unit.trim_end_matches(".service"));

@@ -3,7 +3,7 @@
 //!
 //! The agent itself is library code, [`ferry_tunnel::agent`]; this binary reads its flags (and
 //! `--config FILE`) into an [`AgentConfig`], sets up logging, and runs the agent until SIGINT
-//! or SIGTERM.
+//! or SIGTERM, reading them all again on SIGHUP ([`ferry_tunnel::reload`]).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ use ferry_tunnel::agent::{AgentConfig, Listen};
 use ferry_tunnel::allow::AllowList;
 use ferry_tunnel::compress::Codec;
 use ferry_tunnel::process::{init_logging, shutdown_signal, LogFormat};
+use ferry_tunnel::reload::{Hangups, Loaded};
 use tracing::info;
 
 /// Ferry's client side: carries local connections to a gateway over reliable UDP.
@@ -86,6 +87,11 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// What is logged, in tracing's filter syntax (e.g. `info`, `warn,ferry_tunnel=debug`);
+    /// default: RUST_LOG, else info. A reload (SIGHUP) applies a new one.
+    #[arg(long, env = "FERRY_AGENT_LOG_FILTER", value_parser = ferry_tunnel::process::parse_log_filter)]
+    log_filter: Option<String>,
+
     /// Compression of what this agent sends: none, snappy, flate[:1-9] or zstd[:1-19], per
     /// stream; streams whose data does not compress fall back to none by themselves.
     #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
@@ -133,17 +139,36 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First: until SIGHUP is caught, its default action ends the process.
+    let hangups = Hangups::install();
     let Some(args) = ferry_tunnel::process::parse_args::<Args>("ferry-agent") else {
         return ExitCode::FAILURE;
     };
-    init_logging(args.log_format);
-    let result = match config(args) {
-        Ok(config) => ferry_tunnel::agent::run(config, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
-    };
-    ferry_tunnel::process::exit_code("ferry-agent", result)
+    init_logging(args.log_format, args.log_filter.as_deref());
+    ferry_tunnel::process::exit_code("ferry-agent", run(args, hangups).await)
+}
+
+async fn run(args: Args, hangups: Hangups) -> Result<(), String> {
+    let agent = ferry_tunnel::agent::Agent::start(config(args)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reloader = agent.reloader();
+    let serving = agent.run(shutdown_signal());
+    ferry_tunnel::reload::serve(serving, hangups, load, reloader)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What a reload reads: the command line, the `--config` file and the files the flags name,
+/// all again.
+fn load() -> Result<Loaded<AgentConfig>, String> {
+    let args = ferry_tunnel::process::reparse_args::<Args>()?;
+    let (log_filter, log_format) = (args.log_filter.clone(), args.log_format);
+    Ok(Loaded {
+        config: config(args)?,
+        log_filter,
+        log_format,
+    })
 }
 
 /// The agent's configuration from its flags, with the files they name read.

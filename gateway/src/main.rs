@@ -3,7 +3,8 @@
 //!
 //! The gateway itself is library code, [`ferry_tunnel::gateway`]; this binary reads its flags
 //! (and `--config FILE`, certificates, the reset key) into a [`GatewayConfig`], sets up
-//! logging, and runs the gateway until SIGINT or SIGTERM.
+//! logging, and runs the gateway until SIGINT or SIGTERM, reading them all again on SIGHUP
+//! ([`ferry_tunnel::reload`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use ferry_tunnel::compress::Codec;
 use ferry_tunnel::gateway::{Gateway, GatewayConfig};
 use ferry_tunnel::preamble::is_valid_service_name;
 use ferry_tunnel::process::{init_logging, shutdown_signal, LogFormat};
+use ferry_tunnel::reload::{Hangups, Loaded};
 use tracing::info;
 
 /// Ferry's datacenter side: unpacks tunnelled streams and forwards them to backends.
@@ -125,6 +127,11 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// What is logged, in tracing's filter syntax (e.g. `info`, `warn,ferry_tunnel=debug`);
+    /// default: RUST_LOG, else info. A reload (SIGHUP) applies a new one.
+    #[arg(long, env = "FERRY_GATEWAY_LOG_FILTER", value_parser = ferry_tunnel::process::parse_log_filter)]
+    log_filter: Option<String>,
+
     /// Compression of what this gateway sends back: none, snappy, flate[:1-9] or zstd[:1-19],
     /// per stream; streams whose data does not compress fall back to none by themselves.
     #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
@@ -206,21 +213,35 @@ fn services(args: &Args) -> Result<HashMap<String, Vec<Address>>, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First: until SIGHUP is caught, its default action ends the process.
+    let hangups = Hangups::install();
     let Some(args) = ferry_tunnel::process::parse_args::<Args>("ferry-gateway") else {
         return ExitCode::FAILURE;
     };
-    init_logging(args.log_format);
-    ferry_tunnel::process::exit_code("ferry-gateway", run(args).await)
+    init_logging(args.log_format, args.log_filter.as_deref());
+    ferry_tunnel::process::exit_code("ferry-gateway", run(args, hangups).await)
 }
 
-async fn run(args: Args) -> Result<(), String> {
+async fn run(args: Args, hangups: Hangups) -> Result<(), String> {
     let config = config(&args)?;
     let gateway = Gateway::start(config).await.map_err(|e| e.to_string())?;
     info!(listen = %gateway.local_addr(), crypto = ?args.tls.crypto, mutual_tls = args.tls.tls_client_ca.is_some(), "ferry-gateway ready");
-    gateway
-        .run(shutdown_signal())
+    let reloader = gateway.reloader();
+    let serving = gateway.run(shutdown_signal());
+    ferry_tunnel::reload::serve(serving, hangups, load, reloader)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// What a reload reads: the command line, the `--config` file and the files the flags name,
+/// all again.
+fn load() -> Result<Loaded<GatewayConfig>, String> {
+    let args = ferry_tunnel::process::reparse_args::<Args>()?;
+    Ok(Loaded {
+        config: config(&args)?,
+        log_filter: args.log_filter,
+        log_format: args.log_format,
+    })
 }
 
 /// The gateway's configuration from its flags, with the files they name read. Every flag is

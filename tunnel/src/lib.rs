@@ -43,6 +43,7 @@ pub mod preamble;
 pub mod process;
 pub mod proxy_protocol;
 pub mod registry;
+pub mod reload;
 pub mod splice;
 pub mod start_error;
 pub mod static_secret;

@@ -11,23 +11,93 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global logger: `RUST_LOG` filters (default `info`), output to stderr.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a terminal: logs piped to files or journald stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+/// The filter of the global logger, replaceable while the process runs (a reload), and the
+/// text it was made from.
+struct LogFilter {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    text: std::sync::Mutex<String>,
+    /// The output format, which cannot change while the process runs.
+    format: LogFormat,
 }
 
-/// Completes on SIGINT or SIGTERM (the first one received).
+static LOG_FILTER: std::sync::OnceLock<LogFilter> = std::sync::OnceLock::new();
+
+/// The filter a `--log-filter` value (or, without one, `RUST_LOG`, else `info`) stands for.
+fn log_filter_text(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "info".to_owned())
+}
+
+/// Parses a `--log-filter` value (`info`, `warn,ferry_tunnel=debug`: tracing's `EnvFilter`
+/// syntax), so that a bad one is a flag error, at start-up and on a reload alike.
+pub fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{s:?} is not a log filter: {e}"))
+}
+
+/// Installs the global logger: `filter` (the `--log-filter` flag) or else `RUST_LOG` says
+/// what is logged (default `info`), output to stderr. The filter can be replaced later
+/// ([`set_log_filter`]).
+pub fn init_logging(format: LogFormat, filter: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let text = log_filter_text(filter);
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(env_filter);
+    // Colour only for a terminal: logs piped to files or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter_layer);
+    let installed = match format {
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+    };
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(LogFilter {
+            handle,
+            text: std::sync::Mutex::new(text),
+            format,
+        });
+    }
+}
+
+/// The format of the logger [`init_logging`] installed, if it did.
+pub fn log_format() -> Option<LogFormat> {
+    LOG_FILTER.get().map(|l| l.format)
+}
+
+/// Replaces the global logger's filter with what `flag` (or else `RUST_LOG`, else `info`)
+/// says. `Ok(Some(text))` if it changed to `text`, `Ok(None)` if it was the same already or
+/// no logger was installed by [`init_logging`].
+pub fn set_log_filter(flag: Option<&str>) -> Result<Option<String>, String> {
+    let Some(current) = LOG_FILTER.get() else {
+        return Ok(None);
+    };
+    let text = log_filter_text(flag);
+    let mut shown = current.text.lock().unwrap_or_else(|e| e.into_inner());
+    if *shown == text {
+        return Ok(None);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&text)
+        .map_err(|e| format!("{text:?} is not a log filter: {e}"))?;
+    current
+        .handle
+        .reload(filter)
+        .map_err(|e| format!("the log filter cannot be replaced: {e}"))?;
+    *shown = text.clone();
+    Ok(Some(text))
+}
+
+/// Completes on SIGINT or SIGTERM (the first one received). SIGHUP is a reload
+/// ([`crate::reload`]), not a stop.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -118,6 +188,17 @@ pub fn parse_args<A: clap::Parser>(program: &str) -> Option<A> {
             None
         }
     }
+}
+
+/// Parses the process's command line again, with the `--config FILE` it names read again: what
+/// a reload starts from. Every error, the file's or a flag's, is one line; nothing exits.
+pub fn reparse_args<A: clap::Parser>() -> Result<A, String> {
+    let argv = crate::config::expand(std::env::args_os().collect()).map_err(|e| e.to_string())?;
+    A::try_parse_from(argv).map_err(|e| {
+        let text = e.to_string();
+        let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        line.trim_start_matches("error: ").to_owned()
+    })
 }
 
 /// The process exit code for `result`, printing a failure as one line named after `program`.

@@ -1,7 +1,8 @@
 //! Telling systemd how the daemon is doing, by its notification protocol (sd_notify(3)): with
 //! `Type=notify`, the unit counts as started only once the binary says `READY=1` (the gateway:
 //! listening; the agent: a gateway session up, or `--session-wait` passed), it shows
-//! `STOPPING=1` while the binary drains, and with `WatchdogSec=` it restarts a binary that
+//! `RELOADING=1` then `READY=1` around a reload on SIGHUP (`Type=notify-reload` waits for that
+//! pair, and `ExecReload=` with `Type=notify` reads it too), `STOPPING=1` while the binary drains, and with `WatchdogSec=` it restarts a binary that
 //! stops saying `WATCHDOG=1`, every half of `WATCHDOG_USEC`, from its event loop (a wedged
 //! runtime stops saying it).
 //!
@@ -46,6 +47,16 @@ impl Notifier {
         self.notify(&format!("READY=1\nSTATUS={status}"));
     }
 
+    /// Reloading the configuration: `READY=1` follows once it is done (applied or refused).
+    /// `MONOTONIC_USEC` is when the reload started on `CLOCK_MONOTONIC`, which systemd's
+    /// `Type=notify-reload` requires to tell this reload from an earlier one.
+    pub fn reloading(&self, status: &str) {
+        let usec = monotonic_usec();
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={status}"
+        ));
+    }
+
     /// Draining: the unit is stopping.
     pub fn stopping(&self, status: &str) {
         self.notify(&format!("STOPPING=1\nSTATUS={status}"));
@@ -64,6 +75,21 @@ impl Notifier {
                 notifier.notify("WATCHDOG=1");
             }
         }))
+    }
+}
+
+/// Now on `CLOCK_MONOTONIC` (the clock systemd compares `MONOTONIC_USEC` with), microseconds.
+fn monotonic_usec() -> u64 {
+    #[cfg(unix)]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        (t.tv_sec as u64)
+            .saturating_mul(1_000_000)
+            .saturating_add(t.tv_nsec as u64 / 1_000)
+    }
+    #[cfg(not(unix))]
+    {
+        0
     }
 }
 
@@ -131,6 +157,31 @@ mod tests {
         notifier.stopping("draining");
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining");
+    }
+
+    #[test]
+    fn a_reload_says_when_it_started_on_the_monotonic_clock() {
+        let name = format!("ferry-notify-reload-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        let notifier = Notifier {
+            socket: Some(format!("@{name}")),
+        };
+        let before = monotonic_usec();
+        notifier.reloading("reloading");
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {text:?}"));
+        assert!(usec >= before && usec <= monotonic_usec(), "{usec}");
+        assert_eq!(lines.next(), Some("STATUS=reloading"));
     }
 
     #[test]

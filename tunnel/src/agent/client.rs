@@ -18,18 +18,17 @@ use crate::allow::AllowList;
 use crate::compress::Codec;
 use crate::preamble::Preamble;
 use crate::process::Drain;
+use crate::reload::Live;
 use crate::splice::{splice, Abort, Meter, SpliceOptions};
 
 /// Shared by every accepted client.
 pub(super) struct Context {
     pub sessions: Arc<Sessions>,
-    pub allow: Option<AllowList>,
-    pub limit: Arc<Semaphore>,
-    pub max_connections: usize,
-    pub session_wait: Duration,
+    /// What a reload can change for clients: taken once by each new client.
+    pub settings: Live<ClientSettings>,
+    /// `--max-connections`.
+    pub limit: ConnectionLimit,
     pub drain: Drain,
-    /// What clients' bytes are compressed with on their way to the gateway.
-    pub compress: Codec,
     /// Payload and encoded bytes of every client, in total.
     pub meter: Arc<Meter>,
     /// Clients refused, by reason.
@@ -38,6 +37,73 @@ pub(super) struct Context {
     pub spare: SpareDescriptor,
     /// The open-files soft limit, for the log line of a client refused at it.
     pub open_files: Option<u64>,
+}
+
+/// The settings a new client is admitted and carried with; a reload replaces them.
+#[derive(Debug, Clone)]
+pub(super) struct ClientSettings {
+    /// Only clients from these networks are accepted.
+    pub allow: Option<AllowList>,
+    /// How long a new client waits for a gateway session before it is reset.
+    pub session_wait: Duration,
+    /// What clients' bytes are compressed with on their way to the gateway.
+    pub compress: Codec,
+}
+
+/// `--max-connections`: a permit per client connection or UDP flow. A reload may raise the
+/// limit (permits added at once) or lower it (free permits taken away at once, the rest as
+/// clients over the new limit leave: none is cut).
+#[derive(Debug)]
+pub(super) struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: std::sync::Mutex<usize>,
+}
+
+impl ConnectionLimit {
+    /// Room for `max` clients at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            max: std::sync::Mutex::new(max),
+        }
+    }
+
+    /// A permit for one more client, if under the limit.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// The limit now.
+    pub fn max(&self) -> usize {
+        *self.max.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the limit `new`.
+    pub fn set(&self, new: usize) {
+        let mut max = self.max.lock().unwrap_or_else(|e| e.into_inner());
+        if new > *max {
+            self.permits.add_permits(new - *max);
+        } else if new < *max {
+            let cut = *max - new;
+            let left = cut - self.permits.forget_permits(cut);
+            if left > 0 {
+                // Taken back as clients over the new limit leave.
+                let permits = self.permits.clone();
+                tokio::spawn(async move {
+                    let mut left = left;
+                    while left > 0 {
+                        let n = left.min(u32::MAX as usize) as u32;
+                        match permits.acquire_many(n).await {
+                            Ok(p) => p.forget(),
+                            Err(_) => return,
+                        }
+                        left -= n as usize;
+                    }
+                });
+            }
+        }
+        *max = new;
+    }
 }
 
 /// Carries one client connection: session, stream, preamble, splice.
@@ -53,11 +119,12 @@ pub(super) async fn carry<S: Abort + 'static>(
     socket.reset_unless_finished();
     let _permit = permit;
     let _guard = ctx.drain.enter();
-    let (lease, mut stream) = match ctx.sessions.open_stream(ctx.session_wait).await {
+    let settings = ctx.settings.get();
+    let (lease, mut stream) = match ctx.sessions.open_stream(settings.session_wait).await {
         Ok(opened) => opened,
         Err(NoStream::NoSession) => {
             ctx.refusals.no_session.fetch_add(1, Ordering::Relaxed);
-            crate::warn_limited!(client = ?peer, wait = ?ctx.session_wait, "client reset: no gateway session came up within --session-wait");
+            crate::warn_limited!(client = ?peer, wait = ?settings.session_wait, "client reset: no gateway session came up within --session-wait");
             socket.abort();
             return;
         }
@@ -84,7 +151,7 @@ pub(super) async fn carry<S: Abort + 'static>(
         return;
     }
     let options = SpliceOptions {
-        codec: ctx.compress,
+        codec: settings.compress,
         meters: &[&lease.meter, &ctx.meter],
     };
     match splice(socket, stream, options).await {
@@ -94,4 +161,25 @@ pub(super) async fn carry<S: Abort + 'static>(
         Err(e) => debug!(client = ?peer, error = %e, "client reset"),
     }
     drop(lease);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionLimit;
+
+    #[tokio::test]
+    async fn a_lowered_limit_cuts_no_client_and_admits_none_until_under_it() {
+        let limit = ConnectionLimit::new(3);
+        let held: Vec<_> = (0..2).map(|_| limit.try_acquire().unwrap()).collect();
+        limit.set(1);
+        assert!(limit.try_acquire().is_none(), "two held, the limit is one");
+        drop(held);
+        // The permits the two give back: one is taken away, one is room for a client.
+        tokio::task::yield_now().await;
+        let one = limit.try_acquire();
+        assert!(one.is_some() && limit.try_acquire().is_none());
+        limit.set(2);
+        assert!(limit.try_acquire().is_some(), "raised: room at once");
+        assert_eq!(limit.max(), 2);
+    }
 }

@@ -133,11 +133,11 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<(), StartError> {
 }
 
 fn admit(ctx: &Context, what: &dyn std::fmt::Display) -> Option<OwnedSemaphorePermit> {
-    match ctx.limit.clone().try_acquire_owned() {
-        Ok(p) => Some(p),
-        Err(_) => {
+    match ctx.limit.try_acquire() {
+        Some(p) => Some(p),
+        None => {
             ctx.refusals.limit.fetch_add(1, Ordering::Relaxed);
-            crate::warn_limited!(client = %what, limit = ctx.max_connections, "client reset: over --max-connections");
+            crate::warn_limited!(client = %what, limit = ctx.limit.max(), "client reset: over --max-connections");
             None
         }
     }
@@ -181,7 +181,13 @@ async fn accept_tcp(listener: tokio::net::TcpListener, service: String, ctx: Arc
                 continue;
             }
         };
-        if ctx.allow.as_ref().is_some_and(|a| !a.allows(peer.ip())) {
+        let allowed = ctx
+            .settings
+            .get()
+            .allow
+            .as_ref()
+            .is_none_or(|a| a.allows(peer.ip()));
+        if !allowed {
             ctx.refusals.allow_list.fetch_add(1, Ordering::Relaxed);
             crate::warn_limited!(client = %peer, "client refused: not in --allow-ip");
             socket.abort();

@@ -16,10 +16,12 @@
 //! - `client`: one client carried: a stream, the preamble, the splice.
 //! - `udp`: the UDP listeners: a flow per client address, carried as datagrams.
 //! - `monitor`: the agent as the monitor sees it.
+//! - `reload`: a new configuration applied to the running agent ([`Agent::reloader`]).
 
 mod client;
 mod listeners;
 mod monitor;
+mod reload;
 mod sessions;
 mod spare_descriptor;
 mod udp;
@@ -32,7 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_transport::TransportConfig;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -44,8 +45,9 @@ use crate::preamble::is_valid_service_name;
 use crate::process::Drain;
 use crate::registry::Registry;
 pub use crate::start_error::StartError;
-use client::Context;
+use client::{ClientSettings, ConnectionLimit, Context};
 use listeners::Bound;
+pub use reload::AgentReloader;
 use sessions::Sessions;
 
 /// A listener address and the service its connections reach (`--listen ADDR[=SERVICE]`).
@@ -140,7 +142,9 @@ pub struct Agent {
     tcp_addresses: Vec<SocketAddr>,
     udp_addresses: Vec<SocketAddr>,
     unix_paths: Vec<PathBuf>,
-    drain_timeout: Duration,
+    /// The configuration in force: what a reload compares the new one with.
+    current: Arc<std::sync::Mutex<AgentConfig>>,
+    reloads: Arc<crate::reload::ReloadStatus>,
     _monitor: Option<Monitor>,
 }
 
@@ -164,12 +168,13 @@ impl Agent {
             .map_err(StartError::UdpSocket)?;
         let ctx = Arc::new(Context {
             sessions,
-            allow: config.allow,
-            limit: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
-            session_wait: config.session_wait,
+            settings: crate::reload::Live::new(ClientSettings {
+                allow: config.allow.clone(),
+                session_wait: config.session_wait,
+                compress: config.compress,
+            }),
+            limit: ConnectionLimit::new(config.max_connections),
             drain: Drain::default(),
-            compress: config.compress,
             meter: Arc::default(),
             refusals: Arc::default(),
             spare: spare_descriptor::SpareDescriptor::new(),
@@ -182,12 +187,14 @@ impl Agent {
             routes: Arc::default(),
             opening_bytes: Default::default(),
         });
+        let reloads = Arc::new(crate::reload::ReloadStatus::new());
         let source = monitor::AgentSource {
             sessions: ctx.sessions.clone(),
             refusals: ctx.refusals.clone(),
             meter: ctx.meter.clone(),
             drain: ctx.drain.clone(),
             udp: udp.counters.clone(),
+            reloads: reloads.clone(),
         };
         let monitor = monitoring::serve(monitor_listener, source)?;
         let mut agent = Agent {
@@ -197,7 +204,8 @@ impl Agent {
             tcp_addresses: Vec::new(),
             udp_addresses: Vec::new(),
             unix_paths: Vec::new(),
-            drain_timeout: config.drain_timeout,
+            current: Arc::new(std::sync::Mutex::new(config.clone())),
+            reloads,
             _monitor: monitor,
         };
         for (listener, l) in bound {
@@ -212,6 +220,16 @@ impl Agent {
             agent.listeners.push(tokio::spawn(task));
         }
         Ok(agent)
+    }
+
+    /// What applies a new configuration to this agent while it runs (see [`crate::reload`]);
+    /// take it before [`Agent::run`].
+    pub fn reloader(&self) -> AgentReloader {
+        AgentReloader {
+            ctx: self.ctx.clone(),
+            current: self.current.clone(),
+            status: self.reloads.clone(),
+        }
     }
 
     /// The addresses the TCP listeners are bound to, in the order configured (for a listener
@@ -235,7 +253,7 @@ impl Agent {
         // without one: from then on clients are served or refused with a reason.
         let readiness = {
             let (notifier, sessions) = (notifier.clone(), self.ctx.sessions.clone());
-            let wait = self.ctx.session_wait;
+            let wait = self.ctx.settings.get().session_wait;
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + wait;
                 while sessions.live().is_empty() && tokio::time::Instant::now() < deadline {
@@ -259,7 +277,12 @@ impl Agent {
         }
         // UDP flows have no end of their own: they end now, telling the gateway.
         self.udp.routes.end_all();
-        let (ctx, timeout) = (&self.ctx, self.drain_timeout);
+        let timeout = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain_timeout;
+        let ctx = &self.ctx;
         info!(
             connections = ctx.drain.active(),
             ?timeout,

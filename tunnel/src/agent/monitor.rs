@@ -32,6 +32,7 @@ pub(super) struct AgentSource {
     pub meter: Arc<Meter>,
     pub drain: Drain,
     pub udp: Arc<crate::udp::UdpCounters>,
+    pub reloads: Arc<crate::reload::ReloadStatus>,
 }
 
 impl Source for AgentSource {
@@ -39,6 +40,7 @@ impl Source for AgentSource {
         let registry = &self.sessions.registry;
         let mut snapshot =
             crate::monitoring::snapshot("ferry-agent", registry, &self.meter, &self.drain);
+        snapshot.config = self.reloads.snapshot();
         let t = &mut snapshot.totals;
         self.udp.add_to(&mut t.udp);
         t.rejected = vec![

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::load::{Load, LoadShare};
 use crate::registry::Registry;
+use crate::reload::Live;
 use crate::splice::Meter;
 
 /// How long a connection attempt to a silent gateway waits before the agent says that nothing
@@ -79,6 +80,9 @@ struct Slot {
     load: Load,
     /// The link's UDP endpoint, for its counters.
     endpoint: Endpoint,
+    /// The transport settings of the link's next session (a reload may replace them; the
+    /// session up now keeps those it was made with).
+    config: Live<TransportConfig>,
 }
 
 /// Every session of the agent.
@@ -113,12 +117,13 @@ impl Sessions {
         for (gateway, config) in gateways {
             for _ in 0..links.max(1) {
                 let endpoint = Endpoint::client_to(*gateway)?;
-                endpoints.push((endpoint.clone(), config.clone()));
+                endpoints.push(endpoint.clone());
                 slots.push(Arc::new(Slot {
                     gateway: *gateway,
                     conn: Mutex::new(None),
                     load: Load::default(),
                     endpoint,
+                    config: Live::new(config.clone()),
                 }));
             }
         }
@@ -129,19 +134,25 @@ impl Sessions {
             changed: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        for (i, (endpoint, config)) in endpoints.into_iter().enumerate() {
+        for (i, endpoint) in endpoints.into_iter().enumerate() {
             let sessions = sessions.clone();
-            tokio::spawn(async move { sessions.keep_connected(i, endpoint, config).await });
+            tokio::spawn(async move { sessions.keep_connected(i, endpoint).await });
         }
         Ok(sessions)
     }
 
-    async fn keep_connected(
-        self: Arc<Self>,
-        index: usize,
-        endpoint: Endpoint,
-        config: TransportConfig,
-    ) {
+    /// Makes `config` the transport settings of `gateway`'s next sessions (reconnects, and
+    /// links not up yet); the sessions up now keep theirs. False if no link goes to `gateway`.
+    pub fn set_transport(&self, gateway: SocketAddr, config: &TransportConfig) -> bool {
+        let mut found = false;
+        for slot in self.slots.iter().filter(|s| s.gateway == gateway) {
+            slot.config.set(config.clone());
+            found = true;
+        }
+        found
+    }
+
+    async fn keep_connected(self: Arc<Self>, index: usize, endpoint: Endpoint) {
         let slot = self.slots[index].clone();
         let mut backoff = Backoff::new(FIRST_BACKOFF);
         // Failed attempts in a row: the first is a warning, and so is each that fails for a
@@ -153,7 +164,8 @@ impl Sessions {
         let mut silence_reported = false;
         info!(gateway = %slot.gateway, link = index, "connecting to gateway");
         while !self.stopping.load(Ordering::SeqCst) {
-            let attempt = endpoint.connect(slot.gateway, config.clone());
+            let config = slot.config.get();
+            let attempt = endpoint.connect(slot.gateway, TransportConfig::clone(&config));
             tokio::pin!(attempt);
             // A gateway that does not answer at all (down, or UDP filtered on the way) fails
             // the handshake only after its timeout: say so well before, once per outage.

@@ -201,8 +201,8 @@ impl Listener<'_> {
             }
             _ => {}
         }
-        if self
-            .ctx
+        let settings = self.ctx.settings.get();
+        if settings
             .allow
             .as_ref()
             .is_some_and(|a| !a.allows(client.ip()))
@@ -216,12 +216,12 @@ impl Listener<'_> {
             UdpCounters::count(&counters.dropped_waiting);
             return;
         }
-        let Ok(permit) = self.ctx.limit.clone().try_acquire_owned() else {
+        let Some(permit) = self.ctx.limit.try_acquire() else {
             self.udp.release(data.len());
             UdpCounters::count(&counters.refused_limit);
             UdpCounters::count(&counters.dropped_refused);
             self.ctx.refusals.limit.fetch_add(1, Ordering::Relaxed);
-            crate::warn_limited!(client = %client, limit = self.ctx.max_connections, "UDP flow refused: over --max-connections (flows and TCP clients count together)");
+            crate::warn_limited!(client = %client, limit = self.ctx.limit.max(), "UDP flow refused: over --max-connections (flows and TCP clients count together)");
             return;
         };
         flows.insert(client, Entry::Opening(vec![data.to_vec()]));
@@ -285,11 +285,12 @@ async fn open_flow(
             }
         }
     };
-    let (lease, mut stream) = match ctx.sessions.open_stream(ctx.session_wait).await {
+    let session_wait = ctx.settings.get().session_wait;
+    let (lease, mut stream) = match ctx.sessions.open_stream(session_wait).await {
         Ok(opened) => opened,
         Err(NoStream::NoSession) => {
             ctx.refusals.no_session.fetch_add(1, Ordering::Relaxed);
-            crate::warn_limited!(%client, wait = ?ctx.session_wait, "UDP flow refused: no gateway session came up within --session-wait");
+            crate::warn_limited!(%client, wait = ?session_wait, "UDP flow refused: no gateway session came up within --session-wait");
             return refuse();
         }
         Err(NoStream::StreamLimit { open_streams }) => {

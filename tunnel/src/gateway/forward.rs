@@ -17,6 +17,7 @@ use crate::address::Address;
 use crate::compress::Codec;
 use crate::preamble::Preamble;
 use crate::proxy_protocol;
+use crate::reload::Live;
 use crate::splice::{codes, refuse, splice, Meter, SpliceOptions};
 
 /// How long an agent has to send a stream's preamble.
@@ -24,22 +25,30 @@ const PREAMBLE_WAIT: Duration = Duration::from_secs(10);
 
 /// What every forwarded stream needs, shared by all sessions.
 pub(super) struct Forwarding {
-    /// Pools by service name; "" is the default service.
-    pub services: HashMap<String, Pool>,
-    pub connect_timeout: Duration,
-    pub proxy: Option<proxy_protocol::Version>,
-    /// What backends' bytes are compressed with on their way to the agent.
-    pub compress: Codec,
+    /// The services and how to reach their backends: replaced whole by a reload, taken once by
+    /// each new stream, which keeps what it took until it ends.
+    pub routes: Live<Routes>,
     /// Payload and encoded bytes of every stream, in total.
     pub meter: Meter,
-    /// `--backend-max-streams`, for the log line of a stream refused at it.
-    pub backend_max_streams: usize,
     /// The open-files soft limit, for the log line of a stream refused at it.
     pub open_files: Option<u64>,
     /// Streams refused at a limit, by reason.
     pub refusals: Refusals,
     /// UDP flows' settings, limits and counters.
     pub udp: super::udp::GatewayUdp,
+}
+
+/// The services and how their backends are reached: what a reload can change.
+#[derive(Debug)]
+pub(super) struct Routes {
+    /// Pools by service name; "" is the default service.
+    pub services: HashMap<String, Pool>,
+    pub connect_timeout: Duration,
+    pub proxy: Option<proxy_protocol::Version>,
+    /// What backends' bytes are compressed with on their way to the agent.
+    pub compress: Codec,
+    /// `--backend-max-streams`, for the log line of a stream refused at it.
+    pub backend_max_streams: usize,
 }
 
 /// Streams the gateway refused at one of its limits (the agent resets their clients).
@@ -60,8 +69,9 @@ pub(super) async fn forward(
     session: &Meter,
     flows: &super::udp::SessionFlows,
 ) {
+    let routes = fwd.routes.get();
     let options = SpliceOptions {
-        codec: fwd.compress,
+        codec: routes.compress,
         meters: &[session, &fwd.meter],
     };
     let preamble = match tokio::time::timeout(PREAMBLE_WAIT, Preamble::read_from(&mut stream)).await
@@ -76,7 +86,7 @@ pub(super) async fn forward(
             return refuse::<TcpStream>(stream, codes::BAD_PREAMBLE, None);
         }
     };
-    let Some(pool) = fwd.services.get(&preamble.service) else {
+    let Some(pool) = routes.services.get(&preamble.service) else {
         crate::warn_limited!(service = %preamble.service, client = ?preamble.client, "stream refused: unknown service");
         return refuse::<TcpStream>(stream, codes::UNKNOWN_SERVICE, None);
     };
@@ -89,7 +99,7 @@ pub(super) async fn forward(
     }
     let Some(lease) = pool.pick(Instant::now(), false) else {
         fwd.refusals.backend_limit.fetch_add(1, Ordering::Relaxed);
-        crate::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = fwd.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
+        crate::warn_limited!(service = %preamble.service, client = ?preamble.client, limit = routes.backend_max_streams, "stream refused: every backend of the service is at --backend-max-streams");
         return refuse::<TcpStream>(stream, codes::LIMIT, None);
     };
     let backend = lease.backend().clone();
@@ -102,10 +112,10 @@ pub(super) async fn forward(
                 let _ = socket.set_nodelay(true);
                 Ok(socket)
             };
-            match connect_within(fwd.connect_timeout, connecting).await {
+            match connect_within(routes.connect_timeout, connecting).await {
                 Ok(mut socket) => {
                     backend.connected(started.elapsed());
-                    if let Some(version) = fwd.proxy {
+                    if let Some(version) = routes.proxy {
                         if let Err(e) = send_proxy_header(&mut socket, version, &preamble).await {
                             refuse(stream, codes::BACKEND_UNREACHABLE, Some(socket));
                             debug!(backend = %backend.address, error = %e, "PROXY header not sent");
@@ -122,7 +132,7 @@ pub(super) async fn forward(
         #[cfg(unix)]
         Address::Unix(path) => {
             let connecting = tokio::net::UnixStream::connect(path);
-            match connect_within(fwd.connect_timeout, connecting).await {
+            match connect_within(routes.connect_timeout, connecting).await {
                 Ok(socket) => {
                     backend.connected(started.elapsed());
                     splice(socket, stream, options)

@@ -11,10 +11,12 @@
 //! - `forward`: one stream forwarded: preamble, backend, connect, splice.
 //! - `udp`: UDP flows: a backend socket per flow, the session's datagrams dispatched to them.
 //! - `monitor`: the gateway as the monitor sees it.
+//! - `reload`: a new configuration applied to the running gateway ([`Gateway::reloader`]).
 
 mod forward;
 mod monitor;
 mod pool;
+mod reload;
 mod udp;
 
 use std::collections::HashMap;
@@ -36,8 +38,8 @@ use crate::proxy_protocol;
 use crate::registry::Registry;
 use crate::splice::Meter;
 pub use crate::start_error::StartError;
-use forward::{forward, Forwarding};
-use pool::Pool;
+use forward::{forward, Forwarding, Routes};
+pub use reload::GatewayReloader;
 
 /// What a gateway is told to do; each field is the flag of the same name, read.
 #[derive(Debug, Clone)]
@@ -89,8 +91,9 @@ pub struct Gateway {
     sessions: Arc<Registry>,
     monitor_listener: Option<TcpListener>,
     max_streams: u64,
-    max_connections: usize,
-    drain_timeout: Duration,
+    /// The configuration in force: what a reload compares the new one with.
+    current: Arc<std::sync::Mutex<GatewayConfig>>,
+    reloads: Arc<crate::reload::ReloadStatus>,
 }
 
 impl Gateway {
@@ -98,7 +101,6 @@ impl Gateway {
     /// allow-list and the services' pools. Every error is one line.
     pub async fn start(config: GatewayConfig) -> Result<Gateway, StartError> {
         let max_streams = config.server.transport.max_concurrent_streams;
-        let max_connections = config.server.max_connections;
         // Each stream holds one descriptor, its backend connection; one agent may open
         // --max-streams of them (all sessions together share the same limit).
         let open_files = crate::process::raise_and_check_open_files(
@@ -107,6 +109,7 @@ impl Gateway {
             "backend connection",
         );
         let listen = config.listen;
+        let current = config.clone();
         let endpoint = Endpoint::server(listen, config.server).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => StartError::UdpInUse(listen),
             _ => StartError::UdpListen {
@@ -115,35 +118,20 @@ impl Gateway {
             },
         })?;
         let monitor_listener = crate::monitoring::bind(config.monitor).await?;
-        if let Some(list) = config.allow {
+        if let Some(list) = &config.allow {
             info!(allow = %list, "agents restricted by allow-list");
-            endpoint.set_address_filter(Some(Arc::new(move |a: &SocketAddr| list.allows(a.ip()))));
         }
-        let services: HashMap<String, Pool> = config
-            .services
-            .into_iter()
-            .map(|(name, addresses)| (name, Pool::new(addresses, config.backend_max_streams)))
-            .collect();
-        for (name, pool) in services.iter() {
-            let backends: Vec<String> = pool
-                .backends()
-                .iter()
-                .map(|b| b.address.to_string())
-                .collect();
-            let name = if name.is_empty() {
-                "(default)"
-            } else {
-                name.as_str()
-            };
-            info!(service = name, backends = %backends.join(","), "service configured");
-        }
+        endpoint.set_address_filter(reload::address_filter(config.allow));
+        let services = reload::pools(&HashMap::new(), config.services, config.backend_max_streams);
         let fwd = Arc::new(Forwarding {
-            services,
-            connect_timeout: config.connect_timeout,
-            proxy: config.proxy_protocol,
-            compress: config.compress,
+            routes: crate::reload::Live::new(Routes {
+                services,
+                connect_timeout: config.connect_timeout,
+                proxy: config.proxy_protocol,
+                compress: config.compress,
+                backend_max_streams: config.backend_max_streams,
+            }),
             meter: Meter::default(),
-            backend_max_streams: config.backend_max_streams,
             open_files: open_files.soft,
             refusals: forward::Refusals::default(),
             udp: udp::GatewayUdp {
@@ -161,9 +149,20 @@ impl Gateway {
             sessions: Arc::new(Registry::new()),
             monitor_listener,
             max_streams,
-            max_connections,
-            drain_timeout: config.drain_timeout,
+            current: Arc::new(std::sync::Mutex::new(current)),
+            reloads: Arc::new(crate::reload::ReloadStatus::new()),
         })
+    }
+
+    /// What applies a new configuration to this gateway while it runs (see
+    /// [`crate::reload`]); take it before [`Gateway::run`].
+    pub fn reloader(&self) -> GatewayReloader {
+        GatewayReloader {
+            endpoint: self.endpoint.clone(),
+            fwd: self.fwd.clone(),
+            current: self.current.clone(),
+            status: self.reloads.clone(),
+        }
     }
 
     /// The UDP address the gateway is bound to (useful when it asked for port 0).
@@ -181,12 +180,13 @@ impl Gateway {
             endpoint: self.endpoint.clone(),
             fwd: self.fwd.clone(),
             drain: drain.clone(),
+            reloads: self.reloads.clone(),
         };
         let _monitor = crate::monitoring::serve(self.monitor_listener, source)?;
         let reporter = tokio::spawn(report_refused_sessions(
             self.endpoint.clone(),
             self.sessions.clone(),
-            self.max_connections,
+            self.current.clone(),
         ));
         let notifier = crate::systemd::Notifier::from_env();
         let watchdog = notifier.start_watchdog();
@@ -231,7 +231,11 @@ impl Gateway {
         }
         notifier.stopping("draining open streams");
         self.fwd.udp.stop.send_replace(true);
-        let timeout = self.drain_timeout;
+        let timeout = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain_timeout;
         info!(
             streams = drain.active(),
             ?timeout,
@@ -273,7 +277,7 @@ const REFUSED_SESSIONS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 async fn report_refused_sessions(
     endpoint: Endpoint,
     sessions: Arc<Registry>,
-    max_connections: usize,
+    current: Arc<std::sync::Mutex<GatewayConfig>>,
 ) {
     let mut reported = endpoint.stats().connections_refused;
     let mut last_logged: Option<tokio::time::Instant> = None;
@@ -285,10 +289,15 @@ async fn report_refused_sessions(
         if refused == reported || !due {
             continue;
         }
+        let limit = current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .server
+            .max_connections;
         warn!(
             refused = refused - reported,
             sessions = sessions.connections().len(),
-            limit = max_connections,
+            limit,
             "agent sessions refused: over --max-connections (or an invalid address token)"
         );
         reported = refused;

@@ -18,6 +18,7 @@ pub(super) struct GatewaySource {
     pub endpoint: Endpoint,
     pub fwd: Arc<Forwarding>,
     pub drain: Drain,
+    pub reloads: Arc<crate::reload::ReloadStatus>,
 }
 
 impl Source for GatewaySource {
@@ -51,7 +52,8 @@ impl Source for GatewaySource {
             ("rate-limited".into(), e.stateless_resets_limited),
         ];
         let now = Instant::now();
-        for (service, pool) in self.fwd.services.iter() {
+        snapshot.config = self.reloads.snapshot();
+        for (service, pool) in self.fwd.routes.get().services.iter() {
             for b in pool.backends() {
                 snapshot.backends.push(BackendInfo {
                     service: service.clone(),

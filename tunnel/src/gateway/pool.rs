@@ -6,7 +6,12 @@
 //! (from 250 ms up to 30 s, RProxy's IDLE/ACTIVE/DOWN idea); when the backoff expires, the next
 //! stream probes it, and a success brings it back UP by itself. When every backend is down the
 //! least recently failed one is tried anyway, so a recovered pool is found at once.
+//!
+//! A reload gives a service a new pool ([`Pool::reconfigured`]): a backend kept keeps its
+//! health and its count of streams; a removed one is no longer picked, while the streams it
+//! carries hold it (through their [`Lease`]) until they end.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +43,8 @@ pub(super) struct Backend {
     pub address: Address,
     /// Streams forwarded to it now.
     load: Load,
-    /// Per-backend stream limit (0: none).
-    limit: usize,
+    /// Per-backend stream limit (0: none); a reload may change it.
+    limit: AtomicUsize,
     health: Mutex<Health>,
 }
 
@@ -126,20 +131,37 @@ pub(super) struct Pool {
 impl Pool {
     /// A pool of `addresses`, each limited to `per_backend_limit` streams (0: unlimited).
     pub fn new(addresses: Vec<Address>, per_backend_limit: usize) -> Self {
+        Self::empty().reconfigured(addresses, per_backend_limit)
+    }
+
+    fn empty() -> Self {
+        Self {
+            backends: Arc::default(),
+        }
+    }
+
+    /// A pool of `addresses` that keeps this pool's backends among them (their health, their
+    /// streams and their count), each now limited to `per_backend_limit` streams.
+    pub fn reconfigured(&self, addresses: Vec<Address>, per_backend_limit: usize) -> Self {
         let backends = addresses
             .into_iter()
             .map(|address| {
-                Arc::new(Backend {
-                    address,
-                    load: Load::default(),
-                    limit: per_backend_limit,
-                    health: Mutex::new(Health {
-                        failures: 0,
-                        backoff: Backoff::new(FIRST_BACKOFF),
-                        down_until: None,
-                        latency: None,
-                    }),
-                })
+                let kept = self.backends.iter().find(|b| b.address == address);
+                let backend = kept.cloned().unwrap_or_else(|| {
+                    Arc::new(Backend {
+                        address,
+                        load: Load::default(),
+                        limit: AtomicUsize::new(per_backend_limit),
+                        health: Mutex::new(Health {
+                            failures: 0,
+                            backoff: Backoff::new(FIRST_BACKOFF),
+                            down_until: None,
+                            latency: None,
+                        }),
+                    })
+                });
+                backend.limit.store(per_backend_limit, Ordering::Relaxed);
+                backend
             })
             .collect();
         Self {
@@ -160,7 +182,10 @@ impl Pool {
             self.backends
                 .iter()
                 .filter(|b| b.address.is_udp() == udp)
-                .filter(|b| b.limit == 0 || b.active() < b.limit)
+                .filter(|b| {
+                    let limit = b.limit.load(Ordering::Relaxed);
+                    limit == 0 || b.active() < limit
+                })
         };
         let chosen = with_room()
             .filter(|b| b.is_up(now))
@@ -261,6 +286,38 @@ mod tests {
         drop(a);
         assert!(p.pick(now, false).is_some());
         drop(b);
+    }
+
+    #[test]
+    fn a_reload_keeps_kept_backends_stops_picking_removed_ones_and_adds_new_ones() {
+        let p = pool(2, 0);
+        let now = Instant::now();
+        let on_first = p.pick(now, false).unwrap();
+        let on_second = p.pick(now, false).unwrap();
+        p.backends()[1].failed(now, "refused");
+        let addresses = ["tcp://127.0.0.1:8001", "tcp://127.0.0.1:9000"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let q = p.reconfigured(addresses, 1);
+        assert!(
+            Arc::ptr_eq(&q.backends()[0], &p.backends()[1]),
+            "kept, health and all"
+        );
+        assert!(!q.backends()[0].is_up(now));
+        assert_eq!(q.backends()[1].address.to_string(), "tcp://127.0.0.1:9000");
+        // The removed backend still counts its open stream, and is never picked again.
+        assert_eq!(on_first.backend().active(), 1);
+        let picks: Vec<_> = (0..2).map(|_| q.pick(now, false)).collect();
+        assert!(picks
+            .iter()
+            .flatten()
+            .all(|l| !Arc::ptr_eq(l.backend(), on_first.backend())));
+        // The new limit of one applies to the kept backend, which holds a stream already.
+        assert!(
+            picks.iter().flatten().count() == 1 && q.pick(now, false).is_none(),
+            "one new stream on the new backend, then both are at the limit"
+        );
+        drop((on_first, on_second));
     }
 
     #[test]
