@@ -45,6 +45,9 @@ pub mod codes {
     pub const SHUTDOWN: u64 = 0x106;
     /// The compressed data was corrupt or a decompression bomb.
     pub const CORRUPT: u64 = 0x107;
+    /// The agent's address is not in the gateway's `--allow-ip` (any more: a reload took it
+    /// out while its session was up).
+    pub const NOT_ALLOWED: u64 = 0x108;
 }
 
 /// A local stream socket that can be aborted with a reset.

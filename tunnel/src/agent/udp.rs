@@ -369,6 +369,7 @@ async fn open_flow(
                     "the gateway does not understand UDP flows (an older version?)"
                 }
                 Some(codes::SHUTDOWN) => "the gateway is shutting down",
+                Some(codes::NOT_ALLOWED) => "this agent is not in the gateway's --allow-ip",
                 _ => "the session ended",
             };
             crate::warn_limited!(%client, reason, "UDP flow ended by the gateway");
@@ -379,6 +380,7 @@ async fn open_flow(
                         | codes::UNKNOWN_SERVICE
                         | codes::BACKEND_UNREACHABLE
                         | codes::BAD_PREAMBLE
+                        | codes::NOT_ALLOWED
                 )
             ) {
                 refuse();

@@ -49,6 +49,9 @@ pub(super) struct Routes {
     pub compress: Codec,
     /// `--backend-max-streams`, for the log line of a stream refused at it.
     pub backend_max_streams: usize,
+    /// `--allow-ip`: the endpoint checks it for new sessions; each new stream is checked here,
+    /// so that an agent a reload took out opens no new stream on the session it has.
+    pub allow: Option<crate::allow::AllowList>,
 }
 
 /// Streams the gateway refused at one of its limits (the agent resets their clients).
@@ -58,18 +61,30 @@ pub(super) struct Refusals {
     pub backend_limit: AtomicU64,
     /// No descriptor left for the backend connection (RLIMIT_NOFILE).
     pub open_files: AtomicU64,
+    /// The session's agent is not in `--allow-ip` any more.
+    pub allow_list: AtomicU64,
 }
 
-/// Reads the stream's preamble, picks a backend of its service, connects and splices (or,
+/// Refuses the stream if its session's `agent` is no longer allowed; reads the stream's preamble, picks a backend of its service, connects and splices (or,
 /// for a UDP flow, hands it to [`super::udp`]). `session` is the byte meter of the stream's
 /// session, `flows` its UDP flows.
 pub(super) async fn forward(
     mut stream: Stream,
+    agent: Option<std::net::SocketAddr>,
     fwd: &Forwarding,
     session: &Meter,
     flows: &super::udp::SessionFlows,
 ) {
     let routes = fwd.routes.get();
+    let allowed = |a: &crate::allow::AllowList| agent.is_none_or(|agent| a.allows(agent.ip()));
+    if routes.allow.as_ref().is_some_and(|a| !allowed(a)) {
+        fwd.refusals.allow_list.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!(
+            ?agent,
+            "stream refused: the agent is not in --allow-ip (any more)"
+        );
+        return refuse::<TcpStream>(stream, codes::NOT_ALLOWED, None);
+    }
     let options = SpliceOptions {
         codec: routes.compress,
         meters: &[session, &fwd.meter],

@@ -121,7 +121,7 @@ impl Gateway {
         if let Some(list) = &config.allow {
             info!(allow = %list, "agents restricted by allow-list");
         }
-        endpoint.set_address_filter(reload::address_filter(config.allow));
+        endpoint.set_address_filter(reload::address_filter(config.allow.clone()));
         let services = reload::pools(&HashMap::new(), config.services, config.backend_max_streams);
         let fwd = Arc::new(Forwarding {
             routes: crate::reload::Live::new(Routes {
@@ -130,6 +130,7 @@ impl Gateway {
                 proxy: config.proxy_protocol,
                 compress: config.compress,
                 backend_max_streams: config.backend_max_streams,
+                allow: config.allow.clone(),
             }),
             meter: Meter::default(),
             open_files: open_files.soft,
@@ -217,8 +218,9 @@ impl Gateway {
                             let guard = drain.enter();
                             registry.streams_total.fetch_add(1, Ordering::Relaxed);
                             let (fwd, meter, flows) = (fwd.clone(), meter.clone(), flows.clone());
+                            let agent = conn.remote_addr();
                             tokio::spawn(async move {
-                                forward(stream, &fwd, &meter, &flows).await;
+                                forward(stream, agent, &fwd, &meter, &flows).await;
                                 drop(guard);
                             });
                         }

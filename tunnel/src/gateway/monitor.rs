@@ -35,7 +35,10 @@ impl Source for GatewaySource {
         t.malformed_dropped = e.malformed_dropped;
         t.unknown_session_dropped = e.unknown_connection_dropped;
         t.rejected = vec![
-            ("allow-list".into(), e.address_rejected),
+            (
+                "allow-list".into(),
+                e.address_rejected + self.fwd.refusals.allow_list.load(Ordering::Relaxed),
+            ),
             ("limit".into(), e.connections_refused),
             ("auth".into(), e.handshakes_failed),
             (

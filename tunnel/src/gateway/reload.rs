@@ -6,7 +6,8 @@
 //!   `--connect-timeout`, `--proxy-protocol`, `--compress`: new streams. A removed backend is
 //!   no longer picked; its open streams hold it until they end. A kept backend keeps its health.
 //! - `--allow-ip`: new sessions (the endpoint's address filter; a session's packets from its
-//!   own address are never filtered, so established sessions are not cut).
+//!   own address are never filtered, so established sessions are not cut) and new streams (an
+//!   agent taken out opens no new stream: reset with `NOT_ALLOWED`; its open ones finish).
 //! - `--max-connections`, the sessions' transport settings (`--max-streams`, `--idle-timeout`,
 //!   `--batch-delay`, `--ack-delay`, `--fec`, `--max-packet-size`) and the TLS certificate and
 //!   keys (read again from their files): new sessions, new handshakes. Running sessions keep
@@ -196,6 +197,7 @@ impl Reload for GatewayReloader {
             proxy: new.proxy_protocol,
             compress: new.compress,
             backend_max_streams: new.backend_max_streams,
+            allow: new.allow.clone(),
         });
         *current = new;
         Ok(changes)
