@@ -104,6 +104,15 @@ async fn the_dashboard_renders_histograms_and_live_counters_in_a_browser() {
     assert_eq!(bars, 11 + 9, "histogram bars in:\n{first}");
     // The one live session sits in exactly one RTT bucket.
     assert!(first.contains("data-count=\"1\""), "{first}");
+    // The configuration's cards: loaded at start-up (a time, not "-"), no reload yet.
+    assert!(
+        first.contains("id=\"config-loaded\">") && !first.contains("id=\"config-loaded\">-<"),
+        "{first}"
+    );
+    assert!(
+        first.contains("id=\"config-last-reload\" title=\"\">none<"),
+        "{first}"
+    );
     let before = streams_total(&first);
     assert!(before >= 5, "{before}");
 

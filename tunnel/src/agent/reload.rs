@@ -119,6 +119,14 @@ impl Reload for AgentReloader {
             session_wait: new.session_wait,
             compress: new.compress,
         });
+        if new.max_connections != current.max_connections {
+            // Warns if the new limit does not fit the open-files limit, as at start-up.
+            crate::process::raise_and_check_open_files(
+                new.max_connections as u64,
+                "--max-connections",
+                "client connection",
+            );
+        }
         self.ctx.limit.set(new.max_connections);
         *current = new;
         Ok(changes)

@@ -90,7 +90,6 @@ pub struct Gateway {
     /// and everything sent was acknowledged) before the process exits.
     sessions: Arc<Registry>,
     monitor_listener: Option<TcpListener>,
-    max_streams: u64,
     /// The configuration in force: what a reload compares the new one with.
     current: Arc<std::sync::Mutex<GatewayConfig>>,
     reloads: Arc<crate::reload::ReloadStatus>,
@@ -149,7 +148,6 @@ impl Gateway {
             fwd,
             sessions: Arc::new(Registry::new()),
             monitor_listener,
-            max_streams,
             current: Arc::new(std::sync::Mutex::new(current)),
             reloads: Arc::new(crate::reload::ReloadStatus::new()),
         })
@@ -197,7 +195,6 @@ impl Gateway {
         ));
         let (endpoint, sessions) = (&self.endpoint, &self.sessions);
         tokio::pin!(shutdown);
-        let max_streams = self.max_streams;
         loop {
             tokio::select! {
                 conn = endpoint.accept() => {
@@ -207,6 +204,8 @@ impl Gateway {
                     };
                     let meter = sessions.add(&conn);
                     let flows = udp::SessionFlows::start(&conn, self.fwd.udp.counters.clone());
+                    // The limit the session was accepted under (a reload changes it for later ones).
+                    let max_streams = self.current.lock().unwrap_or_else(|e| e.into_inner()).server.transport.max_concurrent_streams;
                     let (fwd, drain, registry) = (self.fwd.clone(), drain.clone(), sessions.clone());
                     tokio::spawn(async move {
                         let peer = conn.remote_addr();

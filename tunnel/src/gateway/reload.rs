@@ -184,6 +184,15 @@ impl Reload for GatewayReloader {
         self.endpoint
             .replace_server_config(new.server.clone())
             .map_err(|e| format!("sessions' settings refused: {e}"))?;
+        let max_streams = new.server.transport.max_concurrent_streams;
+        if max_streams != current.server.transport.max_concurrent_streams {
+            // Warns if the new limit does not fit the open-files limit, as at start-up.
+            crate::process::raise_and_check_open_files(
+                max_streams,
+                "--max-streams",
+                "backend connection",
+            );
+        }
         self.endpoint
             .set_address_filter(address_filter(new.allow.clone()));
         let old_routes = self.fwd.routes.get();
