@@ -2,7 +2,8 @@
 //! reloads of backends, allow-lists and certificates lose no byte and no stream; a client or
 //! an agent taken out of an allow-list is refused when it comes anew, not cut while it is
 //! carried; a configuration that does not parse or validate is refused, logged and counted,
-//! and the running one keeps serving.
+//! and the running one keeps serving; a setting that cannot change live is named, not dropped
+//! in silence.
 
 mod common;
 
@@ -527,8 +528,11 @@ async fn a_configuration_that_does_not_parse_or_validate_is_refused_logged_count
         "a refused reload is no load"
     );
 
-    std::fs::write(&gateway_toml, format!("backend = \"tcp://{second}\"\n")).unwrap();
+    // Valid: applied, except the setting that cannot change live, which is named and kept.
+    let text = format!("backend = \"tcp://{second}\"\nudp-idle-timeout = \"5s\"\n");
+    std::fs::write(&gateway_toml, text).unwrap();
     reload(&gateway, &log, 1).await;
+    wait_for_log(&log, &["need a restart", "settings=udp-idle-timeout"], WAIT).await;
     short_round_trip(listen, 99).await;
     assert_eq!(second_accepted.load(Ordering::SeqCst), 1);
     assert_eq!(first_accepted.load(Ordering::SeqCst), served);
