@@ -13,7 +13,7 @@ use ferry_transport::TransportConfig;
 use ferry_tunnel::address::Address;
 use ferry_tunnel::agent::{AgentConfig, Listen};
 use ferry_tunnel::allow::AllowList;
-use ferry_tunnel::compress::Codec;
+use ferry_tunnel::compress::{CompressFlag, Compression};
 use ferry_tunnel::process::{init_logging, shutdown_signal, LogFormat};
 use ferry_tunnel::reload::{Hangups, Loaded};
 use tracing::info;
@@ -92,10 +92,22 @@ struct Args {
     #[arg(long, env = "FERRY_AGENT_LOG_FILTER", value_parser = ferry_tunnel::process::parse_log_filter)]
     log_filter: Option<String>,
 
-    /// Compression of what this agent sends: none, snappy, flate[:1-9] or zstd[:1-19], per
-    /// stream; streams whose data does not compress fall back to none by themselves.
+    /// Compression of what this agent sends: none, snappy, flate[:1-9] or
+    /// zstd[:1-19][:dict=FILE], per stream; streams whose data does not compress fall back to
+    /// none by themselves. A zstd dictionary (`ferry-dict train`) starts every stream's context
+    /// with it; the gateway must know it (its own --compress or --compress-dict).
     #[arg(long, env = "FERRY_AGENT_COMPRESS", default_value = "none")]
-    compress: Codec,
+    compress: CompressFlag,
+
+    /// A further zstd dictionary to decode what the gateway sends with, besides the one of
+    /// --compress (repeatable): during a roll-out, the old and the new one.
+    #[arg(
+        long = "compress-dict",
+        env = "FERRY_AGENT_COMPRESS_DICT",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    compress_dict: Vec<std::path::PathBuf>,
 
     /// Largest UDP payload a session's packets may grow to: sessions start at 1350 bytes and
     /// probe the path for more (path MTU discovery), up to this; the peer is told it as the
@@ -179,6 +191,9 @@ fn config(args: Args) -> Result<AgentConfig, String> {
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     info!(crypto = crypto.mode(), "encryption");
+    let compress =
+        Compression::load(&args.compress, &args.compress_dict).map_err(|e| e.to_string())?;
+    info!(compress = %compress, "compression");
     let gateways = args
         .gateways
         .iter()
@@ -218,7 +233,7 @@ fn config(args: Args) -> Result<AgentConfig, String> {
         udp_idle_timeout: args.udp_idle_timeout,
         udp_protect: args.udp_protect.0,
         drain_timeout: args.drain_timeout,
-        compress: args.compress,
+        compress,
         monitor,
     })
 }

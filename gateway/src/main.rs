@@ -14,7 +14,7 @@ use std::time::Duration;
 use ferry_transport::{ServerConfig, TransportConfig};
 use ferry_tunnel::address::Address;
 use ferry_tunnel::allow::AllowList;
-use ferry_tunnel::compress::Codec;
+use ferry_tunnel::compress::{CompressFlag, Compression};
 use ferry_tunnel::gateway::{Gateway, GatewayConfig};
 use ferry_tunnel::preamble::is_valid_service_name;
 use ferry_tunnel::process::{init_logging, shutdown_signal, LogFormat};
@@ -132,10 +132,22 @@ struct Args {
     #[arg(long, env = "FERRY_GATEWAY_LOG_FILTER", value_parser = ferry_tunnel::process::parse_log_filter)]
     log_filter: Option<String>,
 
-    /// Compression of what this gateway sends back: none, snappy, flate[:1-9] or zstd[:1-19],
-    /// per stream; streams whose data does not compress fall back to none by themselves.
+    /// Compression of what this gateway sends back: none, snappy, flate[:1-9] or
+    /// zstd[:1-19][:dict=FILE], per stream; streams whose data does not compress fall back to
+    /// none by themselves. A zstd dictionary (`ferry-dict train`) starts every stream's context
+    /// with it; agents must know it (their own --compress or --compress-dict).
     #[arg(long, env = "FERRY_GATEWAY_COMPRESS", default_value = "none")]
-    compress: Codec,
+    compress: CompressFlag,
+
+    /// A further zstd dictionary to decode what agents send with, besides the one of
+    /// --compress (repeatable): during a roll-out, the old and the new one.
+    #[arg(
+        long = "compress-dict",
+        env = "FERRY_GATEWAY_COMPRESS_DICT",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    compress_dict: Vec<std::path::PathBuf>,
 
     /// Largest UDP payload a session's packets may grow to: sessions start at 1350 bytes and
     /// probe the path for more (path MTU discovery), up to this; the peer is told it as the
@@ -253,6 +265,9 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     let services = services(args)?;
     let allow = AllowList::from_flags(&args.allow_ip).map_err(|e| e.to_string())?;
     let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
+    let compress =
+        Compression::load(&args.compress, &args.compress_dict).map_err(|e| e.to_string())?;
+    info!(compress = %compress, "compression");
     let mut transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,
@@ -291,7 +306,7 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
         connect_timeout: args.connect_timeout,
         drain_timeout: args.drain_timeout,
         proxy_protocol: args.proxy_protocol,
-        compress: args.compress,
+        compress,
         monitor,
         udp_idle_timeout: args.udp_idle_timeout,
         max_udp_flows: args.max_udp_flows,

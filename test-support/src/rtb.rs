@@ -118,3 +118,18 @@ pub fn bid_response(g: &mut Gen, request_id: &[u8]) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// `exchanges` bid requests and the responses to them, each a sample of its own, from a
+/// generator seeded with `seed`: what a compression dictionary for this traffic is trained on
+/// (with a seed other than the measured run's, so it learns the format, not the messages).
+pub fn training_samples(seed: u64, exchanges: usize) -> Vec<Vec<u8>> {
+    let mut g = Gen(seed);
+    let mut samples = Vec::with_capacity(2 * exchanges);
+    for _ in 0..exchanges {
+        let request = bid_request(&mut g);
+        let response = bid_response(&mut g, &request);
+        samples.push(request);
+        samples.push(response);
+    }
+    samples
+}

@@ -27,7 +27,7 @@ use ferry_transport::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::chunk_buffer::ChunkBuffer;
-use crate::compress::{self, Codec, Decoder, Encoder, HEADER};
+use crate::compress::{self, Codec, Compression, Decoder, HEADER, NO_COMPRESSION};
 
 /// Reset codes a tunnel puts on a Ferry stream (application range, above the transport's).
 pub mod codes {
@@ -153,11 +153,12 @@ impl Meter {
     }
 }
 
-/// How a splice encodes and where it counts.
+/// How a splice encodes and decodes, and where it counts.
 #[derive(Debug, Clone, Copy)]
 pub struct SpliceOptions<'a> {
-    /// Codec for what this end sends into the tunnel.
-    pub codec: Codec,
+    /// The codec (and dictionary) for what this end sends into the tunnel, and the
+    /// dictionaries it decodes what it receives with.
+    pub compression: &'a Compression,
     /// Counters to add to (each chunk is counted once in every meter given).
     pub meters: &'a [&'a Meter],
 }
@@ -165,7 +166,7 @@ pub struct SpliceOptions<'a> {
 impl Default for SpliceOptions<'_> {
     fn default() -> Self {
         Self {
-            codec: Codec::None,
+            compression: &NO_COMPRESSION,
             meters: &[],
         }
     }
@@ -211,7 +212,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut encoder = Encoder::new(options.codec);
+    let mut encoder = options.compression.encoder();
     let (mut payload, mut encoded) = (0u64, 0u64);
     loop {
         let read = if encoder.holds_context() {
@@ -262,13 +263,14 @@ where
 pub async fn receive_chunks<R, W>(
     stream: &mut R,
     socket: &mut W,
-    meters: &[&Meter],
+    options: SpliceOptions<'_>,
 ) -> Result<(u64, u64), SpliceError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut decoder = Decoder::new();
+    let meters = options.meters;
+    let mut decoder = options.compression.decoder();
     let (mut payload, mut encoded) = (0u64, 0u64);
     loop {
         // A quiet stream waits here, holding four bytes.
@@ -336,7 +338,7 @@ pub async fn splice<S: Abort>(
     let (mut tr, mut tw) = tokio::io::split(stream);
     let result = tokio::try_join!(
         send_chunks(&mut sr, &mut tw, options),
-        receive_chunks(&mut tr, &mut sw, options.meters),
+        receive_chunks(&mut tr, &mut sw, options),
     );
     match result {
         Ok(((to_tunnel, to_tunnel_encoded), (from_tunnel, from_tunnel_encoded))) => {
@@ -350,8 +352,13 @@ pub async fn splice<S: Abort>(
         }
         Err(e) => {
             let mut stream = tr.unsplit(tw);
-            let code = match e {
-                SpliceError::Corrupt(_) => codes::CORRUPT,
+            let code = match &e {
+                SpliceError::Corrupt(reason) => {
+                    // The peer's data, or the two ends' settings (a dictionary only one end
+                    // holds): worth an operator's eye, unlike a client hanging up.
+                    crate::warn_limited!(reason = %reason, "stream reset: what the peer sent cannot be decoded");
+                    codes::CORRUPT
+                }
                 _ => codes::SOCKET_FAILED,
             };
             stream.reset(code);
@@ -406,8 +413,14 @@ mod tests {
             .await
             .unwrap();
         let (tcp_accepted, _) = listener.accept().await.unwrap();
-        let options = SpliceOptions { codec, meters: &[] };
-        let splice_task = tokio::spawn(async move { splice(tcp_accepted, near, options).await });
+        let compression = Compression::new(codec);
+        let splice_task = tokio::spawn(async move {
+            let options = SpliceOptions {
+                compression: &compression,
+                meters: &[],
+            };
+            splice(tcp_accepted, near, options).await
+        });
         // Something must be sent for the server to learn of the stream.
         let mut tcp_client = tcp_client;
         tcp_client.write_all(b"hello").await.unwrap();
@@ -422,7 +435,9 @@ mod tests {
         tcp.write_all(b" world").await.unwrap();
         tcp.shutdown().await.unwrap();
         let mut got = Vec::new();
-        receive_chunks(&mut far, &mut got, &[]).await.unwrap();
+        receive_chunks(&mut far, &mut got, SpliceOptions::default())
+            .await
+            .unwrap();
         assert_eq!(
             got, b"hello world",
             "the client's FIN reached the far end after its bytes"
@@ -507,7 +522,11 @@ mod tests {
             };
             let mut got = Vec::new();
             let mut far = far;
-            receive_chunks(&mut far, &mut got, &[&meter]).await.unwrap();
+            let options = SpliceOptions {
+                meters: &[&meter],
+                ..SpliceOptions::default()
+            };
+            receive_chunks(&mut far, &mut got, options).await.unwrap();
             let _tcp = writer.await.unwrap();
             assert!(
                 got.len() == 5 + text.len() && got[5..] == text[..],
@@ -525,7 +544,7 @@ mod tests {
         let (mut tcp, mut far, _task, _keep) = setup_with(Codec::Flate(6)).await;
         let mut decoder = Decoder::new();
         // Reads one chunk from the far end of the stream and decodes it.
-        async fn next_payload(far: &mut Stream, decoder: &mut Decoder) -> Vec<u8> {
+        async fn next_payload(far: &mut Stream, decoder: &mut Decoder<'_>) -> Vec<u8> {
             let mut header = [0u8; HEADER];
             tokio::time::timeout(
                 std::time::Duration::from_secs(10),
@@ -619,7 +638,7 @@ mod tests {
         bystander.write_all(&data).await.unwrap();
         bystander.shutdown().await.unwrap();
         let mut got = Vec::new();
-        receive_chunks(&mut far_bystander, &mut got, &[])
+        receive_chunks(&mut far_bystander, &mut got, SpliceOptions::default())
             .await
             .unwrap();
         assert!(got.len() == data.len() && got == data);

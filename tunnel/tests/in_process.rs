@@ -12,7 +12,7 @@ use ferry_transport::datagrams::Protection;
 use ferry_transport::{ServerConfig, TransportConfig};
 use ferry_tunnel::address::Address;
 use ferry_tunnel::agent::{Agent, AgentConfig, Listen};
-use ferry_tunnel::compress::Codec;
+use ferry_tunnel::compress::Compression;
 use ferry_tunnel::gateway::{Gateway, GatewayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -45,7 +45,7 @@ fn gateway_config(backend: SocketAddr) -> GatewayConfig {
         connect_timeout: Duration::from_secs(3),
         drain_timeout: Duration::from_secs(20),
         proxy_protocol: None,
-        compress: Codec::None,
+        compress: Compression::default(),
         monitor: None,
         udp_idle_timeout: Duration::from_secs(60),
         max_udp_flows: 1000,
@@ -69,7 +69,7 @@ fn agent_config(gateway: SocketAddr) -> AgentConfig {
         max_connections: 100,
         session_wait: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(20),
-        compress: Codec::None,
+        compress: Compression::default(),
         monitor: None,
         udp_idle_timeout: Duration::from_secs(60),
         udp_protect: Protection::Adaptive,

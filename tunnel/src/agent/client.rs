@@ -15,7 +15,7 @@ use super::monitor::Refusals;
 use super::sessions::{NoStream, Sessions};
 use super::spare_descriptor::SpareDescriptor;
 use crate::allow::AllowList;
-use crate::compress::Codec;
+use crate::compress::Compression;
 use crate::preamble::Preamble;
 use crate::process::Drain;
 use crate::reload::Live;
@@ -46,8 +46,9 @@ pub(super) struct ClientSettings {
     pub allow: Option<AllowList>,
     /// How long a new client waits for a gateway session before it is reset.
     pub session_wait: Duration,
-    /// What clients' bytes are compressed with on their way to the gateway.
-    pub compress: Codec,
+    /// What clients' bytes are compressed with on their way to the gateway (and the
+    /// dictionaries what comes back may be compressed with), loaded once per reload.
+    pub compress: Compression,
 }
 
 /// `--max-connections`: a permit per client connection or UDP flow. A reload may raise the
@@ -151,7 +152,7 @@ pub(super) async fn carry<S: Abort + 'static>(
         return;
     }
     let options = SpliceOptions {
-        codec: settings.compress,
+        compression: &settings.compress,
         meters: &[&lease.meter, &ctx.meter],
     };
     match splice(socket, stream, options).await {

@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use crate::address::Address;
 use crate::allow::AllowList;
-use crate::compress::Codec;
+use crate::compress::Compression;
 use crate::monitoring::{self, Monitor};
 use crate::preamble::is_valid_service_name;
 use crate::process::Drain;
@@ -115,8 +115,9 @@ pub struct AgentConfig {
     pub session_wait: Duration,
     /// How long a shutdown waits for open connections to finish.
     pub drain_timeout: Duration,
-    /// What clients' bytes are compressed with on their way to the gateway.
-    pub compress: Codec,
+    /// What clients' bytes are compressed with on their way to the gateway (and the
+    /// dictionaries what comes back may be compressed with), loaded once.
+    pub compress: Compression,
     /// Where the HTTP monitor listens (`None`: off).
     pub monitor: Option<SocketAddr>,
     /// A UDP flow ends after this long without a datagram either way.
@@ -171,7 +172,7 @@ impl Agent {
             settings: crate::reload::Live::new(ClientSettings {
                 allow: config.allow.clone(),
                 session_wait: config.session_wait,
-                compress: config.compress,
+                compress: config.compress.clone(),
             }),
             limit: ConnectionLimit::new(config.max_connections),
             drain: Drain::default(),

@@ -117,7 +117,7 @@ impl Reload for AgentReloader {
         self.ctx.settings.set(ClientSettings {
             allow: new.allow.clone(),
             session_wait: new.session_wait,
-            compress: new.compress,
+            compress: new.compress.clone(),
         });
         if new.max_connections != current.max_connections {
             // Warns if the new limit does not fit the open-files limit, as at start-up.
@@ -154,7 +154,7 @@ mod tests {
             max_connections: 10,
             session_wait: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
-            compress: crate::compress::Codec::None,
+            compress: crate::compress::Compression::default(),
             monitor: None,
             udp_idle_timeout: Duration::from_secs(60),
             udp_protect: ferry_transport::datagrams::Protection::default(),

@@ -43,14 +43,29 @@
 //! (level 6) to 1,045 bytes alone against about 220 after a few like it. Under 1 KB/s per
 //! such stream, against 340 KiB (deflate) or 0.8 MiB (zstd) of memory held per direction per
 //! stream for as long as it stays open: the memory is the cost that matters.
+//!
+//! # Dictionaries
+//!
+//! What a fresh context lacks, a zstd dictionary shared by every stream gives it
+//! ([`dictionary`]): `--compress zstd:3:dict=FILE`. Its ID travels in each zstd frame's header,
+//! so a context that begins again after a quiet spell begins with the dictionary again.
+
+pub mod dictionary;
+pub mod training;
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{
+    Compress, Compression as FlateLevel, Decompress, FlushCompress, FlushDecompress, Status,
+};
 use zstd::stream::raw::{CParameter, DParameter, InBuffer, Operation, OutBuffer};
+
+pub use dictionary::{Compression, Dictionary, DictionaryError, NO_COMPRESSION};
 
 /// Most payload bytes in one chunk; the receiver refuses chunks that decode to more.
 pub const MAX_CHUNK: usize = 32 * 1024;
@@ -110,8 +125,52 @@ pub enum CodecError {
     #[error("invalid compression level in {0:?}: use zstd:1 to zstd:19")]
     ZstdLevel(String),
     /// No such codec.
-    #[error("unknown compression {0:?}: use none, snappy, flate[:1-9] or zstd[:1-19]")]
+    #[error("unknown compression {0:?}: use none, snappy, flate[:1-9] or zstd[:1-19][:dict=FILE]")]
     Unknown(String),
+    /// `:dict=` after a codec other than zstd, or with no file.
+    #[error("invalid dictionary in {0:?}: use zstd[:LEVEL]:dict=FILE")]
+    Dictionary(String),
+}
+
+/// `--compress` as given: a codec and, for zstd, the dictionary file it compresses with
+/// (`zstd[:LEVEL][:dict=FILE]`). [`Compression::load`] reads the file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompressFlag {
+    /// The codec.
+    pub codec: Codec,
+    /// zstd's dictionary, if any.
+    pub dictionary: Option<PathBuf>,
+}
+
+impl FromStr for CompressFlag {
+    type Err = CodecError;
+
+    fn from_str(s: &str) -> Result<Self, CodecError> {
+        let Some((codec, file)) = s.split_once(":dict=") else {
+            let codec = s.parse()?;
+            return Ok(Self {
+                codec,
+                dictionary: None,
+            });
+        };
+        match codec.parse()? {
+            codec @ Codec::Zstd(_) if !file.is_empty() => Ok(Self {
+                codec,
+                dictionary: Some(PathBuf::from(file)),
+            }),
+            _ => Err(CodecError::Dictionary(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for CompressFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.codec)?;
+        if let Some(file) = &self.dictionary {
+            write!(f, ":dict={}", file.display())?;
+        }
+        Ok(())
+    }
 }
 
 impl FromStr for Codec {
@@ -143,11 +202,14 @@ impl FromStr for Codec {
 }
 
 /// Compresses one direction of one stream into chunks. Holds no memory beyond its own few
-/// bytes except a compression context while the direction is busy.
-pub struct Encoder {
+/// bytes except a compression context while the direction is busy. `'d`: the process's
+/// zstd dictionary it borrows ([`Compression::encoder`]).
+pub struct Encoder<'d> {
     codec: Codec,
+    /// zstd's dictionary, prepared at the codec's level: every frame starts with it.
+    dictionary: Option<&'d dictionary::SendingDictionary>,
     deflate: Option<Compress>,
-    zstd: Option<zstd::stream::raw::Encoder<'static>>,
+    zstd: Option<zstd::stream::raw::Encoder<'d>>,
     /// Payload and body bytes of compressed chunks during the trial.
     trial_in: u64,
     trial_out: u64,
@@ -155,7 +217,7 @@ pub struct Encoder {
     deflate_ended: bool,
 }
 
-impl fmt::Debug for Encoder {
+impl fmt::Debug for Encoder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Encoder")
             .field("codec", &self.codec)
@@ -163,11 +225,23 @@ impl fmt::Debug for Encoder {
     }
 }
 
-impl Encoder {
-    /// A fresh context for one direction of one stream.
+impl Encoder<'static> {
+    /// A fresh context for one direction of one stream, without a dictionary.
     pub fn new(codec: Codec) -> Self {
+        Self::with_dictionary(codec, None)
+    }
+}
+
+impl<'d> Encoder<'d> {
+    /// A fresh context that compresses zstd frames with `dictionary`, prepared at the codec's
+    /// level (other codecs ignore it).
+    fn with_dictionary(
+        codec: Codec,
+        dictionary: Option<&'d dictionary::SendingDictionary>,
+    ) -> Self {
         Self {
             codec,
+            dictionary,
             deflate: None,
             zstd: None,
             trial_in: 0,
@@ -216,7 +290,7 @@ impl Encoder {
                 };
                 let deflate = self
                     .deflate
-                    .get_or_insert_with(|| Compress::new(Compression::new(level), false));
+                    .get_or_insert_with(|| Compress::new(FlateLevel::new(level), false));
                 let before = deflate.total_in();
                 // Deflate output for n input bytes is at most n + 5 per 16 KiB block + a few.
                 out.reserve(payload.len() + payload.len() / 8 + 64);
@@ -235,7 +309,7 @@ impl Encoder {
             }
             Codec::Zstd(level) => {
                 if self.zstd.is_none() {
-                    self.zstd = zstd_encoder(level);
+                    self.zstd = zstd_encoder(level, self.dictionary);
                 }
                 let compressed = match &mut self.zstd {
                     Some(zstd) => zstd_compress(zstd, payload, out),
@@ -341,8 +415,16 @@ pub fn raw_header(len: usize) -> [u8; HEADER] {
     [RAW, a, b, c]
 }
 
-fn zstd_encoder(level: i32) -> Option<zstd::stream::raw::Encoder<'static>> {
-    let mut e = zstd::stream::raw::Encoder::new(level).ok()?;
+/// A zstd context at `level`, or referencing `dictionary` (prepared at that level; its ID goes
+/// into the frame header, zstd's default).
+fn zstd_encoder<'d>(
+    level: i32,
+    dictionary: Option<&'d dictionary::SendingDictionary>,
+) -> Option<zstd::stream::raw::Encoder<'d>> {
+    let mut e = match dictionary {
+        Some(d) => zstd::stream::raw::Encoder::with_prepared_dictionary(d.prepared()).ok()?,
+        None => zstd::stream::raw::Encoder::new(level).ok()?,
+    };
     e.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))
         .ok()?;
     Some(e)
@@ -350,7 +432,7 @@ fn zstd_encoder(level: i32) -> Option<zstd::stream::raw::Encoder<'static>> {
 
 /// Compresses `payload` and flushes, appending to `out`; false on a zstd error.
 fn zstd_compress(
-    zstd: &mut zstd::stream::raw::Encoder<'static>,
+    zstd: &mut zstd::stream::raw::Encoder<'_>,
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> bool {
@@ -390,26 +472,43 @@ pub enum DecodeError {
     /// The body decoded to more than one chunk's worth of payload.
     #[error("decompression bomb: a chunk expands beyond {MAX_CHUNK} bytes")]
     Bomb,
+    /// A zstd frame compressed with a dictionary this end does not know (`--compress-dict`).
+    #[error("compression dictionary {0:#010x} unknown")]
+    UnknownDictionary(u32),
 }
 
 /// Decodes one direction of one stream. Holds a decompression context only between the
-/// start and the end of a deflate stream or zstd frame.
+/// start and the end of a deflate stream or zstd frame. `'d`: the process's dictionaries it
+/// borrows ([`Compression::decoder`]).
 #[derive(Default)]
-pub struct Decoder {
+pub struct Decoder<'d> {
+    /// The dictionaries a zstd frame may name.
+    dictionaries: &'d [Arc<Dictionary>],
     inflate: Option<Decompress>,
-    zstd: Option<zstd::stream::raw::Decoder<'static>>,
+    zstd: Option<zstd::stream::raw::Decoder<'d>>,
 }
 
-impl fmt::Debug for Decoder {
+impl fmt::Debug for Decoder<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Decoder").finish_non_exhaustive()
     }
 }
 
-impl Decoder {
-    /// A fresh context.
+impl Decoder<'static> {
+    /// A fresh context that knows no dictionary.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<'d> Decoder<'d> {
+    /// A fresh context that decodes zstd frames made with any of `dictionaries`.
+    pub fn knowing(dictionaries: &'d [Arc<Dictionary>]) -> Self {
+        Self {
+            dictionaries,
+            inflate: None,
+            zstd: None,
+        }
     }
 
     /// Whether a chunk of `kind` carries its payload as is, so that [`Decoder::decode`] returns
@@ -435,6 +534,30 @@ impl Decoder {
     /// has not ended).
     pub fn holds_context(&self) -> bool {
         self.inflate.is_some() || self.zstd.is_some()
+    }
+
+    /// The context of the zstd frame that begins `body`, with the dictionary its header names
+    /// (a frame header is whole in the chunk that begins the frame: the sender flushes every
+    /// chunk). A header cut short names none here, and zstd refuses the frame once it reads
+    /// the whole header, as it refuses any frame whose dictionary ID is not the context's.
+    fn zstd_decoder(&self, body: &[u8]) -> Result<zstd::stream::raw::Decoder<'d>, DecodeError> {
+        let corrupt = |e: std::io::Error| DecodeError::Corrupt(format!("zstd: {e}"));
+        let known: &'d [Arc<Dictionary>] = self.dictionaries;
+        let mut d = match zstd::zstd_safe::get_dict_id_from_frame(body) {
+            None => zstd::stream::raw::Decoder::new().map_err(corrupt)?,
+            Some(id) => {
+                let id = id.get();
+                let dictionary = known
+                    .iter()
+                    .find(|d| d.id() == id)
+                    .ok_or(DecodeError::UnknownDictionary(id))?;
+                zstd::stream::raw::Decoder::with_prepared_dictionary(dictionary.prepared())
+                    .map_err(corrupt)?
+            }
+        };
+        d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG))
+            .map_err(corrupt)?;
+        Ok(d)
     }
 
     /// Decodes a chunk body of `kind`; returns the payload: `body` itself for a RAW chunk,
@@ -510,11 +633,13 @@ impl Decoder {
             }
             ZSTD => {
                 if self.zstd.is_none() {
-                    let mut d = zstd::stream::raw::Decoder::new()
-                        .map_err(|e| DecodeError::Corrupt(format!("zstd: {e}")))?;
-                    d.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG))
-                        .map_err(|e| DecodeError::Corrupt(format!("zstd: {e}")))?;
-                    self.zstd = Some(d);
+                    if body.is_empty() {
+                        // Nothing begins yet (an empty read's chunk): the frame, and the
+                        // dictionary its header names, come with the next one.
+                        out.clear();
+                        return Ok(out);
+                    }
+                    self.zstd = Some(self.zstd_decoder(body)?);
                 }
                 let Some(zstd) = &mut self.zstd else {
                     return Err(DecodeError::Corrupt("zstd: no decoder".into()));

@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::pool::{Backend, Pool};
 use crate::address::Address;
-use crate::compress::Codec;
+use crate::compress::Compression;
 use crate::preamble::Preamble;
 use crate::proxy_protocol;
 use crate::reload::Live;
@@ -45,8 +45,9 @@ pub(super) struct Routes {
     pub services: HashMap<String, Pool>,
     pub connect_timeout: Duration,
     pub proxy: Option<proxy_protocol::Version>,
-    /// What backends' bytes are compressed with on their way to the agent.
-    pub compress: Codec,
+    /// What backends' bytes are compressed with on their way to the agent (and the
+    /// dictionaries what comes from it may be compressed with), loaded once per reload.
+    pub compress: Compression,
     /// `--backend-max-streams`, for the log line of a stream refused at it.
     pub backend_max_streams: usize,
     /// `--allow-ip`: the endpoint checks it for new sessions; each new stream is checked here,
@@ -86,7 +87,7 @@ pub(super) async fn forward(
         return refuse::<TcpStream>(stream, codes::NOT_ALLOWED, None);
     }
     let options = SpliceOptions {
-        codec: routes.compress,
+        compression: &routes.compress,
         meters: &[session, &fwd.meter],
     };
     let preamble = match tokio::time::timeout(PREAMBLE_WAIT, Preamble::read_from(&mut stream)).await

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::address::Address;
 use crate::allow::AllowList;
-use crate::compress::Codec;
+use crate::compress::Compression;
 use crate::process::Drain;
 use crate::proxy_protocol;
 use crate::registry::Registry;
@@ -61,8 +61,9 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Send a PROXY protocol header to TCP backends first.
     pub proxy_protocol: Option<proxy_protocol::Version>,
-    /// What backends' bytes are compressed with on their way to the agent.
-    pub compress: Codec,
+    /// What backends' bytes are compressed with on their way to the agent (and the
+    /// dictionaries what comes from it may be compressed with), loaded once.
+    pub compress: Compression,
     /// Where the HTTP monitor listens (`None`: off).
     pub monitor: Option<SocketAddr>,
     /// A UDP flow ends after this long without a datagram either way.

@@ -204,7 +204,7 @@ impl Reload for GatewayReloader {
             ),
             connect_timeout: new.connect_timeout,
             proxy: new.proxy_protocol,
-            compress: new.compress,
+            compress: new.compress.clone(),
             backend_max_streams: new.backend_max_streams,
             allow: new.allow.clone(),
         });
@@ -233,7 +233,7 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(30),
             proxy_protocol: None,
-            compress: crate::compress::Codec::None,
+            compress: crate::compress::Compression::default(),
             monitor: None,
             udp_idle_timeout: Duration::from_secs(60),
             max_udp_flows: 10,
