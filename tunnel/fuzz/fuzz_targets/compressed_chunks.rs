@@ -7,16 +7,52 @@
 //!   level from the input, which must decode to exactly those payloads;
 //! - the same, with one byte of the encoded stream changed: deflate and zstd states deep inside
 //!   a valid stream, which random bytes rarely reach, meet corruption there.
+//!
+//! The decoder knows one small zstd dictionary, trained here on JSON-like samples, and the
+//! encoder may compress with it: frames that name it (and others that name an ID nobody
+//! knows) reach the dictionary path. A decoder that does not know the dictionary never
+//! yields more than a prefix of what was sent.
 #![no_main]
 
-use ferry_tunnel::compress::{Codec, Decoder, Encoder, HEADER, MAX_BODY, MAX_CHUNK};
+use std::sync::OnceLock;
+
+use ferry_tunnel::compress::training::{train, Samples};
+use ferry_tunnel::compress::{Codec, Compression, Decoder, HEADER, MAX_BODY, MAX_CHUNK};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-/// Decodes the chunks in `wire` until the first error (after which the stream is reset);
-/// returns the payload and whether every chunk decoded.
-fn decode_wire(wire: &[u8]) -> (Vec<u8>, bool) {
-    let mut dec = Decoder::new();
+/// zstd:3 with a 2 KiB dictionary trained once per process on JSON-like messages.
+fn with_dictionary() -> &'static Compression {
+    static COMPRESSION: OnceLock<Compression> = OnceLock::new();
+    COMPRESSION.get_or_init(|| {
+        let mut samples = Samples::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..400u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let message = format!(
+                "{{\"id\":\"{x:016x}\",\"seq\":{i},\"kind\":\"{}\",\"size\":[{},{}],\"tags\":[\"alpha\",\"beta\",\"gamma\"],\"ok\":{}}}",
+                ["bid", "win", "loss", "click"][(x % 4) as usize],
+                x % 640,
+                x % 480,
+                x % 2 == 0,
+            );
+            samples.push(message.as_bytes()).expect("small samples");
+        }
+        let dict = train(&samples, 2048).expect("training on fixed samples");
+        Compression::with_dictionary(Codec::Zstd(3), &dict, "fuzz").expect("a dictionary")
+    })
+}
+
+/// Decodes the chunks in `wire` until the first error (after which the stream is reset), with
+/// the dictionary known or not; returns the payload and whether every chunk decoded.
+fn decode_wire(wire: &[u8], knowing: bool) -> (Vec<u8>, bool) {
+    let mut dec = if knowing {
+        with_dictionary().decoder()
+    } else {
+        Decoder::new()
+    };
     let (mut payload, mut out, mut at) = (Vec::new(), Vec::new(), 0);
     while at < wire.len() {
         let Some(header) = wire.get(at..at + HEADER) else {
@@ -44,13 +80,14 @@ fn decode_wire(wire: &[u8]) -> (Vec<u8>, bool) {
 
 /// What the input's encoder sends, and the payload it was given.
 fn encoded(u: &mut Unstructured<'_>) -> Result<(Vec<u8>, Vec<u8>)> {
-    let codec = match u.int_in_range(0..=3u8)? {
-        0 => Codec::None,
-        1 => Codec::Snappy,
-        2 => Codec::Flate(u.int_in_range(1..=9)?),
-        _ => Codec::Zstd(u.int_in_range(1..=6)?),
+    let compression = match u.int_in_range(0..=4u8)? {
+        0 => Compression::new(Codec::None),
+        1 => Compression::new(Codec::Snappy),
+        2 => Compression::new(Codec::Flate(u.int_in_range(1..=9)?)),
+        3 => Compression::new(Codec::Zstd(u.int_in_range(1..=6)?)),
+        _ => with_dictionary().clone(),
     };
-    let mut enc = Encoder::new(codec);
+    let mut enc = compression.encoder();
     let (mut wire, mut sent, mut chunk) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..32 {
         if u.is_empty() {
@@ -84,13 +121,19 @@ fn run(data: &[u8]) -> Result<()> {
     };
     match mode % 3 {
         0 => {
-            decode_wire(rest);
+            decode_wire(rest, true);
         }
         1 => {
             let (wire, sent) = encoded(&mut Unstructured::new(rest))?;
-            let (received, whole) = decode_wire(&wire);
+            let (received, whole) = decode_wire(&wire, true);
             assert!(whole, "the encoder's own chunks failed to decode");
             assert!(received == sent, "the payload changed on the way");
+            // Without the dictionary: what comes out is what was sent, up to where it stops.
+            let (received, _) = decode_wire(&wire, false);
+            assert!(
+                sent.starts_with(&received),
+                "decoded without the dictionary"
+            );
         }
         _ => {
             let mut u = Unstructured::new(rest);
@@ -101,7 +144,7 @@ fn run(data: &[u8]) -> Result<()> {
                 let at = at % wire.len();
                 wire[at] ^= flip;
             }
-            decode_wire(&wire);
+            decode_wire(&wire, true);
         }
     }
     Ok(())
