@@ -18,7 +18,9 @@
 //! - `many`: N connections (default 3,000) open at once, each exchanging 1 KB messages:
 //!   success rate, p99, and the peak RSS of the tunnel's two processes;
 //! - `compress`: RTB-like JSON over 64 keep-alive connections; bytes on the link per payload
-//!   byte (needs `--link`: the link's relay is what counts every peer's bytes alike);
+//!   byte and the tunnel's CPU per MiB (needs `--link`: the link's relay is what counts every
+//!   peer's bytes alike); Ferry also with zstd and a dictionary trained before the run on the
+//!   generator's traffic of other seeds ([`RTB_DICTIONARY`]);
 //! - `idle`: `--connections` connections, one small echo each, then quiet for `--idle-seconds`:
 //!   RSS per connection of each tunnel process, time to open them all, echo afterwards ([`idle`]);
 //! - `slow-readers`: `--busy` bulk connections alone, then beside each count of `--stalled`
@@ -365,18 +367,89 @@ async fn measure(
                     continue;
                 };
                 progress(&format!("{}: compress (RTB-like JSON)", peer.name()));
-                let before = net.traffic();
-                let payload = load::rtb(client, tunnel.entry, 64, (requests / 8).max(1)).await?;
-                if let Some(wire) = link_bytes(Some(net), &before) {
+                let per_connection = (requests / 8).max(1);
+                let (ratio, cpu) = rtb_figures(client, &tunnel, net, per_connection).await?;
+                f.put("RTB JSON: link bytes / payload", ratio);
+                if !pids.is_empty() {
+                    f.put("RTB JSON: tunnel CPU us per MiB", cpu);
+                }
+                if matches!(peer, Peer::Ferry | Peer::FerryFecOff) {
+                    // The same zstd level, with the dictionary, in a pair of its own.
+                    let level = zstd_level(&settings.compress);
+                    let dict = certs.join(RTB_DICTIONARY);
+                    let with = Settings {
+                        compress: format!("zstd:{level}:dict={}", dict.display()),
+                        ..settings.clone()
+                    };
+                    progress(&format!("{}: compress, zstd:{level}+dict", peer.name()));
+                    let Some(dicted) =
+                        peers::start(peer, sites, backend_port, &with, certs).await?
+                    else {
+                        continue;
+                    };
+                    net.settle(Duration::from_millis(300), Duration::from_secs(20))
+                        .await;
+                    let (ratio, cpu) = rtb_figures(client, &dicted, net, per_connection).await?;
                     f.put(
-                        "RTB JSON: link bytes / payload",
-                        wire as f64 / payload as f64,
+                        &format!("RTB JSON, zstd:{level}+dict: link bytes / payload"),
+                        ratio,
+                    );
+                    f.put(
+                        &format!("RTB JSON, zstd:{level}+dict: tunnel CPU us per MiB"),
+                        cpu,
                     );
                 }
             }
         }
     }
     Ok(Some(f))
+}
+
+/// The compression dictionary the `compress` scenario gives Ferry, in the run's directory:
+/// 64 KiB (`ferry-dict train`'s default) trained on 2,000 requests and responses of seeds other
+/// than the measured connections', so it knows the format, not the messages.
+const RTB_DICTIONARY: &str = "rtb.dict";
+
+/// Trains [`RTB_DICTIONARY`] into `dir`.
+fn write_rtb_dictionary(dir: &std::path::Path) -> Result<(), String> {
+    use ferry_tunnel::compress::training::{train, Samples};
+    let mut samples = Samples::new();
+    for sample in rtb::training_samples(0xd1c7_5eed, 2000) {
+        samples.push(&sample).map_err(|e| e.to_string())?;
+    }
+    let dict = train(&samples, 64 << 10).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(RTB_DICTIONARY), dict).map_err(|e| e.to_string())
+}
+
+/// The zstd level of a `--compress` value (3, zstd's default, for any other codec).
+fn zstd_level(compress: &str) -> i32 {
+    match compress.parse::<ferry_tunnel::compress::CompressFlag>() {
+        Ok(flag) => match flag.codec {
+            ferry_tunnel::compress::Codec::Zstd(level) => level,
+            _ => 3,
+        },
+        Err(_) => 3,
+    }
+}
+
+/// RTB-like JSON through `tunnel` on 64 connections: link bytes per payload byte, and the
+/// tunnel's CPU (both processes) per MiB of payload.
+async fn rtb_figures(
+    client: &netns::Place,
+    tunnel: &peers::Tunnel,
+    net: &NetLink,
+    per_connection: usize,
+) -> Result<(f64, f64), String> {
+    let pids = tunnel.pids();
+    let cpu = || -> Duration { pids.iter().map(|p| procfs::cpu_time(*p)).sum() };
+    let (before, cpu0) = (net.traffic(), cpu());
+    let payload = load::rtb(client, tunnel.entry, 64, per_connection).await?;
+    let wire = link_bytes(Some(net), &before).unwrap_or_default();
+    let mib = payload as f64 / (1 << 20) as f64;
+    Ok((
+        wire as f64 / payload as f64,
+        (cpu() - cpu0).as_micros() as f64 / mib,
+    ))
 }
 
 /// Runs every peer on one link; `label` names the link in the table.
@@ -515,6 +588,12 @@ async fn main() -> ExitCode {
     {
         eprintln!("ferry-bench: error: cannot make certificates: {e}");
         return ExitCode::FAILURE;
+    }
+    if scenarios.contains(&Scenario::Compress) {
+        if let Err(e) = write_rtb_dictionary(&certs) {
+            eprintln!("ferry-bench: error: cannot train the RTB dictionary: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let settings = Settings {
         encrypt: args.encrypt,
