@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_transport::{Connection, Endpoint, ServerConfig, TransportConfig};
-use ferry_tunnel::compress::training::{train, Samples};
+use ferry_tunnel::compress::training::{check, train, Samples};
 use ferry_tunnel::compress::{Codec, Compression};
 use ferry_tunnel::splice::{receive_chunks, send_chunks, Meter, SpliceOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
@@ -195,7 +195,10 @@ async fn main() {
     .into_iter()
     .map(|c| (c.to_string(), Arc::new(Compression::new(c))))
     .collect();
-    configurations.push(("zstd:3+dict".into(), Arc::new(rtb_dictionary())));
+    let dictionary = rtb_dictionary();
+    let with_dictionary = Compression::with_dictionary(Codec::Zstd(3), &dictionary, "rtb")
+        .expect("a usable dictionary");
+    configurations.push(("zstd:3+dict".into(), Arc::new(with_dictionary)));
     for (label, compression) in configurations {
         let codec = compression.codec();
         for batch in [Duration::ZERO, Duration::from_millis(2)] {
@@ -231,6 +234,16 @@ async fn main() {
             "MISSED"
         }
     );
+    // What a fresh context makes of one message (a short connection's, or the first after a
+    // quiet second ended the context): where the dictionary matters most.
+    let mut alone = Samples::new();
+    for sample in ferry_test_support::rtb::training_samples(0x1234_5678_9abc_def1, 1000) {
+        alone.push(&sample).expect("samples within bounds");
+    }
+    match check(&dictionary, "rtb", 3, &alone) {
+        Ok(report) => println!("stream bytes, {report}"),
+        Err(e) => println!("stream bytes of single messages: {e}"),
+    }
     println!(
         "flate with batching: wire = {:.3} of payload (target: at most 0.125): {}",
         best_flate_batched,
@@ -242,12 +255,11 @@ async fn main() {
     );
 }
 
-/// zstd:3 with a 64 KiB dictionary trained on RTB traffic of other seeds than the run's.
-fn rtb_dictionary() -> Compression {
+/// A 64 KiB dictionary trained on RTB traffic of other seeds than the run's.
+fn rtb_dictionary() -> Vec<u8> {
     let mut samples = Samples::new();
     for sample in ferry_test_support::rtb::training_samples(0xd1c7_5eed, 2000) {
         samples.push(&sample).expect("samples within bounds");
     }
-    let dict = train(&samples, 64 << 10).expect("a dictionary");
-    Compression::with_dictionary(Codec::Zstd(3), &dict, "rtb").expect("a usable dictionary")
+    train(&samples, 64 << 10).expect("a dictionary")
 }
