@@ -1,7 +1,8 @@
 //! End to end: shared zstd dictionaries (`ferry-dict`, `--compress zstd:3:dict=FILE`,
 //! `--compress-dict`) between the real binaries: trained and checked by `ferry-dict`, they
 //! carry data intact when both ends know them, and a stream whose dictionary the receiver lacks
-//! is reset on both outer sockets, with the dictionary's ID in the receiver's log.
+//! is reset on both outer sockets, with the dictionary's ID in the receiver's log; a reload
+//! (SIGHUP) gives new streams the dictionaries of the new configuration.
 
 mod common;
 
@@ -191,5 +192,58 @@ async fn a_gateway_without_the_dictionary_resets_the_stream_on_both_sides_and_na
     )
     .await;
     assert!(line.contains("WARN"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_gives_new_streams_the_dictionaries_of_the_new_configuration() {
+    let dir = scratch("reload");
+    let (dict, id) = trained(&dir, 4);
+    let (backend, _) = echo_backend().await;
+    let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let config = dir.join("gateway.toml");
+    let write_config = |extra: &str| {
+        let text = format!("listen = \"{gw_addr}\"\nbackend = [\"tcp://{backend}\"]\n{extra}");
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config("");
+    let log = dir.join("gateway.log");
+    let args = vec!["--config".to_owned(), config.display().to_string()];
+    let gw = spawn_logged_at(env!("CARGO_BIN_EXE_ferry-gateway"), &args, &log, "info");
+    let (_agent, listen) = agent(gw_addr, &["--compress", &format!("zstd:3:dict={dict}")]).await;
+    let data = jsonl(6, 50);
+    // The gateway does not know the agent's dictionary yet: the stream is reset.
+    let s = TcpStream::connect(listen).await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), round_trip(s, data.clone()))
+        .await
+        .expect("the client's end in time");
+    assert_eq!(
+        result.expect_err("a reset").kind(),
+        ErrorKind::ConnectionReset
+    );
+    wait_for_log(
+        &log,
+        &[&format!("compression dictionary {id} unknown")],
+        Duration::from_secs(10),
+    )
+    .await;
+    // The operator adds it and reloads: new streams decode with it.
+    write_config(&format!("compress-dict = [\"{dict}\"]\n"));
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe {
+        libc::kill(gw.0.id() as i32, libc::SIGHUP);
+    }
+    wait_for_log(
+        &log,
+        &["configuration reloaded", "compress"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let s = TcpStream::connect(listen).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(20), round_trip(s, data.clone()))
+        .await
+        .expect("the round trip in time")
+        .expect("carried, not reset");
+    assert!(back == data, "bytes changed");
     let _ = std::fs::remove_dir_all(&dir);
 }
