@@ -193,7 +193,6 @@ fn config(args: Args) -> Result<AgentConfig, String> {
     info!(crypto = crypto.mode(), "encryption");
     let compress =
         Compression::load(&args.compress, &args.compress_dict).map_err(|e| e.to_string())?;
-    info!(compress = %compress, "compression");
     let gateways = args
         .gateways
         .iter()

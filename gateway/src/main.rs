@@ -267,7 +267,6 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     let crypto = args.tls.crypto_config().map_err(|e| e.to_string())?;
     let compress =
         Compression::load(&args.compress, &args.compress_dict).map_err(|e| e.to_string())?;
-    info!(compress = %compress, "compression");
     let mut transport = TransportConfig {
         max_concurrent_streams: args.max_streams,
         idle_timeout: args.idle_timeout,

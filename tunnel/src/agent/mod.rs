@@ -164,6 +164,9 @@ impl Agent {
         for l in &config.listen {
             bound.push((listeners::bind(&l.address).await?, l));
         }
+        if config.compress != Compression::default() {
+            info!(compress = %config.compress, "what clients send is compressed");
+        }
         let registry = Arc::new(Registry::new());
         let sessions = Sessions::start(&config.gateways, config.links, registry)
             .map_err(StartError::UdpSocket)?;

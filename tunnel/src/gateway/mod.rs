@@ -121,6 +121,9 @@ impl Gateway {
         if let Some(list) = &config.allow {
             info!(allow = %list, "agents restricted by allow-list");
         }
+        if config.compress != Compression::default() {
+            info!(compress = %config.compress, "what backends send is compressed");
+        }
         endpoint.set_address_filter(reload::address_filter(config.allow.clone()));
         let services = reload::pools(&HashMap::new(), config.services, config.backend_max_streams);
         let fwd = Arc::new(Forwarding {
