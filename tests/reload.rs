@@ -62,6 +62,14 @@ async fn reload(proc: &Proc, log: &Path, n: usize) {
     .await;
 }
 
+/// Starts `bin` (logging at info to `log`) with `--config config` and `args`: the file is what
+/// a reload reads again.
+fn configured(bin: &str, config: &Path, log: &Path, args: &[&str]) -> Proc {
+    let mut all = vec!["--config".to_owned(), config.display().to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    spawn_logged_at(bin, &all, log, "info")
+}
+
 /// The monitor's `/metrics` sample `name` (with `label`).
 async fn scrape(monitor: SocketAddr, name: &str, label: Option<(&str, &str)>) -> f64 {
     let (status, _, body) = http_get(monitor, "/metrics").await;
@@ -203,45 +211,35 @@ async fn transfers_run_across_ten_reloads_of_backends_allow_lists_and_certificat
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let (gateway_monitor, agent_monitor) = (monitor_address(), monitor_address());
     let gateway_log = dir.join("gateway.log");
-    let gateway_args: Vec<String> = [
-        "--listen",
-        &gateway_addr.to_string(),
-        "--config",
-        &gateway_toml.display().to_string(),
-        "--crypto",
-        "tls",
-        "--monitor",
-        &gateway_monitor.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let gateway = spawn_logged_at(
+    let gateway = configured(
         env!("CARGO_BIN_EXE_ferry-gateway"),
-        &gateway_args,
+        &gateway_toml,
         &gateway_log,
-        "info",
+        &[
+            "--listen",
+            &gateway_addr.to_string(),
+            "--crypto",
+            "tls",
+            "--monitor",
+            &gateway_monitor.to_string(),
+        ],
     );
     let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let agent_log = dir.join("agent.log");
-    let agent_args: Vec<String> = [
-        "--listen",
-        &format!("tcp://{listen}"),
-        "--gateway",
-        &gateway_addr.to_string(),
-        "--config",
-        &agent_toml.display().to_string(),
-        "--crypto",
-        "tls",
-        "--monitor",
-        &agent_monitor.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let agent_proc = spawn_logged_at(
+    let agent_proc = configured(
         env!("CARGO_BIN_EXE_ferry-agent"),
-        &agent_args,
+        &agent_toml,
         &agent_log,
-        "info",
+        &[
+            "--listen",
+            &format!("tcp://{listen}"),
+            "--gateway",
+            &gateway_addr.to_string(),
+            "--crypto",
+            "tls",
+            "--monitor",
+            &agent_monitor.to_string(),
+        ],
     );
     ready(listen).await;
 
@@ -391,21 +389,16 @@ async fn taken_out_of_an_allow_list_by_a_reload_new_clients_are_refused_and_carr
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let gateway_monitor = monitor_address();
     let gateway_log = dir.join("gateway.log");
-    let args: Vec<String> = [
-        "--listen",
-        &gateway_addr.to_string(),
-        "--config",
-        &gateway_toml.display().to_string(),
-        "--monitor",
-        &gateway_monitor.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let gateway = spawn_logged_at(
+    let gateway = configured(
         env!("CARGO_BIN_EXE_ferry-gateway"),
-        &args,
+        &gateway_toml,
         &gateway_log,
-        "info",
+        &[
+            "--listen",
+            &gateway_addr.to_string(),
+            "--monitor",
+            &gateway_monitor.to_string(),
+        ],
     );
 
     // The agent's own allow-list: its clients.
@@ -413,17 +406,17 @@ async fn taken_out_of_an_allow_list_by_a_reload_new_clients_are_refused_and_carr
     std::fs::write(&agent_toml, "allow-ip = \"127.0.0.1/32\"\n").unwrap();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
     let agent_log = dir.join("agent.log");
-    let args: Vec<String> = [
-        "--listen",
-        &format!("tcp://{listen}"),
-        "--gateway",
-        &gateway_addr.to_string(),
-        "--config",
-        &agent_toml.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let agent_proc = spawn_logged_at(env!("CARGO_BIN_EXE_ferry-agent"), &args, &agent_log, "info");
+    let agent_proc = configured(
+        env!("CARGO_BIN_EXE_ferry-agent"),
+        &agent_toml,
+        &agent_log,
+        &[
+            "--listen",
+            &format!("tcp://{listen}"),
+            "--gateway",
+            &gateway_addr.to_string(),
+        ],
+    );
     ready(listen).await;
 
     let mut held = Held::open(listen, 100).await;
@@ -475,17 +468,17 @@ async fn a_configuration_that_does_not_parse_or_validate_is_refused_logged_count
     let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
     let monitor = monitor_address();
     let log = dir.join("gateway.log");
-    let args: Vec<String> = [
-        "--listen",
-        &gateway_addr.to_string(),
-        "--config",
-        &gateway_toml.display().to_string(),
-        "--monitor",
-        &monitor.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let gateway = spawn_logged_at(env!("CARGO_BIN_EXE_ferry-gateway"), &args, &log, "info");
+    let gateway = configured(
+        env!("CARGO_BIN_EXE_ferry-gateway"),
+        &gateway_toml,
+        &log,
+        &[
+            "--listen",
+            &gateway_addr.to_string(),
+            "--monitor",
+            &monitor.to_string(),
+        ],
+    );
     let (_agent, listen) = agent(gateway_addr, &[]).await;
     ready(listen).await;
     let loaded_at = scrape(monitor, "ferry_config_last_reload_timestamp_seconds", None).await;

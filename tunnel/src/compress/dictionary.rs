@@ -340,18 +340,20 @@ impl Compression {
 /// Reads a dictionary file, at most [`MAX_DICTIONARY_BYTES`] of it.
 pub fn read(path: &Path) -> Result<Vec<u8>, DictionaryError> {
     let file = || path.display().to_string();
-    let read_error = |source| DictionaryError::Read {
-        file: file(),
-        source,
-    };
+    read_at_most(path, MAX_DICTIONARY_BYTES)
+        .map_err(|source| DictionaryError::Read {
+            file: file(),
+            source,
+        })?
+        .ok_or_else(|| DictionaryError::TooLarge { file: file() })
+}
+
+/// The file at `path` if it holds at most `limit` bytes, `None` if more: read no further than
+/// one byte past the limit, so a huge file (or a device) costs no more than that.
+pub(super) fn read_at_most(path: &Path, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut content = Vec::new();
-    std::fs::File::open(path)
-        .map_err(read_error)?
-        .take(MAX_DICTIONARY_BYTES as u64 + 1)
-        .read_to_end(&mut content)
-        .map_err(read_error)?;
-    if content.len() > MAX_DICTIONARY_BYTES {
-        return Err(DictionaryError::TooLarge { file: file() });
-    }
-    Ok(content)
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut content)?;
+    Ok((content.len() <= limit).then_some(content))
 }

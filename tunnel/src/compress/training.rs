@@ -9,10 +9,9 @@
 //! Samples are held in memory, at most [`MAX_SAMPLE_BYTES`] in all.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::dictionary::{Compression, DictionaryError, MAX_DICTIONARY_BYTES};
+use super::dictionary::{read_at_most, Compression, DictionaryError, MAX_DICTIONARY_BYTES};
 use super::{Codec, Decoder, Encoder, HEADER, MAX_CHUNK};
 
 /// Most sample bytes read for training or checking.
@@ -124,20 +123,12 @@ impl Samples {
 
 /// Reads `path`, failing with [`TrainingError::TooMuch`] past `room` bytes.
 fn read_bounded(path: &Path, room: usize) -> Result<Vec<u8>, TrainingError> {
-    let read_error = |source| TrainingError::Read {
-        file: path.display().to_string(),
-        source,
-    };
-    let mut content = Vec::new();
-    std::fs::File::open(path)
-        .map_err(read_error)?
-        .take(room as u64 + 1)
-        .read_to_end(&mut content)
-        .map_err(read_error)?;
-    if content.len() > room {
-        return Err(TrainingError::TooMuch);
-    }
-    Ok(content)
+    read_at_most(path, room)
+        .map_err(|source| TrainingError::Read {
+            file: path.display().to_string(),
+            source,
+        })?
+        .ok_or(TrainingError::TooMuch)
 }
 
 /// Trains a zstd dictionary of at most `size` bytes on `samples`.
