@@ -462,14 +462,22 @@ async fn streams_still_open_when_the_drain_timeout_ends_are_reset_on_both_sides(
     );
     upload.abort();
     // The gateway said so in the session (not left to ICMP, which a NAT may not pass, or to
-    // the agent's idle timeout).
-    let (_, _, body) = http_get(agent_monitor, "/stats-history?format=json").await;
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let reason = doc["closed"][0]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(reason.contains("drain timeout passed"), "{doc}");
+    // the agent's idle timeout). The agent records the closed session as it ends it, which may
+    // come just after the streams' resets reached their sockets: wait for the record.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, body) = http_get(agent_monitor, "/stats-history?format=json").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(reason) = doc["closed"][0]["reason"].as_str() {
+            assert!(reason.contains("drain timeout passed"), "{doc}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no closed session recorded: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An agent started before its gateway is reachable says at once that it is connecting, and why

@@ -22,21 +22,50 @@ impl Drop for Proc {
     }
 }
 
-/// A port for a process under test to bind, free for both TCP and UDP. Ports come from below
-/// Linux's ephemeral range (32768-60999), so no `bind(0)` elsewhere in the suite can be handed
-/// the same number between this check and the child's bind; a process-wide counter keeps tests
-/// running in parallel from picking the same one.
+/// A port for a process under test to bind, free for both TCP and UDP.
+///
+/// Three things keep two binds from meeting. Ports come from 20000-31999, below Linux's
+/// ephemeral range (32768-60999), so no `bind(0)` or outgoing connection can be handed one
+/// between this check and the child's bind. A process-wide counter keeps tests running in
+/// parallel in this process from picking the same one. And a lock on
+/// `$TMPDIR/ferry-test-ports/PORT`, held until this process ends, keeps every other test
+/// process (the next test binary, a second `cargo test`, a helper's worktree) off a port this
+/// one handed out, which the check alone cannot: it sees a port free until the child binds it.
 pub fn free_port() -> u16 {
+    const FIRST: usize = 20_000;
+    const COUNT: usize = 12_000;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let base = 20_000 + (std::process::id() as usize * 97) % 10_000;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let start = (std::process::id() as usize * 97) % COUNT;
     loop {
-        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % COUNT) as u16;
+        let Some(lock) = lock_port(port) else {
+            continue;
+        };
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
         let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
         if tcp.is_ok() && udp.is_ok() {
+            HELD.lock().unwrap().push(lock);
             return port;
         }
     }
+}
+
+/// An exclusive lock on `port`'s file, or `None` if another process holds it. The lock goes
+/// with the file's last descriptor, that is when this process ends, however it ends.
+fn lock_port(port: u16) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("ferry-test-ports");
+    std::fs::create_dir_all(&dir).expect("a directory for port locks");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .expect("a port lock file");
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 pub fn free_udp_port() -> u16 {
