@@ -92,6 +92,15 @@ pub struct SentPacket {
     pub delivery: DeliveryState,
 }
 
+impl SentPacket {
+    /// Whether the packet holds a FEC repair (a repair travels in a packet of its own).
+    pub fn is_repair(&self) -> bool {
+        self.frames
+            .iter()
+            .any(|f| matches!(f, SentFrame::FecRepair))
+    }
+}
+
 /// Packets in flight, indexed by packet number.
 #[derive(Debug, Default)]
 pub struct SentPackets {
@@ -101,6 +110,8 @@ pub struct SentPackets {
     /// that are not tracked (ACK-only).
     slots: VecDeque<Option<SentPacket>>,
     bytes_in_flight: u64,
+    /// The part of `bytes_in_flight` in packets holding a FEC repair.
+    repair_bytes_in_flight: u64,
     count: usize,
 }
 
@@ -119,6 +130,9 @@ impl SentPackets {
         debug_assert_eq!(pn, self.base + self.slots.len() as u64);
         if let Some(p) = &packet {
             self.bytes_in_flight += u64::from(p.size);
+            if p.is_repair() {
+                self.repair_bytes_in_flight += u64::from(p.size);
+            }
             self.count += 1;
         }
         if self.slots.is_empty() && packet.is_none() {
@@ -131,6 +145,12 @@ impl SentPackets {
     /// UDP payload bytes of tracked packets in flight.
     pub fn bytes_in_flight(&self) -> u64 {
         self.bytes_in_flight
+    }
+
+    /// The part of [`bytes_in_flight`](Self::bytes_in_flight) in packets that hold a FEC
+    /// repair: sent for packets already in flight, never a sign of more data to come.
+    pub fn repair_bytes_in_flight(&self) -> u64 {
+        self.repair_bytes_in_flight
     }
 
     /// Number of packets in flight.
@@ -147,6 +167,9 @@ impl SentPackets {
         let idx = usize::try_from(pn.checked_sub(self.base)?).ok()?;
         let packet = self.slots.get_mut(idx)?.take()?;
         self.bytes_in_flight -= u64::from(packet.size);
+        if packet.is_repair() {
+            self.repair_bytes_in_flight -= u64::from(packet.size);
+        }
         self.count -= 1;
         Some(packet)
     }
@@ -232,6 +255,7 @@ impl SentPackets {
         self.base += self.slots.len() as u64;
         let packets: Vec<SentPacket> = self.slots.drain(..).flatten().collect();
         self.bytes_in_flight = 0;
+        self.repair_bytes_in_flight = 0;
         self.count = 0;
         packets
     }

@@ -87,8 +87,11 @@ impl Connection {
     }
 
     /// Packet `pn`, whose plaintext payload is `payload`, left as a source. The group closes
-    /// at once if the connection is quiet (nothing queued, at most three packets in flight):
-    /// a lone message's repair follows it without waiting for the group's hold.
+    /// at once if the connection is quiet (nothing queued, at most three packets in flight
+    /// besides repairs): a lone message's repair follows it without waiting for the group's
+    /// hold. Repairs do not count: a lone message's predecessor leaves up to eight behind it,
+    /// which tell of no data to come, and a client that sends its next request as soon as
+    /// the answer arrives would otherwise find them unacknowledged and wait out the hold.
     pub(super) fn on_fec_source_sent(
         &mut self,
         now: Instant,
@@ -100,7 +103,8 @@ impl Connection {
         let hold = group_hold(self.rtt.smoothed());
         let quiet = lone_allowed
             && !self.streams.has_pending_data()
-            && self.sent.bytes_in_flight() <= 3 * self.max_datagram as u64;
+            && self.sent.bytes_in_flight() - self.sent.repair_bytes_in_flight()
+                <= 3 * self.max_datagram as u64;
         self.fec_tx
             .add_source(now, pn, payload, mode, loss, hold, quiet);
     }
