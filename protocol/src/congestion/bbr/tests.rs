@@ -526,6 +526,21 @@ fn timeouts_do_not_end_startup_but_heavy_detected_loss_does() {
 }
 
 #[test]
+fn one_heavily_lossy_round_between_clean_ones_does_not_end_startup() {
+    // A burst of random loss, not a buffer that STARTUP keeps overflowing.
+    let rtt = RttEstimator::new(10 * MS);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut bbr = Bbr::new(t0, 1000, 1);
+    bbr.min_rtt = Some(10 * MS);
+    for lost in [0, 9, 0, 0] {
+        startup_round(&mut bbr, &mut now, &rtt, lost, LossKind::Detected);
+    }
+    assert!(!bbr.filled_pipe);
+    assert_eq!(bbr.mode, Mode::Startup);
+}
+
+#[test]
 fn starts_with_a_32_datagram_window_and_startup_pacing() {
     let t0 = Instant::now();
     let bbr = Bbr::new(t0, 1350, 1);
