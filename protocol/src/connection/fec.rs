@@ -115,6 +115,19 @@ impl Connection {
         self.fec_tx.on_timer(now, mode, loss);
     }
 
+    /// Whether the next packet is to carry an owed repair. In `auto`, stream data waiting goes
+    /// first: it is other messages (a bulk transfer is not protected), whose latency is what
+    /// the repairs are for, and a group's repairs sent ahead of it (up to
+    /// [`MAX_GROUP_REPAIRS`](crate::wire::frame::MAX_GROUP_REPAIRS) packets) held every
+    /// message behind them (simulator, 64 clients at 5% loss in runs of 3, twelve seeds: 2.1%
+    /// of exchanges took over one and a half round trips with repairs first, 1.7% with data
+    /// first). A `K/N` code protects bulk transfers too, whose data would hold their repairs
+    /// back until stale: there repairs go first.
+    pub(super) fn repair_due(&self) -> bool {
+        self.fec_tx.has_repairs()
+            && (self.config.fec != FecMode::Auto || !self.streams.has_pending_data())
+    }
+
     /// The next repair frame owed, if one fits `room`. A repair older than half the RTT (at
     /// least 10 ms) is dropped: by then the retransmission is as near.
     pub(super) fn next_fec_repair(&mut self, now: Instant, room: usize) -> Option<Vec<u8>> {

@@ -442,7 +442,7 @@ impl Connection {
         // (datagrams are sized for a whole packet unless they asked for FEC): else that
         // datagram could never leave, and every packet built for it would go out empty.
         let short = !long && self.state == State::Established;
-        let repair_packet = may_elicit && short && self.fec_tx.has_repairs();
+        let repair_packet = may_elicit && short && self.repair_due();
         let reserve_fits = self
             .datagrams
             .next_frame_len(now)
