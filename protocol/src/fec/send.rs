@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{code, copy_from_spare, repairs_needed, FecMode, FecStats, PathLoss};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES, MAX_GROUP_SPAN};
+use crate::wire::settings::UNANNOUNCED_FEC_MAX_REPAIRS;
 
 /// Source packets gathering into a group.
 #[derive(Debug)]
@@ -25,10 +26,24 @@ pub(crate) struct FecSender {
     repairs: VecDeque<(Instant, Vec<u8>)>,
     /// Payload buffers of closed groups, for the next ones.
     spare: Vec<Vec<u8>>,
+    /// Most repairs per group the peer decodes, as it announced; `None` before its settings.
+    peer_max_repairs: Option<u8>,
     stats: FecStats,
 }
 
 impl FecSender {
+    /// The peer's settings say it decodes at most `max` repairs per group.
+    pub(crate) fn set_peer_max_repairs(&mut self, max: u8) {
+        self.peer_max_repairs = Some(max);
+    }
+
+    /// Most repairs a group may have: what the peer decodes, within this version's limit.
+    fn max_repairs(&self) -> u8 {
+        self.peer_max_repairs
+            .unwrap_or(UNANNOUNCED_FEC_MAX_REPAIRS)
+            .min(MAX_GROUP_REPAIRS)
+    }
+
     /// Packet `pn` with plaintext `payload` (a FEC_SOURCE frame in it) left: it joins the open
     /// group, or opens one that closes after `hold`. A group that is full closes at once, and
     /// so does one whose sender went `quiet` (a lone message: no more sources are coming soon,
@@ -91,7 +106,7 @@ impl FecSender {
         let sources = group.members.count_ones();
         let repairs = match mode {
             FecMode::Off => 0,
-            FecMode::Auto => repairs_needed(sources, loss),
+            FecMode::Auto => repairs_needed(sources, loss, self.max_repairs()),
             FecMode::Fixed {
                 sources: k,
                 total: n,
@@ -99,7 +114,7 @@ impl FecSender {
                 // In proportion for a group closed before it was full, rounding up.
                 let per_group = u32::from(n - k);
                 let r = (sources * per_group).div_ceil(u32::from(k));
-                r.clamp(1, u32::from(MAX_GROUP_REPAIRS)) as u8
+                r.clamp(1, u32::from(self.max_repairs())) as u8
             }
         };
         if repairs > 0 {
@@ -214,6 +229,43 @@ mod tests {
             [(7, 1, 2, 0, 9), (7, 1, 2, 1, 9)]
         );
         assert_eq!(s.deadline(), None);
+    }
+
+    #[test]
+    fn a_peer_is_sent_no_more_repairs_per_group_than_it_announced_or_an_older_one_decodes() {
+        let t0 = Instant::now();
+        let hold = Duration::from_millis(5);
+        let bursty = PathLoss {
+            rate: 0.05,
+            mean_run: 3.0,
+        };
+        // Twelve sources under bursts want twelve repairs: a peer of this version gets them,
+        // one that announced four gets four, and one that announced nothing (an older
+        // version) the eight it decodes.
+        for (announced, expected) in [(Some(MAX_GROUP_REPAIRS), 12), (Some(4), 4), (None, 8)] {
+            let mut s = FecSender::default();
+            if let Some(max) = announced {
+                s.set_peer_max_repairs(max);
+            }
+            for pn in 0..12 {
+                s.add_source(t0, pn, b"request", FecMode::Auto, bursty, hold, false);
+            }
+            s.on_timer(t0 + hold, FecMode::Auto, bursty);
+            let repairs = repairs_of(&mut s, t0 + hold);
+            assert_eq!(repairs.len(), expected, "{announced:?}");
+            assert!(repairs.iter().all(|r| r.2 == expected as u8));
+        }
+        // A fixed code's repairs too: 4/20 to a peer decoding eight is 4/12.
+        let mut s = FecSender::default();
+        s.set_peer_max_repairs(8);
+        let fixed = FecMode::Fixed {
+            sources: 4,
+            total: 20,
+        };
+        for pn in 0..4 {
+            s.add_source(t0, pn, b"x", fixed, bursty, hold, false);
+        }
+        assert_eq!(repairs_of(&mut s, t0).len(), 8);
     }
 
     #[test]

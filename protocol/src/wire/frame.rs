@@ -158,8 +158,11 @@ impl LossReport {
 pub const MAX_GROUP_SPAN: u64 = 32;
 /// Most source packets in one repair group.
 pub const MAX_GROUP_SOURCES: u32 = 16;
-/// Most repair symbols of one group.
-pub const MAX_GROUP_REPAIRS: u8 = 8;
+/// Most repair symbols of one group this version decodes and sends. A peer says how many it
+/// decodes in its settings (`fec_max_repairs`; one that does not say decodes
+/// [`UNANNOUNCED_FEC_MAX_REPAIRS`](crate::wire::settings::UNANNOUNCED_FEC_MAX_REPAIRS)), and
+/// is sent no more.
+pub const MAX_GROUP_REPAIRS: u8 = 16;
 
 /// One repair symbol of a group of source packets: with any `members` of the group's sources and
 /// repairs received, the missing sources can be rebuilt (see [`crate::fec`]).

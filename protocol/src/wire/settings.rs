@@ -28,7 +28,12 @@ mod keys {
     pub const MAX_ACK_DELAY_US: u64 = 0x07;
     pub const MAX_DATAGRAM_PAYLOAD: u64 = 0x08;
     pub const FEC: u64 = 0x09;
+    pub const FEC_MAX_REPAIRS: u64 = 0x0a;
 }
+
+/// Repairs per group a peer that does not announce `fec_max_repairs` decodes: what versions
+/// before the setting decoded.
+pub const UNANNOUNCED_FEC_MAX_REPAIRS: u8 = 8;
 
 /// Largest unreliable datagram an end may announce that it accepts: a UDP payload.
 pub const MAX_DATAGRAM_PAYLOAD_LIMIT: u32 = 65_535;
@@ -62,6 +67,9 @@ pub struct Settings {
     /// and sends LOSS_REPORT frames; see [`crate::fec`]), so the peer may protect its packets. Absent (an older peer)
     /// means no: such a peer is never sent repair packets.
     pub fec: bool,
+    /// Most repair packets per group this end decodes (1 to 255); the peer sends no more.
+    /// Absent (an older peer): [`UNANNOUNCED_FEC_MAX_REPAIRS`].
+    pub fec_max_repairs: u8,
     /// Settings that must be identical on both ends, by name.
     pub required: BTreeMap<String, String>,
 }
@@ -97,6 +105,7 @@ impl Settings {
                 u64::from(self.max_datagram_payload),
             ),
             (keys::FEC, u64::from(self.fec)),
+            (keys::FEC_MAX_REPAIRS, u64::from(self.fec_max_repairs)),
         ] {
             num.clear();
             num.put_varint(value);
@@ -121,6 +130,7 @@ impl Settings {
         let mut max_ack_delay = Duration::ZERO;
         let mut max_datagram_payload = 0;
         let mut fec = false;
+        let mut fec_max_repairs = UNANNOUNCED_FEC_MAX_REPAIRS;
         let mut required = BTreeMap::new();
         while !r.is_empty() {
             let key = r.varint()?;
@@ -158,6 +168,12 @@ impl Settings {
                         _ => return Err(DecodeError::Invalid("fec")),
                     }
                 }
+                keys::FEC_MAX_REPAIRS => {
+                    fec_max_repairs = match u8::try_from(number()?) {
+                        Ok(n) if n > 0 => n,
+                        _ => return Err(DecodeError::Invalid("fec max repairs")),
+                    }
+                }
                 keys::REQUIRED => {
                     let mut pr = Reader::new(value);
                     let name = pr.length_prefixed()?;
@@ -192,6 +208,7 @@ impl Settings {
             max_ack_delay,
             max_datagram_payload,
             fec,
+            fec_max_repairs,
             required,
         })
     }
@@ -266,6 +283,7 @@ mod tests {
             max_ack_delay: Duration::from_millis(2),
             max_datagram_payload: 1500,
             fec: true,
+            fec_max_repairs: 16,
             required: BTreeMap::from([("crypto".into(), "none".into())]),
         }
     }
@@ -327,6 +345,29 @@ mod tests {
         bad.put_varint(keys::FEC);
         bad.put_length_prefixed(&[2]);
         assert_eq!(Settings::decode(&bad), Err(DecodeError::Invalid("fec")));
+    }
+
+    #[test]
+    fn an_absent_fec_repair_limit_is_the_old_eight_and_zero_or_above_255_is_malformed() {
+        let s = sample();
+        let mut buf = Vec::new();
+        s.encode(&mut buf);
+        let older = without(&buf, keys::FEC_MAX_REPAIRS);
+        assert!(older.len() < buf.len());
+        let decoded = Settings::decode(&older).unwrap();
+        assert_eq!(decoded.fec_max_repairs, UNANNOUNCED_FEC_MAX_REPAIRS);
+        for (value, ok) in [(0u64, false), (1, true), (255, true), (256, false)] {
+            let mut with = older.clone();
+            with.put_varint(keys::FEC_MAX_REPAIRS);
+            let mut number = Vec::new();
+            number.put_varint(value);
+            with.put_length_prefixed(&number);
+            let decoded = Settings::decode(&with);
+            match ok {
+                true => assert_eq!(decoded.unwrap().fec_max_repairs as u64, value),
+                false => assert_eq!(decoded, Err(DecodeError::Invalid("fec max repairs"))),
+            }
+        }
     }
 
     #[test]
