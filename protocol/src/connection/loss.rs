@@ -147,8 +147,8 @@ impl Connection {
                 }
             }
         }
-        let largest = lost.iter().map(|p| p.size as usize).max().unwrap_or(0);
-        if let Some(size) = self.mtud.on_packets_lost(largest) {
+        let sizes = lost.iter().map(|p| (p.size as usize, p.time));
+        if let Some(size) = self.mtud.on_packets_lost(now, sizes) {
             debug!(side = %self.side, size, "path MTU black hole: large packets lost, none acknowledged");
             self.set_datagram_size(size);
         }
