@@ -174,6 +174,8 @@ struct SixteenStreams {
     jain: f64,
     /// How long the first byte of a stream opened at 5 s took to reach the server.
     newcomer: Duration,
+    /// How long a datagram sent when the stream opened waited in the bottleneck's queue.
+    queue_wait: Duration,
 }
 
 /// Sixteen bulk streams through a `rate_bps`, 40 ms bottleneck for 10 s, and a seventeenth
@@ -192,6 +194,7 @@ fn sixteen_bulk_streams(rate_bps: u64, seed: u64) -> SixteenStreams {
     let mut at_measure_from: Option<Vec<u64>> = None;
     let mut newcomer: Option<(StreamId, Instant)> = None;
     let mut newcomer_latency = None;
+    let mut queue_wait = None;
     pair.run_until(measure_to - start, |p| {
         client.pump(p.now, &mut p.client);
         server.pump(p.now, &mut p.server);
@@ -203,6 +206,7 @@ fn sixteen_bulk_streams(rate_bps: u64, seed: u64) -> SixteenStreams {
             let id = conn.open_stream().expect("stream");
             assert_eq!(conn.write(id, b"first byte"), Ok(10));
             newcomer = Some((id, p.now));
+            queue_wait = Some(p.to_server.queue_delay(p.now));
         }
         if let Some((id, opened)) = newcomer {
             if newcomer_latency.is_none() && server.streams.get(&id).is_some_and(|s| s.received > 0)
@@ -226,9 +230,10 @@ fn sixteen_bulk_streams(rate_bps: u64, seed: u64) -> SixteenStreams {
     let total: f64 = shares.iter().sum();
     let seconds = (measure_to - measure_from).as_secs_f64();
     let latency = newcomer_latency.expect("the new stream's first byte arrived");
+    let queue_wait = queue_wait.expect("the new stream opened");
     eprintln!(
         "16 streams through {} Mbit/s: Jain index {jain:.4}, {:.1}% of the link, shares {:?} \
-         KB; new stream's first byte after {latency:?}",
+         KB; new stream's first byte after {latency:?} (the queue held {queue_wait:?} then)",
         rate_bps / 1_000_000,
         total * 8.0 / seconds / rate_bps as f64 * 100.0,
         shares
@@ -240,15 +245,19 @@ fn sixteen_bulk_streams(rate_bps: u64, seed: u64) -> SixteenStreams {
     SixteenStreams {
         jain,
         newcomer: latency,
+        queue_wait,
     }
 }
 
 /// Sixteen bulk streams through a 50 Mbit/s and through a 5 Mbit/s, 40 ms bottleneck get equal
 /// shares of it (Jain's index >= 0.95 over 2-10 s), and a stream opened at 5 s while they run
-/// has its first byte at the server within the one-way delay plus the time ten full packets
-/// take at the link's rate: it does not wait behind a packet of each bulk stream (sixteen, 35
-/// ms at 5 Mbit/s: with a single round robin it took 64 ms in all, 24.2 ms at 50 Mbit/s), only
-/// for the queue at the bottleneck.
+/// has its first byte at the server within the one-way delay, the bottleneck's queue and the
+/// time two full packets take at the link's rate: it does not wait behind a packet of each
+/// bulk stream (sixteen, 35 ms at 5 Mbit/s: with a single round robin it took 64 ms in all,
+/// 24.2 ms at 50 Mbit/s), only for the queue. The queue is BBR's, and depends on the phase of
+/// its bandwidth probing when the stream opens: 0.1 to 9.3 ms at 50 Mbit/s, 10 to 22 ms at 5
+/// Mbit/s over twenty seeds, so a bound of ten packets' time besides the delay took a phase for
+/// a scheduling fault; past the queue, every seed's first byte took 1.1 packet times.
 #[test]
 fn sixteen_bulk_streams_share_the_path_equally_and_a_new_stream_does_not_wait_behind_them() {
     for (rate_bps, seed) in [(50_000_000, 22), (5_000_000, 24)] {
@@ -256,9 +265,10 @@ fn sixteen_bulk_streams_share_the_path_equally_and_a_new_stream_does_not_wait_be
         let packet_time = Duration::from_secs_f64(1350.0 * 8.0 / rate_bps as f64);
         assert!(run.jain >= 0.95, "Jain's fairness index {:.4}", run.jain);
         assert!(
-            run.newcomer <= ONE_WAY + 10 * packet_time,
-            "{rate_bps} bit/s: the new stream's first byte took {:?}",
-            run.newcomer
+            run.newcomer <= ONE_WAY + run.queue_wait + 2 * packet_time,
+            "{rate_bps} bit/s: the new stream's first byte took {:?}, the queue {:?}",
+            run.newcomer,
+            run.queue_wait
         );
     }
 }

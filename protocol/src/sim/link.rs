@@ -310,6 +310,12 @@ impl<T: Clone> Link<T> {
         self.in_flight.len()
     }
 
+    /// How long a datagram offered at `now` waits at the bottleneck before it starts to be
+    /// serialized: the backlog of what it already accepted (zero without a rate limit).
+    pub fn queue_delay(&self, now: Instant) -> Duration {
+        self.busy_until.saturating_duration_since(now)
+    }
+
     /// Offers a datagram at time `now`, with `tag` travelling along with it: it is dropped, or
     /// scheduled for delivery (possibly twice). Calls should come with non-decreasing `now`; an
     /// earlier `now` is accepted but treated as if the bottleneck's state were current.
