@@ -3,7 +3,8 @@
 //! stream control, PING, datagrams, stream data), within the congestion window and the pacer; it is padded
 //! and sealed, and remembered for loss detection. Batching holds small writes and lone ACKs back
 //! briefly; tail duplication sends the end of a small burst twice (unless forward error
-//! correction is in use: then sources carry FEC_SOURCE and owed repairs leave first).
+//! correction is in use: then sources carry FEC_SOURCE, and owed repairs leave in packets of
+//! their own, first under a `K/N` code and after waiting stream data in `auto`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
