@@ -244,6 +244,31 @@ async fn main() {
         Ok(report) => println!("stream bytes, {report}"),
         Err(e) => println!("stream bytes of single messages: {e}"),
     }
+    // Where the rest goes: zstd alone, with the same dictionary, over one connection's
+    // messages, flushed after each (as a tunnel must) and as one unflushed stream.
+    let exchanges = ferry_test_support::rtb::training_samples(0x0fed_cba9_8765_4321, 300);
+    let directions: [Vec<&[u8]>; 2] = [0, 1].map(|side| {
+        exchanges
+            .iter()
+            .skip(side)
+            .step_by(2)
+            .map(Vec::as_slice)
+            .collect()
+    });
+    let payload: usize = exchanges.iter().map(Vec::len).sum();
+    for level in [3, 9, 19] {
+        let [flushed, unflushed] = [true, false].map(|flush| {
+            let total: usize = directions
+                .iter()
+                .map(|messages| zstd_alone(&dictionary, level, flush, messages))
+                .sum();
+            total as f64 / payload as f64
+        });
+        println!(
+            "zstd:{level} alone with the dictionary, 300 exchanges of one connection: flushed after \
+             each message {flushed:.4} of the payload, one unflushed stream {unflushed:.4}"
+        );
+    }
     println!(
         "flate with batching: wire = {:.3} of payload (target: at most 0.125): {}",
         best_flate_batched,
@@ -262,4 +287,20 @@ fn rtb_dictionary() -> Vec<u8> {
         samples.push(&sample).expect("samples within bounds");
     }
     train(&samples, 64 << 10).expect("a dictionary")
+}
+
+/// Bytes zstd at `level` with `dictionary` makes of `messages` in one frame over the stream's
+/// window, flushed after each message or not at all.
+fn zstd_alone(dictionary: &[u8], level: i32, flush: bool, messages: &[&[u8]]) -> usize {
+    use std::io::Write;
+    let mut encoder = zstd::stream::write::Encoder::with_dictionary(Vec::new(), level, dictionary)
+        .expect("a zstd encoder");
+    encoder.window_log(17).expect("window");
+    for message in messages {
+        encoder.write_all(message).expect("in memory");
+        if flush {
+            encoder.flush().expect("in memory");
+        }
+    }
+    encoder.finish().expect("in memory").len()
 }
