@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferry_transport::{Connection, Endpoint, ServerConfig, TransportConfig};
 use ferry_tunnel::compress::training::{check, train, Samples};
-use ferry_tunnel::compress::{Codec, Compression};
+use ferry_tunnel::compress::{Codec, Compression, ZSTD_WINDOW_LOG};
 use ferry_tunnel::splice::{receive_chunks, send_chunks, Meter, SpliceOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
@@ -295,7 +295,7 @@ fn zstd_alone(dictionary: &[u8], level: i32, flush: bool, messages: &[&[u8]]) ->
     use std::io::Write;
     let mut encoder = zstd::stream::write::Encoder::with_dictionary(Vec::new(), level, dictionary)
         .expect("a zstd encoder");
-    encoder.window_log(17).expect("window");
+    encoder.window_log(ZSTD_WINDOW_LOG).expect("window");
     for message in messages {
         encoder.write_all(message).expect("in memory");
         if flush {

@@ -88,7 +88,7 @@ const ZSTD: u8 = 3;
 const REFLATE: u8 = 4;
 /// zstd history window, 2^17 = 128 KiB: bounds each stream's memory on both ends (a peer's
 /// frame asking for a larger window is refused as corrupt).
-const ZSTD_WINDOW_LOG: u32 = 17;
+pub const ZSTD_WINDOW_LOG: u32 = 17;
 
 /// What a binary compresses the data it sends with (`--compress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
