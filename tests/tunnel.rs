@@ -383,8 +383,9 @@ async fn allow_ip_refuses_ipv4_and_ipv6_clients_outside_the_list() {
 /// The README's quick start: the demo brings up a real pair and proves it with a 16 MiB echo.
 #[test]
 fn the_quick_start_demo_brings_up_a_working_pair() {
-    let client = format!("127.0.0.1:{}", free_tcp_port());
-    let gateway = format!("127.0.0.1:{}", free_udp_port());
+    // The demo's monitors listen at these ports + 1000: held too.
+    let client = format!("127.0.0.1:{}", free_port_and_its_monitor());
+    let gateway = format!("127.0.0.1:{}", free_port_and_its_monitor());
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-demo"))
         .args(["--check-only", "--client", &client, "--gateway", &gateway])
         .env("RUST_LOG", "warn")
@@ -405,8 +406,9 @@ fn the_quick_start_demo_brings_up_a_working_pair() {
 #[test]
 fn the_demo_sends_a_line_through_a_running_pair_without_nc() {
     use std::io::BufRead;
-    let client = format!("127.0.0.1:{}", free_tcp_port());
-    let gateway = format!("127.0.0.1:{}", free_udp_port());
+    // The demo's monitors listen at these ports + 1000: held too.
+    let client = format!("127.0.0.1:{}", free_port_and_its_monitor());
+    let gateway = format!("127.0.0.1:{}", free_port_and_its_monitor());
     let demo = env!("CARGO_BIN_EXE_ferry-demo");
     let send = || {
         Command::new(demo)

@@ -32,20 +32,45 @@ impl Drop for Proc {
 /// process (the next test binary, a second `cargo test`, a helper's worktree) off a port this
 /// one handed out, which the check alone cannot: it sees a port free until the child binds it.
 pub fn free_port() -> u16 {
+    free_ports_apart(0)
+}
+
+/// A port `p` such that `p` and `p + MONITOR_OFFSET` are both free and held as [`free_port`]
+/// holds one: for a binary started without `--monitor` (the demo), whose monitor takes its
+/// listen port + 1000. Without it the monitor's port could be another test's, or an
+/// ephemeral one.
+pub fn free_port_and_its_monitor() -> u16 {
+    free_ports_apart(MONITOR_OFFSET)
+}
+
+/// How far above its listen port a binary's default monitor listens.
+pub const MONITOR_OFFSET: u16 = 1000;
+
+/// A free port `p` with `p + apart` free too (the same port when `apart` is 0), both locked.
+fn free_ports_apart(apart: u16) -> u16 {
     const FIRST: usize = 20_000;
-    const COUNT: usize = 12_000;
+    const LAST: usize = 31_999;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
-    let start = (std::process::id() as usize * 97) % COUNT;
+    let count = LAST + 1 - FIRST - usize::from(apart);
+    let start = (std::process::id() as usize * 97) % count;
     loop {
-        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % COUNT) as u16;
-        let Some(lock) = lock_port(port) else {
-            continue;
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % count) as u16;
+        let wanted: &[u16] = if apart == 0 {
+            &[port]
+        } else {
+            &[port, port + apart]
         };
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            HELD.lock().unwrap().push(lock);
+        let locks: Vec<_> = wanted.iter().map_while(|&p| lock_port(p)).collect();
+        if locks.len() < wanted.len() {
+            continue;
+        }
+        let free = wanted.iter().all(|&p| {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            HELD.lock().unwrap().extend(locks);
             return port;
         }
     }
