@@ -96,7 +96,7 @@ impl LossRuns {
 
 /// Whether a path losing `per_mille` counts as lossy, given whether it did: from 1% up, and
 /// clean again below 0.5% (the gap keeps the verdict from flapping).
-fn verdict(per_mille: u32, was_lossy: bool) -> bool {
+pub(crate) fn verdict(per_mille: u32, was_lossy: bool) -> bool {
     if was_lossy {
         per_mille >= CLEAN_BELOW_PER_MILLE
     } else {

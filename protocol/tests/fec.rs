@@ -197,15 +197,27 @@ fn sequential_exchanges_stay_within_a_quarter_round_trip_of_the_limit_at_5_and_1
 #[test]
 fn sixty_four_concurrent_clients_keep_the_tail_near_the_limit() {
     for loss in [0.01, 0.05, 0.10] {
-        let (lat, stats) = concurrent(FecMode::Auto, loss, 1.0, 5, 64, 4000);
+        let (mut lat, mut stats) = (Vec::new(), Vec::new());
+        for seed in 5..=7 {
+            let (l, s) = concurrent(FecMode::Auto, loss, 1.0, seed, 64, 4000);
+            lat.extend(l);
+            stats.extend(s);
+        }
+        lat.sort();
         let (off, _) = concurrent(FecMode::Off, loss, 1.0, 5, 64, 4000);
         let cost = overhead(&stats);
+        let sent: u64 = stats.iter().map(|s| s.stream_bytes_sent).sum();
+        let again: u64 = stats.iter().map(|s| s.stream_bytes_retransmitted).sum();
+        let again = again as f64 / sent as f64;
         eprintln!(
-            "64 concurrent, {:.0}% loss: p50 {:.1} ms, p99 {:.1} ms (off {:.1} ms), overhead {cost:.2}",
+            "64 concurrent, {:.0}% loss: p50 {:.1} ms, p99 {:.1} ms (off {:.1} ms), overhead {cost:.2}, \
+             {:.2}% of stream bytes sent again, {:.2}% waited for a retransmission",
             loss * 100.0,
             ms(quantile(&lat, 0.5)),
             ms(quantile(&lat, 0.99)),
             ms(quantile(&off, 0.99)),
+            100.0 * again,
+            100.0 * retransmitted(&lat),
         );
         let p99 = quantile(&lat, 0.99);
         // At 1% and 5% within a quarter round trip of the limit. At 10% a failed group (0.3%
@@ -220,6 +232,14 @@ fn sixty_four_concurrent_clients_keep_the_tail_near_the_limit() {
         assert!(
             cost <= if loss < 0.06 { 0.45 } else { 0.8 },
             "overhead {cost:.2}"
+        );
+        // A rebuilt packet is not sent again: only those of groups that lost more than their
+        // repairs are. When loss detection counted from the packet rather than its group's
+        // last repair, as many bytes went twice as the path lost (5.1% at 5%, 10% at 10%).
+        assert!(
+            again < loss / 4.0,
+            "{:.2}% of stream bytes sent again",
+            100.0 * again
         );
     }
 }
@@ -433,7 +453,10 @@ fn bulk_transfers_are_neither_slowed_nor_padded_with_repairs() {
             loss * 100.0
         );
         assert!(auto >= off * 0.9, "auto {auto:.3} vs off {off:.3}");
-        // Only the transfer's start and its tail (less than a group's worth queued) are sources.
-        assert!(cost < 0.03, "repairs in bulk: {cost:.4}");
+        // Only the transfer's start (while less than a group's worth is ready to send) and its
+        // tail are sources: 1.9% of the bytes at 5%, 2.6 to 4.3% at 10% across five seeds
+        // (1.9 to 3.0% while rebuilt packets were still sent again; goodput 0.782 against
+        // 0.787 on average, within the seeds' spread).
+        assert!(cost < 0.05, "repairs in bulk: {cost:.4}");
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::receive::Arrival;
 use super::{Connection, State};
-use crate::fec::{group_hold, FecMode, FecStats, PathLoss};
+use crate::fec::{group_hold, FecMode, FecStats, GroupSources, PathLoss, Repair};
+use crate::recovery::FecCover;
 use crate::wire::frame::{LossReport, RepairFrame, MAX_GROUP_SOURCES};
 
 /// Gaps in the peer's packet numbers waiting for the reordering allowance; beyond, a gap
@@ -26,11 +27,15 @@ const PROTECT_FROM_PER_MILLE: u16 = 3;
 /// loss crossed back and forth, 64 clients' p99 was 72 ms; with this one, 46 ms).
 const PROTECT_UNTIL_PER_MILLE: u16 = 1;
 
-/// The peer's last LOSS_REPORT and the lossy verdict `auto` took from it.
+/// The peer's last LOSS_REPORT and the verdicts taken from it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PeerLoss {
     report: LossReport,
+    /// Whether `auto` protects (from 0.3%, until below 0.1%).
     lossy: bool,
+    /// Whether the path loses enough for datagram duplication, by the thresholds of our own
+    /// measure ([`LossRate::is_lossy`](crate::loss_rate::LossRate::is_lossy)).
+    lossy_for_datagrams: bool,
 }
 
 impl Connection {
@@ -130,9 +135,20 @@ impl Connection {
 
     /// The next repair frame owed, if one fits `room`. A repair older than half the RTT (at
     /// least 10 ms) is dropped: by then the retransmission is as near.
-    pub(super) fn next_fec_repair(&mut self, now: Instant, room: usize) -> Option<Vec<u8>> {
+    pub(super) fn next_fec_repair(&mut self, now: Instant, room: usize) -> Option<Repair> {
         let stale = (self.rtt.smoothed() / 2).max(Duration::from_millis(10));
         self.fec_tx.next_repair(now, room, stale)
+    }
+
+    /// Packet `pn`, sent at `now`, carried the last repair of the group of `sources`: their
+    /// loss counts from it now.
+    pub(super) fn cover_fec_group(&mut self, now: Instant, pn: u64, sources: GroupSources) {
+        let cover = FecCover::Repaired {
+            last_repair_pn: pn,
+            at: now,
+        };
+        self.sent
+            .cover_fec_group(sources.first_pn, sources.members, cover);
     }
 
     /// A FEC_REPAIR frame arrived.
@@ -227,7 +243,20 @@ impl Connection {
         } else {
             report.per_mille >= PROTECT_FROM_PER_MILLE
         };
-        self.peer_loss = Some(PeerLoss { report, lossy });
+        let was = self.peer_loss.is_some_and(|peer| peer.lossy_for_datagrams);
+        let lossy_for_datagrams = crate::loss_rate::verdict(u32::from(report.per_mille), was);
+        self.peer_loss = Some(PeerLoss {
+            report,
+            lossy,
+            lossy_for_datagrams,
+        });
+    }
+
+    /// Whether the path loses enough packets for datagrams to be duplicated: by our own loss
+    /// detection, or by the peer's report. Our own no longer sees the packets that repairs
+    /// rebuilt (they are not declared lost), which a datagram without FEC would not have had.
+    pub(super) fn path_lossy_for_datagrams(&self) -> bool {
+        self.loss_rate.is_lossy() || self.peer_loss.is_some_and(|p| p.lossy_for_datagrams)
     }
 
     /// Processes the packets rebuilt from repairs as if they had arrived from `remote`.

@@ -508,7 +508,7 @@ impl Connection {
         s.pacing_rate = self.cc.pacing_rate(&self.rtt);
         s.datagram_size = self.max_datagram as u64;
         s.mtu_black_holes = self.mtud.black_holes();
-        s.datagrams = self.datagrams.stats(self.loss_rate.is_lossy());
+        s.datagrams = self.datagrams.stats(self.path_lossy_for_datagrams());
         s.datagrams.unfragmented_max =
             crate::datagrams::unfragmented_max(self.datagram_room()) as u64;
         s.recent_loss_per_mille = self.loss_rate.per_mille();
@@ -623,7 +623,7 @@ impl Connection {
         let room = self.datagram_room() - if fec { crate::fec::SOURCE_RESERVE } else { 0 };
         let fragmentation = self.config.datagram_fragmentation;
         let path = crate::datagrams::PathState {
-            lossy: self.loss_rate.is_lossy(),
+            lossy: self.path_lossy_for_datagrams(),
             fec: self.fec_negotiated(),
         };
         self.datagrams.send(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{Connection, State, Timer, Transmit};
 use crate::crypto::TAG_LEN;
-use crate::recovery::{SentFrame, SentPacket};
+use crate::recovery::{FecCover, SentFrame, SentPacket};
 use crate::streams::SMALLEST_USEFUL_STREAM_FRAME;
 use crate::wire::coding::BufMutExt;
 use crate::wire::frame::{self, AckFrame, Frame};
@@ -472,10 +472,13 @@ impl Connection {
             }
         }
         let mut frames = Vec::new();
+        // The group whose last repair this packet carries, if it does.
+        let mut last_repair_of = None;
         if repair_packet {
             if let Some(repair) = self.next_fec_repair(now, limit.saturating_sub(buf.len())) {
-                buf.extend_from_slice(&repair);
+                buf.extend_from_slice(&repair.frame);
                 frames.push(SentFrame::FecRepair);
+                last_repair_of = repair.last_of;
             }
         }
         let repair_written = !frames.is_empty();
@@ -582,8 +585,12 @@ impl Connection {
                     size: len as u32,
                     frames,
                     delivery,
+                    cover: FecCover::Uncovered,
                 }),
             );
+            if let Some(sources) = last_repair_of {
+                self.cover_fec_group(now, pn, sources);
+            }
             self.last_sent = now;
             self.maybe_duplicate_tail(pn);
         }

@@ -47,7 +47,8 @@ pub struct ConnectionStats {
     pub mtu_black_holes: u64,
     /// Unreliable datagrams: sent, received, protected, dropped.
     pub datagrams: crate::datagrams::DatagramStats,
-    /// Recent packet loss, per mille (what adaptive datagram protection follows).
+    /// Recent packet loss, per mille, as loss detection declared it: packets that the peer
+    /// rebuilt from repairs are not lost.
     pub recent_loss_per_mille: u32,
     /// Forward error correction: groups, repairs sent and received, packets rebuilt.
     pub fec: crate::fec::FecStats,

@@ -24,9 +24,12 @@
 //! its plaintext payload prefixed with its length, zero-padded to the group's longest. A repair
 //! is a FEC_REPAIR frame in a packet of its own, sealed like any other: a rebuilt payload is
 //! as authentic as the packets it was computed from. A rebuilt packet is processed as if it
-//! had arrived and acknowledged as received, so the sender's loss detection never retransmits
-//! it (unless it declared it lost before the repair arrived: then the copy is redundant, not
-//! late). Since rebuilt packets never look lost to the sender, the receiver measures the
+//! had arrived and acknowledged as received, and the sender's loss detection counts a source
+//! from its group's last repair (its reorder and time thresholds and its timeout; see
+//! [`FecCover`](crate::recovery::FecCover)), so a rebuilt packet is not sent again: counted
+//! from the packet, the thresholds had declared nearly every lost source lost before its
+//! rebuilt copy was acknowledged, and 5% of the stream bytes at 5% loss went twice. Since
+//! rebuilt packets never look lost to the sender, the receiver measures the
 //! path's loss itself, from gaps in the packet numbers it sees (before repair; a gap counts
 //! once it has stayed open a quarter of a round trip, so reordering is not loss), and reports
 //! it (LOSS_REPORT: per mille, and the mean run of consecutive missing packet numbers, when
@@ -69,7 +72,7 @@ mod send;
 use std::time::Duration;
 
 pub(crate) use receive::FecReceiver;
-pub(crate) use send::FecSender;
+pub(crate) use send::{FecSender, GroupSources, Repair};
 
 use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES};
 

@@ -213,7 +213,9 @@ mod tests {
                 false,
             );
         }
-        std::iter::from_fn(|| s.next_repair(t0, usize::MAX, Duration::from_secs(1))).collect()
+        std::iter::from_fn(|| s.next_repair(t0, usize::MAX, Duration::from_secs(1)))
+            .map(|repair| repair.frame)
+            .collect()
     }
 
     fn repair(frame: &[u8]) -> RepairFrame<'_> {

@@ -18,12 +18,40 @@ struct OpenGroup {
     closes_at: Instant,
 }
 
+/// A group's source packets: the first one's number, and a bitmap of the numbers from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupSources {
+    pub(crate) first_pn: u64,
+    pub(crate) members: u32,
+}
+
+/// A repair frame to send.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Repair {
+    /// The encoded FEC_REPAIR frame.
+    pub(crate) frame: Vec<u8>,
+    /// Its group's sources, if it is the group's last repair (loss detection counts their
+    /// loss from it).
+    pub(crate) last_of: Option<GroupSources>,
+}
+
+/// An encoded FEC_REPAIR frame waiting to be sent.
+#[derive(Debug)]
+struct QueuedRepair {
+    /// When it was computed.
+    at: Instant,
+    frame: Vec<u8>,
+    sources: GroupSources,
+    /// Whether it is its group's last repair.
+    last: bool,
+}
+
 /// Groups being formed and the repair frames they left to send.
 #[derive(Debug, Default)]
 pub(crate) struct FecSender {
     group: Option<OpenGroup>,
-    /// Encoded FEC_REPAIR frames and when they were computed, oldest first.
-    repairs: VecDeque<(Instant, Vec<u8>)>,
+    /// Repairs to send, oldest first.
+    repairs: VecDeque<QueuedRepair>,
     /// Payload buffers of closed groups, for the next ones.
     spare: Vec<Vec<u8>>,
     /// Most repairs per group the peer decodes, as it announced; `None` before its settings.
@@ -139,7 +167,15 @@ impl FecSender {
                     };
                     let mut encoded = Vec::with_capacity(RepairFrame::MAX_OVERHEAD + len);
                     frame.encode(&mut encoded);
-                    self.repairs.push_back((now, encoded));
+                    self.repairs.push_back(QueuedRepair {
+                        at: now,
+                        frame: encoded,
+                        sources: GroupSources {
+                            first_pn: group.first_pn,
+                            members: group.members,
+                        },
+                        last: index + 1 == parity.len(),
+                    });
                 }
                 self.stats.groups += 1;
                 self.stats.source_packets += u64::from(sources);
@@ -161,10 +197,14 @@ impl FecSender {
         now: Instant,
         room: usize,
         stale_after: Duration,
-    ) -> Option<Vec<u8>> {
-        while let Some((at, frame)) = self.repairs.pop_front() {
-            if now.saturating_duration_since(at) <= stale_after && frame.len() <= room {
-                return Some(frame);
+    ) -> Option<Repair> {
+        while let Some(repair) = self.repairs.pop_front() {
+            if now.saturating_duration_since(repair.at) <= stale_after && repair.frame.len() <= room
+            {
+                return Some(Repair {
+                    frame: repair.frame,
+                    last_of: repair.last.then_some(repair.sources),
+                });
             }
             self.stats.repairs_dropped += 1;
         }
@@ -187,11 +227,19 @@ mod tests {
     use super::*;
     use crate::wire::frame::{Frame, FrameIter};
 
+    /// The repairs sent, each as (first source, bitmap, repairs, index, symbol length); each
+    /// group's last one, and only that, names its sources for loss detection.
     fn repairs_of(sender: &mut FecSender, now: Instant) -> Vec<(u64, u32, u8, u8, usize)> {
         let mut out = Vec::new();
-        while let Some(frame) = sender.next_repair(now, usize::MAX, Duration::from_secs(1)) {
-            match FrameIter::new(&frame).next() {
+        while let Some(repair) = sender.next_repair(now, usize::MAX, Duration::from_secs(1)) {
+            match FrameIter::new(&repair.frame).next() {
                 Some(Ok(Frame::FecRepair(r))) => {
+                    let last = r.index + 1 == r.repairs;
+                    let sources = GroupSources {
+                        first_pn: r.first_pn,
+                        members: r.members,
+                    };
+                    assert_eq!(repair.last_of, last.then_some(sources));
                     out.push((r.first_pn, r.members, r.repairs, r.index, r.symbol.len()))
                 }
                 other => panic!("not a repair frame: {other:?}"),
