@@ -13,11 +13,15 @@
 //!
 //! A source packet of a forward error correction group ([`FecCover`]) is rebuilt by the
 //! receiver when enough of its group's repairs arrive, which leave up to a group's hold after
-//! it: once its group's last repair has left, the thresholds and the timeout count from that
-//! repair instead, as if the packet had been sent again then. Counted from
-//! the packet itself, they declared nearly every lost source lost before its rebuilt copy was
-//! acknowledged (64 clients' messages, 5% loss: 5% of the stream bytes sent twice, and protected
-//! again).
+//! it: once its group's first repair has left, the thresholds and the timeout count from that
+//! repair instead, as if the packet had been sent again then. Counted from the packet, they
+//! declared nearly every lost source lost before its rebuilt copy was acknowledged (64 clients'
+//! messages, 5% loss: 5% of the stream bytes sent twice, and protected again). From the first
+//! repair rather than the last: a packet two past the first repair acknowledged means the
+//! receiver had the first repairs, enough unless the group lost more than those; the last of
+//! a lone message's seven repairs under bursty loss may leave a pacing interval later, and
+//! waiting for it delayed the groups that did fail (simulator, bursty 5%, twelve seeds: 1.60%
+//! of sequential exchanges waited for a retransmission, 1.44% counting from the first).
 //!
 //! What is lost is the frames, not the packet: the connection requeues the stream ranges and
 //! control frames of a lost packet, and they go out again in new packets with new numbers.
@@ -106,16 +110,16 @@ pub struct SentPacket {
 /// detection gives their chance before it declares the packet lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FecCover {
-    /// Not a source, or one whose group's last repair has not left (it may never: repairs
+    /// Not a source, or one whose group's first repair has not left (it may never: repairs
     /// wait behind stream data and are dropped when stale): the thresholds count from the
     /// packet itself.
     #[default]
     Uncovered,
-    /// A source whose group's last repair left as packet `last_repair_pn` at `at`: the
+    /// A source whose group's first repair left as packet `first_repair_pn` at `at`: the
     /// thresholds count from that repair, which the receiver needed before it could rebuild.
     Repaired {
-        /// Packet number of the group's last repair.
-        last_repair_pn: u64,
+        /// Packet number of the group's first repair.
+        first_repair_pn: u64,
         /// When it was sent.
         at: Instant,
     },
@@ -123,7 +127,7 @@ pub enum FecCover {
 
 impl SentPacket {
     /// When the loss thresholds and the timeout count from: when it was sent, or for a FEC
-    /// source when its group's last repair was ([`FecCover`]).
+    /// source when its group's first repair was ([`FecCover`]).
     pub fn counted_from(&self) -> Instant {
         match self.cover {
             FecCover::Repaired { at, .. } => at.max(self.time),
@@ -238,7 +242,7 @@ impl SentPackets {
     }
 
     /// The sources `first_pn + i` for each bit `i` of `members` still in flight take `cover`:
-    /// their group's last repair left.
+    /// their group's first repair left.
     pub fn cover_fec_group(&mut self, first_pn: u64, members: u32, cover: FecCover) {
         for i in (0..32).filter(|i| members & (1 << i) != 0) {
             let Some(idx) = first_pn
@@ -256,7 +260,7 @@ impl SentPackets {
 
     /// Declares lost every packet below `largest_acked` that is `reorder_threshold` or more
     /// numbers older, or sent at or before `sent_deadline`, counting a FEC source's number and
-    /// time from its group's last repair ([`FecCover`]). Returns them and the earliest time
+    /// time from its group's first repair ([`FecCover`]). Returns them and the earliest time
     /// another packet below `largest_acked` will pass the time threshold (given `loss_delay`).
     pub fn detect_lost(
         &mut self,
@@ -276,7 +280,9 @@ impl SentPackets {
             if let Some(p) = &self.slots[idx] {
                 let counted_from = match p.cover {
                     FecCover::Uncovered => pn,
-                    FecCover::Repaired { last_repair_pn, .. } => last_repair_pn,
+                    FecCover::Repaired {
+                        first_repair_pn, ..
+                    } => first_repair_pn,
                 };
                 let time = p.counted_from();
                 let by_count = largest_acked.saturating_sub(counted_from) >= reorder_threshold;
@@ -297,7 +303,7 @@ impl SentPackets {
     }
 
     /// Removes every packet sent at or before `deadline` (retransmission timeout; a FEC
-    /// source's time is its group's last repair's).
+    /// source's time is its group's first repair's).
     pub fn drain_sent_before(&mut self, deadline: Instant) -> Vec<SentPacket> {
         let mut lost = Vec::new();
         for idx in 0..self.slots.len() {
@@ -367,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fec_source_is_counted_lost_from_its_group_s_last_repair() {
+    fn a_fec_source_is_counted_lost_from_its_group_s_first_repair() {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut sent = SentPackets::new(0);
@@ -378,7 +384,7 @@ mod tests {
         }
         sent.push(4, Some(packet(4, t + ms(8))));
         let repaired = FecCover::Repaired {
-            last_repair_pn: 4,
+            first_repair_pn: 4,
             at: t + ms(8),
         };
         sent.cover_fec_group(0, 0b11, repaired);
@@ -398,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn the_timeout_counts_a_fec_source_from_its_group_s_last_repair() {
+    fn the_timeout_counts_a_fec_source_from_its_group_s_first_repair() {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut sent = SentPackets::new(0);
@@ -408,7 +414,7 @@ mod tests {
         }
         assert_eq!(sent.oldest_sent_time(), Some(t));
         let repaired = FecCover::Repaired {
-            last_repair_pn: 2,
+            first_repair_pn: 2,
             at: t + ms(8),
         };
         sent.cover_fec_group(0, 1, repaired);

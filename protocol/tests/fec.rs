@@ -235,7 +235,7 @@ fn sixty_four_concurrent_clients_keep_the_tail_near_the_limit() {
         );
         // A rebuilt packet is not sent again: only those of groups that lost more than their
         // repairs are. When loss detection counted from the packet rather than its group's
-        // last repair, as many bytes went twice as the path lost (5.1% at 5%, 10% at 10%).
+        // first repair, as many bytes went twice as the path lost (5.1% at 5%, 10% at 10%).
         assert!(
             again < loss / 4.0,
             "{:.2}% of stream bytes sent again",

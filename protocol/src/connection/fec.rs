@@ -140,11 +140,11 @@ impl Connection {
         self.fec_tx.next_repair(now, room, stale)
     }
 
-    /// Packet `pn`, sent at `now`, carried the last repair of the group of `sources`: their
+    /// Packet `pn`, sent at `now`, carried the first repair of the group of `sources`: their
     /// loss counts from it now.
     pub(super) fn cover_fec_group(&mut self, now: Instant, pn: u64, sources: GroupSources) {
         let cover = FecCover::Repaired {
-            last_repair_pn: pn,
+            first_repair_pn: pn,
             at: now,
         };
         self.sent

@@ -472,13 +472,13 @@ impl Connection {
             }
         }
         let mut frames = Vec::new();
-        // The group whose last repair this packet carries, if it does.
-        let mut last_repair_of = None;
+        // The group whose first repair this packet carries, if it does.
+        let mut first_repair_of = None;
         if repair_packet {
             if let Some(repair) = self.next_fec_repair(now, limit.saturating_sub(buf.len())) {
                 buf.extend_from_slice(&repair.frame);
                 frames.push(SentFrame::FecRepair);
-                last_repair_of = repair.last_of;
+                first_repair_of = repair.first_of;
             }
         }
         let repair_written = !frames.is_empty();
@@ -588,7 +588,7 @@ impl Connection {
                     cover: FecCover::Uncovered,
                 }),
             );
-            if let Some(sources) = last_repair_of {
+            if let Some(sources) = first_repair_of {
                 self.cover_fec_group(now, pn, sources);
             }
             self.last_sent = now;

@@ -25,7 +25,7 @@
 //! is a FEC_REPAIR frame in a packet of its own, sealed like any other: a rebuilt payload is
 //! as authentic as the packets it was computed from. A rebuilt packet is processed as if it
 //! had arrived and acknowledged as received, and the sender's loss detection counts a source
-//! from its group's last repair (its reorder and time thresholds and its timeout; see
+//! from its group's first repair (its reorder and time thresholds and its timeout; see
 //! [`FecCover`](crate::recovery::FecCover)), so a rebuilt packet is not sent again: counted
 //! from the packet, the thresholds had declared nearly every lost source lost before its
 //! rebuilt copy was acknowledged, and 5% of the stream bytes at 5% loss went twice. Since

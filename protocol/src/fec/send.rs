@@ -30,9 +30,9 @@ pub(crate) struct GroupSources {
 pub(crate) struct Repair {
     /// The encoded FEC_REPAIR frame.
     pub(crate) frame: Vec<u8>,
-    /// Its group's sources, if it is the group's last repair (loss detection counts their
+    /// Its group's sources, if it is the group's first repair (loss detection counts their
     /// loss from it).
-    pub(crate) last_of: Option<GroupSources>,
+    pub(crate) first_of: Option<GroupSources>,
 }
 
 /// An encoded FEC_REPAIR frame waiting to be sent.
@@ -42,8 +42,8 @@ struct QueuedRepair {
     at: Instant,
     frame: Vec<u8>,
     sources: GroupSources,
-    /// Whether it is its group's last repair.
-    last: bool,
+    /// Whether it is its group's first repair.
+    first: bool,
 }
 
 /// Groups being formed and the repair frames they left to send.
@@ -174,7 +174,7 @@ impl FecSender {
                             first_pn: group.first_pn,
                             members: group.members,
                         },
-                        last: index + 1 == parity.len(),
+                        first: index == 0,
                     });
                 }
                 self.stats.groups += 1;
@@ -203,7 +203,7 @@ impl FecSender {
             {
                 return Some(Repair {
                     frame: repair.frame,
-                    last_of: repair.last.then_some(repair.sources),
+                    first_of: repair.first.then_some(repair.sources),
                 });
             }
             self.stats.repairs_dropped += 1;
@@ -228,18 +228,18 @@ mod tests {
     use crate::wire::frame::{Frame, FrameIter};
 
     /// The repairs sent, each as (first source, bitmap, repairs, index, symbol length); each
-    /// group's last one, and only that, names its sources for loss detection.
+    /// group's first one, and only that, names its sources for loss detection.
     fn repairs_of(sender: &mut FecSender, now: Instant) -> Vec<(u64, u32, u8, u8, usize)> {
         let mut out = Vec::new();
         while let Some(repair) = sender.next_repair(now, usize::MAX, Duration::from_secs(1)) {
             match FrameIter::new(&repair.frame).next() {
                 Some(Ok(Frame::FecRepair(r))) => {
-                    let last = r.index + 1 == r.repairs;
+                    let first = r.index == 0;
                     let sources = GroupSources {
                         first_pn: r.first_pn,
                         members: r.members,
                     };
-                    assert_eq!(repair.last_of, last.then_some(sources));
+                    assert_eq!(repair.first_of, first.then_some(sources));
                     out.push((r.first_pn, r.members, r.repairs, r.index, r.symbol.len()))
                 }
                 other => panic!("not a repair frame: {other:?}"),
