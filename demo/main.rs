@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ferry_tunnel::process::MONITOR_PORT_OFFSET;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -224,8 +225,8 @@ async fn run(args: Args) -> Result<(), String> {
     println!("  encrypted: TLS 1.3 with a development CA made for this run");
     println!(
         "  monitors: http://127.0.0.1:{}/ (gateway), http://127.0.0.1:{}/ (agent)",
-        args.gateway.port().saturating_add(1000),
-        args.client.port().saturating_add(1000)
+        args.gateway.port().saturating_add(MONITOR_PORT_OFFSET),
+        args.client.port().saturating_add(MONITOR_PORT_OFFSET)
     );
     println!("  self-check: 16 MiB echoed intact at {rate:.0} MiB/s each way");
     if args.check_only {

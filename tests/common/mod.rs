@@ -35,16 +35,12 @@ pub fn free_port() -> u16 {
     free_ports_apart(0)
 }
 
-/// A port `p` such that `p` and `p + MONITOR_OFFSET` are both free and held as [`free_port`]
-/// holds one: for a binary started without `--monitor` (the demo), whose monitor takes its
-/// listen port + 1000. Without it the monitor's port could be another test's, or an
-/// ephemeral one.
+/// A port `p` such that `p` and the monitor port a binary started without `--monitor` (the
+/// demo) takes for it, `p` + 1000, are both free and held as [`free_port`] holds one. Without
+/// it the monitor's port could be another test's, or an ephemeral one.
 pub fn free_port_and_its_monitor() -> u16 {
-    free_ports_apart(MONITOR_OFFSET)
+    free_ports_apart(ferry_tunnel::process::MONITOR_PORT_OFFSET)
 }
-
-/// How far above its listen port a binary's default monitor listens.
-pub const MONITOR_OFFSET: u16 = 1000;
 
 /// A free port `p` with `p + apart` free too (the same port when `apart` is 0), both locked.
 fn free_ports_apart(apart: u16) -> u16 {

@@ -226,8 +226,12 @@ pub enum MonitorFlagError {
     NoDefaultPort(u16),
 }
 
+/// How far above its listener's port a binary's monitor listens unless `--monitor` says
+/// otherwise (RTT Proxy's convention).
+pub const MONITOR_PORT_OFFSET: u16 = 1000;
+
 /// Where the monitor listens: `--monitor` if given (`off` disables it), else 127.0.0.1 on
-/// `port` + 1000 (RTT Proxy's convention), or an ephemeral port when `port` is 0.
+/// `port` + [`MONITOR_PORT_OFFSET`], or an ephemeral port when `port` is 0.
 pub fn monitor_address(
     flag: Option<&str>,
     port: u16,
@@ -242,7 +246,7 @@ pub fn monitor_address(
             let monitor_port = match port {
                 0 => 0,
                 p => p
-                    .checked_add(1000)
+                    .checked_add(MONITOR_PORT_OFFSET)
                     .ok_or(MonitorFlagError::NoDefaultPort(p))?,
             };
             Ok(Some((std::net::Ipv4Addr::LOCALHOST, monitor_port).into()))

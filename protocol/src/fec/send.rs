@@ -35,15 +35,11 @@ pub(crate) struct Repair {
     pub(crate) first_of: Option<GroupSources>,
 }
 
-/// An encoded FEC_REPAIR frame waiting to be sent.
+/// A repair frame waiting to be sent, and when it was computed.
 #[derive(Debug)]
 struct QueuedRepair {
-    /// When it was computed.
     at: Instant,
-    frame: Vec<u8>,
-    sources: GroupSources,
-    /// Whether it is its group's first repair.
-    first: bool,
+    repair: Repair,
 }
 
 /// Groups being formed and the repair frames they left to send.
@@ -167,14 +163,16 @@ impl FecSender {
                     };
                     let mut encoded = Vec::with_capacity(RepairFrame::MAX_OVERHEAD + len);
                     frame.encode(&mut encoded);
+                    let sources = GroupSources {
+                        first_pn: group.first_pn,
+                        members: group.members,
+                    };
                     self.repairs.push_back(QueuedRepair {
                         at: now,
-                        frame: encoded,
-                        sources: GroupSources {
-                            first_pn: group.first_pn,
-                            members: group.members,
+                        repair: Repair {
+                            frame: encoded,
+                            first_of: (index == 0).then_some(sources),
                         },
-                        first: index == 0,
                     });
                 }
                 self.stats.groups += 1;
@@ -198,13 +196,9 @@ impl FecSender {
         room: usize,
         stale_after: Duration,
     ) -> Option<Repair> {
-        while let Some(repair) = self.repairs.pop_front() {
-            if now.saturating_duration_since(repair.at) <= stale_after && repair.frame.len() <= room
-            {
-                return Some(Repair {
-                    frame: repair.frame,
-                    first_of: repair.first.then_some(repair.sources),
-                });
+        while let Some(QueuedRepair { at, repair }) = self.repairs.pop_front() {
+            if now.saturating_duration_since(at) <= stale_after && repair.frame.len() <= room {
+                return Some(repair);
             }
             self.stats.repairs_dropped += 1;
         }
