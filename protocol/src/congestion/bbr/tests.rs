@@ -601,3 +601,52 @@ fn extreme_inputs_do_not_panic() {
         assert!(bbr.window() > 0);
     }
 }
+
+/// Twelve seconds of one 1000-byte packet per 40 ms round trip whose RTT samples are
+/// `rtt(i)` for the `i`-th, the sender app-limited (nothing else to send) if `app_limited`;
+/// whether PROBE_RTT ran, and the minimum RTT at the end.
+fn twelve_seconds_of_samples(app_limited: bool, rtt: impl Fn(u32) -> Duration) -> (bool, Duration) {
+    let t0 = Instant::now();
+    let mut bbr = Bbr::new(t0, 1000, 1);
+    let estimator = RttEstimator::new(40 * MS);
+    bbr.bw_filter.update(1, 1_000_000);
+    bbr.filled_pipe = true;
+    bbr.enter_probe_bw(t0);
+    let mut now = t0;
+    let mut probed = false;
+    for i in 0..300 {
+        if app_limited {
+            bbr.on_app_limited(0);
+        }
+        let d = bbr.on_sent(now, 1000, 0);
+        let sent = now;
+        now += rtt(i);
+        let p = AckedPacket {
+            sent_time: sent,
+            bytes: 1000,
+            delivery: d,
+        };
+        bbr.on_ack(now, &[p], &estimator, 0);
+        probed |= bbr.mode == Mode::ProbeRtt;
+    }
+    (probed, bbr.min_rtt().expect("measured"))
+}
+
+#[test]
+fn an_app_limited_flow_that_sees_about_its_minimum_rtt_skips_probe_rtt() {
+    // 40 ms once, then 41 to 44 ms: never the minimum again, always within an eighth of it
+    // (a request/response flow whose paced bursts queue a little).
+    let jittered = |i: u32| if i == 0 { 40 * MS } else { (41 + i % 4) * MS };
+    let (probed, min) = twelve_seconds_of_samples(true, jittered);
+    assert!(!probed, "an app-limited flow near its minimum probed");
+    assert_eq!(min, 40 * MS, "the minimum is kept");
+    // A sender that always had more to send than its window may be the one keeping a queue:
+    // it probes as before, and takes the probe's sample as its minimum.
+    let (probed, _) = twelve_seconds_of_samples(false, jittered);
+    assert!(probed, "a window-limited flow skipped PROBE_RTT");
+    // So does an app-limited flow whose path grew longer by more than an eighth.
+    let longer = |i: u32| if i == 0 { 40 * MS } else { 46 * MS };
+    let (probed, min) = twelve_seconds_of_samples(true, longer);
+    assert!(probed, "a longer route went unprobed");
+    assert_eq!(min, 46 * MS);
+}
