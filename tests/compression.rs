@@ -74,10 +74,15 @@ async fn each_end_compresses_with_its_own_codec_and_the_wire_shows_it() {
     let snappy = echo_through("snappy", "snappy", &data).await;
     let flate = echo_through("flate:6", "flate:1", &data).await;
     let mixed = echo_through("flate:6", "none", &data).await;
+    eprintln!("wire bytes: none {plain}, snappy {snappy}, flate {flate}, flate one way {mixed}");
     assert!(snappy * 3 < plain, "snappy {snappy} vs {plain}");
     assert!(flate * 8 < plain, "flate {flate} vs {plain}");
-    // Only one direction compressed: between the two.
-    assert!(mixed < plain * 2 / 3 && mixed > flate, "mixed {mixed}");
+    // Only one direction compressed: the raw one alone carries the data once, and the two
+    // together less than twice (which both raw directions need at least). Not against `plain`:
+    // wire counts include what was sent again, which on a loaded machine varied from 20% to
+    // 50% of the payload between runs (plain 5.0-6.4 MB, one way 2.6-3.7 MB for 2 MiB).
+    let raw = data.len();
+    assert!(raw <= mixed && mixed < 2 * raw, "flate one way {mixed}");
 }
 
 /// Echoes `data` through a pair compressing with `codec` at both ends; returns the agent's
