@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// JSON-like text with the repetition of real API traffic.
@@ -156,12 +155,7 @@ async fn small_requests(batch: &str) -> usize {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start + Duration::from_millis(i as u64)).await;
             let request = payload(i as u64, 100);
-            let mut back = vec![0; request.len()];
-            let exchange = async {
-                s.write_all(&request).await?;
-                s.read_exact(&mut back).await
-            };
-            exchange
+            let back = exchange(&mut s, &request)
                 .await
                 .unwrap_or_else(|e| panic!("client {i} (batch {batch}): {e}"));
             assert_eq!(back, request);

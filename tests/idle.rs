@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -66,9 +65,7 @@ fn message(i: usize) -> Vec<u8> {
 
 async fn echo_once(s: &mut TcpStream, i: usize) -> std::io::Result<()> {
     let m = message(i);
-    s.write_all(&m).await?;
-    let mut back = vec![0u8; m.len()];
-    s.read_exact(&mut back).await?;
+    let back = exchange(s, &m).await?;
     assert_eq!(back, m, "connection {i}: the echo differs");
     Ok(())
 }

@@ -13,7 +13,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Longest a refused client may wait for its reset before the test calls it a hang. Refusals
@@ -70,10 +69,8 @@ async fn client(listen: SocketAddr, seed: u64) -> Outcome {
     let attempt = async {
         let mut s = TcpStream::connect(listen).await?;
         let data = payload(seed, 1000);
-        s.write_all(&data).await?;
-        let mut back = vec![0; data.len()];
         // An end of file here is `UnexpectedEof`, told apart from a reset.
-        s.read_exact(&mut back).await?;
+        let back = exchange(&mut s, &data).await?;
         assert!(back == data, "client {seed}: the echo differs");
         Ok::<_, std::io::Error>(s)
     };

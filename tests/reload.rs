@@ -369,9 +369,7 @@ impl Held {
     async fn exchange(&mut self) {
         self.seed += 1;
         let chunk = payload(self.seed, 20_000);
-        self.socket.write_all(&chunk).await.unwrap();
-        let mut back = vec![0u8; chunk.len()];
-        self.socket.read_exact(&mut back).await.unwrap();
+        let back = exchange(&mut self.socket, &chunk).await.unwrap();
         assert!(back == chunk, "the held connection's bytes changed");
     }
 }

@@ -79,16 +79,22 @@ fn sequential_pausing(
     pause: Duration,
 ) -> (Vec<Duration>, [ConnectionStats; 2]) {
     let (mut pair, ch, sh) = established(fec, loss, burst, seed);
-    let shape = Exchanges {
+    let mut latencies =
+        request_response(&mut pair, ch, sh, one_kb(count, pause)).expect("every exchange ends");
+    latencies.sort();
+    let stats = both_stats(&mut pair, ch, sh);
+    (latencies, stats)
+}
+
+/// `count` sequential 1 KB exchanges, `pause` between an answer and the next request, the
+/// server answering 200 us after a request is whole.
+fn one_kb(count: usize, pause: Duration) -> Exchanges {
+    Exchanges {
         count,
         size: 1024,
         pause,
         think: Duration::from_micros(200),
-    };
-    let mut latencies = request_response(&mut pair, ch, sh, shape).expect("every exchange ends");
-    latencies.sort();
-    let stats = both_stats(&mut pair, ch, sh);
-    (latencies, stats)
+    }
 }
 
 /// `streams` closed-loop clients on one connection (as the agent carries many client
@@ -485,13 +491,8 @@ fn sixty_four_clients_keep_the_tail_past_the_ten_second_min_rtt_window() {
         let path = link(0.0, 1.0).with_rate(50_000_000, 250_000);
         let mut pair = Pair::symmetric(5, ServerConfig::new(config.clone()), path);
         let (ch, sh) = pair.establish(config).expect("handshake");
-        let shape = Exchanges {
-            count: 300,
-            size: 1024,
-            pause: Duration::ZERO,
-            think: Duration::from_micros(200),
-        };
-        request_response(&mut pair, ch, sh, shape).expect("every exchange ends");
+        request_response(&mut pair, ch, sh, one_kb(300, Duration::ZERO))
+            .expect("every exchange ends");
         let (lat, _) = concurrent_on(&mut pair, ch, sh, 64, 24_000);
         let (p99, max) = (quantile(&lat, 0.99), *lat.last().unwrap());
         eprintln!(

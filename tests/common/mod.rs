@@ -307,6 +307,15 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     Ok(back)
 }
 
+/// Writes `data` on `s`, which stays open, and reads back as many bytes: what came back (an
+/// end of file first is `UnexpectedEof`).
+pub async fn exchange(s: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(data).await?;
+    let mut back = vec![0; data.len()];
+    s.read_exact(&mut back).await?;
+    Ok(back)
+}
+
 /// Asserts that a client connecting to `addr` is refused with a reset: either at connect (the
 /// RST can arrive before `connect` returns) or on its first exchange.
 pub async fn expect_reset(addr: SocketAddr, what: &str) {
