@@ -188,11 +188,13 @@ struct LinkRun<'a> {
 
 /// Bytes that crossed the link both ways since `before`.
 fn link_bytes(net: Option<&NetLink>, before: &Traffic) -> Option<u64> {
-    let now = net?.traffic();
-    Some(
-        now.up.bytes_delivered - before.up.bytes_delivered + now.down.bytes_delivered
-            - before.down.bytes_delivered,
-    )
+    Some(between_bytes(before, &net?.traffic()))
+}
+
+/// Bytes the link delivered, both ways, from `before` to `after`.
+fn between_bytes(before: &Traffic, after: &Traffic) -> u64 {
+    after.up.bytes_delivered - before.up.bytes_delivered + after.down.bytes_delivered
+        - before.down.bytes_delivered
 }
 
 async fn measure(
@@ -252,25 +254,42 @@ async fn measure(
             }
             Scenario::Latency => {
                 progress(&format!("{}: latency", peer.name()));
+                // What the exchanges cost on the link (every peer's headers, ACKs, repairs), in
+                // all and for each phase: a lone message and many clients' messages sharing
+                // packets and repairs cost differently.
+                let payload = |exchanges: usize| exchanges as f64 * 2.0 * 1024.0;
                 let before = run.net.map(|n| n.traffic());
                 let mut seq = load::request_response(client, tunnel.entry, 1, requests).await?;
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp sequential, p{p} ms").replace("p100", "max");
                     f.put(&name, percentile_ms(&mut seq, p));
                 }
+                let between = run.net.map(|n| n.traffic());
                 let mut conc =
                     load::request_response(client, tunnel.entry, 64, (requests / 4).max(1)).await?;
                 for p in [50.0, 90.0, 99.0, 100.0] {
                     let name = format!("1 KB req/resp 64 conns, p{p} ms").replace("p100", "max");
                     f.put(&name, percentile_ms(&mut conc, p));
                 }
-                // What the exchanges cost on the link: every peer's headers, ACKs, repairs.
-                let exchanges = (seq.len() + conc.len()) as f64;
-                if let Some(wire) = before.and_then(|b| link_bytes(run.net, &b)) {
-                    f.put(
-                        "1 KB req/resp, link bytes / payload",
-                        wire as f64 / (exchanges * 2.0 * 1024.0),
-                    );
+                if let (Some(before), Some(between)) = (before, between) {
+                    let wire = [
+                        link_bytes(run.net, &before),
+                        Some(between_bytes(&before, &between)),
+                        link_bytes(run.net, &between),
+                    ];
+                    let phases = [
+                        (
+                            "1 KB req/resp, link bytes / payload",
+                            seq.len() + conc.len(),
+                        ),
+                        ("1 KB req/resp sequential, link bytes / payload", seq.len()),
+                        ("1 KB req/resp 64 conns, link bytes / payload", conc.len()),
+                    ];
+                    for ((name, exchanges), wire) in phases.into_iter().zip(wire) {
+                        if let Some(wire) = wire {
+                            f.put(name, wire as f64 / payload(exchanges));
+                        }
+                    }
                 }
             }
             Scenario::Connect => {

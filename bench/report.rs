@@ -96,14 +96,21 @@ pub fn print(run: &Run) {
             }
         }
     }
+    // The first column as wide as the longest name in it.
+    let width = metrics
+        .iter()
+        .map(|m| m.len())
+        .chain([run.label.len(), 40])
+        .max()
+        .unwrap_or(40);
     println!();
-    print!("{:<40}", run.label);
+    print!("{:<width$}", run.label);
     for (p, _) in &run.peers {
         print!(" {p:>22}");
     }
     println!();
     for m in &metrics {
-        print!("{m:<40}");
+        print!("{m:<width$}");
         for (p, o) in &run.peers {
             let cell = match o {
                 Outcome::Measured(f) => match f.get(m) {
