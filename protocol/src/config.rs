@@ -437,7 +437,6 @@ impl TransportConfig {
                 .max_datagram_payload
                 .min(crate::wire::settings::MAX_DATAGRAM_PAYLOAD_LIMIT),
             fec: self.fec != crate::fec::FecMode::Off,
-            fec_max_repairs: crate::wire::frame::MAX_GROUP_REPAIRS,
             required: {
                 let mut required = self.required_settings.clone();
                 required.insert("crypto".into(), self.crypto.mode().into());

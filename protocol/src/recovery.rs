@@ -11,17 +11,16 @@
 //! - *retransmission timeout*: a packet unacknowledged for an RTO (with gentle backoff) is lost
 //!   whether or not anything later was acknowledged: this repairs tail losses.
 //!
-//! A source packet of a forward error correction group ([`FecCover`]) is rebuilt by the
-//! receiver when enough of its group's repairs arrive, which leave up to a group's hold after
-//! it: once its group's first repair has left, the thresholds and the timeout count from that
-//! repair instead, as if the packet had been sent again then. Counted from the packet, they
-//! declared nearly every lost source lost before its rebuilt copy was acknowledged (64 clients'
-//! messages, 5% loss: 5% of the stream bytes sent twice, and protected again). From the first
-//! repair rather than the last: a packet two past the first repair acknowledged means the
-//! receiver had the first repairs, enough unless the group lost more than those; the last of
-//! a lone message's seven repairs under bursty loss may leave a pacing interval later, and
-//! waiting for it delayed the groups that did fail (simulator, bursty 5%, twelve seeds: 1.60%
-//! of sequential exchanges waited for a retransmission, 1.44% counting from the first).
+//! A forward error correction source packet ([`FecCover`]) is rebuilt by the receiver when
+//! enough of the repairs over it arrive, which leave up to a hold after it: once a repair
+//! over it has left, the thresholds and the timeout count from the latest such repair
+//! instead, as if the packet had been sent again then. Counted from the packet, they declared
+//! nearly every lost source lost before its rebuilt copy was acknowledged (64 clients'
+//! messages, 5% loss: 5% of the stream bytes sent twice, and protected again); counted from
+//! the first repair over it, 1.5% still were, since two losses in a window wait for a later
+//! repair. (When repairs went in groups, all at once, the first was as good as the last: a
+//! lone message's last of seven repairs under bursty loss might leave a pacing interval
+//! later, and waiting for it delayed the groups that failed.)
 //!
 //! What is lost is the frames, not the packet: the connection requeues the stream ranges and
 //! control frames of a lost packet, and they go out again in new packets with new numbers.
@@ -110,16 +109,16 @@ pub struct SentPacket {
 /// detection gives their chance before it declares the packet lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FecCover {
-    /// Not a source, or one whose group's first repair has not left (it may never: repairs
+    /// Not a source, or one that no repair over it has left for yet (one may never: repairs
     /// wait behind stream data and are dropped when stale): the thresholds count from the
     /// packet itself.
     #[default]
     Uncovered,
-    /// A source whose group's first repair left as packet `first_repair_pn` at `at`: the
-    /// thresholds count from that repair, which the receiver needed before it could rebuild.
+    /// A source the latest repair over which left as packet `repair_pn` at `at`: the
+    /// thresholds count from that repair, which the receiver may need before it can rebuild.
     Repaired {
-        /// Packet number of the group's first repair.
-        first_repair_pn: u64,
+        /// Packet number of that repair.
+        repair_pn: u64,
         /// When it was sent.
         at: Instant,
     },
@@ -127,7 +126,7 @@ pub enum FecCover {
 
 impl SentPacket {
     /// When the loss thresholds and the timeout count from: when it was sent, or for a FEC
-    /// source when its group's first repair was ([`FecCover`]).
+    /// source when the latest repair over it was ([`FecCover`]).
     pub fn counted_from(&self) -> Instant {
         match self.cover {
             FecCover::Repaired { at, .. } => at.max(self.time),
@@ -242,8 +241,8 @@ impl SentPackets {
     }
 
     /// The sources `first_pn + i` for each bit `i` of `members` still in flight take `cover`:
-    /// their group's first repair left.
-    pub fn cover_fec_group(&mut self, first_pn: u64, members: u32, cover: FecCover) {
+    /// the latest repair over them left.
+    pub fn cover_fec_sources(&mut self, first_pn: u64, members: u32, cover: FecCover) {
         for i in (0..32).filter(|i| members & (1 << i) != 0) {
             let Some(idx) = first_pn
                 .checked_add(i)
@@ -260,7 +259,7 @@ impl SentPackets {
 
     /// Declares lost every packet below `largest_acked` that is `reorder_threshold` or more
     /// numbers older, or sent at or before `sent_deadline`, counting a FEC source's number and
-    /// time from its group's first repair ([`FecCover`]). Returns them and the earliest time
+    /// time from the latest repair over it ([`FecCover`]). Returns them and the earliest time
     /// another packet below `largest_acked` will pass the time threshold (given `loss_delay`).
     pub fn detect_lost(
         &mut self,
@@ -280,9 +279,7 @@ impl SentPackets {
             if let Some(p) = &self.slots[idx] {
                 let counted_from = match p.cover {
                     FecCover::Uncovered => pn,
-                    FecCover::Repaired {
-                        first_repair_pn, ..
-                    } => first_repair_pn,
+                    FecCover::Repaired { repair_pn, .. } => repair_pn,
                 };
                 let time = p.counted_from();
                 let by_count = largest_acked.saturating_sub(counted_from) >= reorder_threshold;
@@ -303,7 +300,7 @@ impl SentPackets {
     }
 
     /// Removes every packet sent at or before `deadline` (retransmission timeout; a FEC
-    /// source's time is its group's first repair's).
+    /// source's time is the latest repair's over it).
     pub fn drain_sent_before(&mut self, deadline: Instant) -> Vec<SentPacket> {
         let mut lost = Vec::new();
         for idx in 0..self.slots.len() {
@@ -373,21 +370,21 @@ mod tests {
     }
 
     #[test]
-    fn a_fec_source_is_counted_lost_from_its_group_s_first_repair() {
+    fn a_fec_source_is_counted_lost_from_the_latest_repair_over_it() {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut sent = SentPackets::new(0);
-        // Sources 0 and 1 (a group), 2 and 3 other packets, 4 the group's repair 8 ms later,
-        // 5 and 6 after it.
+        // Sources 0 and 1, 2 and 3 other packets, 4 a repair over 0 and 1 8 ms later, 5 and
+        // 6 after it.
         for pn in 0..4 {
             sent.push(pn, Some(packet(pn, t)));
         }
         sent.push(4, Some(packet(4, t + ms(8))));
         let repaired = FecCover::Repaired {
-            first_repair_pn: 4,
+            repair_pn: 4,
             at: t + ms(8),
         };
-        sent.cover_fec_group(0, 0b11, repaired);
+        sent.cover_fec_sources(0, 0b11, repaired);
         // The repair and 1 acknowledged, 57 ms after the start: 2 is lost to the count; 0, not
         // acknowledged with its repair, only once a packet two past the repair is (as if it had
         // been sent again as the repair), or 50 ms after the repair.
@@ -404,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn the_timeout_counts_a_fec_source_from_its_group_s_first_repair() {
+    fn the_timeout_counts_a_fec_source_from_the_latest_repair_over_it() {
         let t = Instant::now();
         let ms = Duration::from_millis;
         let mut sent = SentPackets::new(0);
@@ -414,10 +411,10 @@ mod tests {
         }
         assert_eq!(sent.oldest_sent_time(), Some(t));
         let repaired = FecCover::Repaired {
-            first_repair_pn: 2,
+            repair_pn: 2,
             at: t + ms(8),
         };
-        sent.cover_fec_group(0, 1, repaired);
+        sent.cover_fec_sources(0, 1, repaired);
         assert_eq!(sent.oldest_sent_time(), Some(t + ms(1)));
         let lost = sent.drain_sent_before(t + ms(5));
         assert_eq!(lost.iter().map(|p| p.pn).collect::<Vec<_>>(), vec![1]);

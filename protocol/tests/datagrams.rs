@@ -201,7 +201,7 @@ fn adaptive_protection_costs_nothing_on_a_clean_path_and_duplicates_on_a_lossy_o
 
 #[test]
 fn fec_protection_of_a_fast_flow_delivers_more_than_duplication_at_a_like_cost() {
-    // 500 datagrams a second: a group of FEC sources fills in its hold and shares repairs.
+    // 500 datagrams a second: the FEC sources of a hold share repairs.
     let tick = Duration::from_millis(2);
     let (mut fec, mut dup) = (Outcome::default(), Outcome::default());
     for seed in 0..4 {
@@ -224,8 +224,9 @@ fn fec_protection_of_a_fast_flow_delivers_more_than_duplication_at_a_like_cost()
         share(&dup),
         dup.copy_bytes
     );
-    // Four datagrams in a group's hold get three repairs at 10%: each loss is rebuilt unless
-    // four of seven go, where duplication loses a datagram whenever both copies do (1%).
+    // Four datagrams in the window's hold: at 10% five repairs per eight of them, each over
+    // the window (at the rate sixteen sources would need, seven per sixteen, 0.85% were lost),
+    // where duplication loses a datagram whenever both copies do (1%).
     assert!(share(&fec) >= 0.995, "fec share {:.4}", share(&fec));
     assert!(share(&fec) > share(&dup));
     assert_eq!(fec.copy_bytes, 0, "FEC in use: no copies");

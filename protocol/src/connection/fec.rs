@@ -10,7 +10,11 @@ use super::receive::Arrival;
 use super::{Connection, State};
 use crate::fec::{group_hold, FecMode, FecStats, GroupSources, PathLoss, Repair};
 use crate::recovery::FecCover;
-use crate::wire::frame::{LossReport, RepairFrame, MAX_GROUP_SOURCES};
+use crate::wire::frame::{LossReport, RepairFrame};
+
+/// Stream data queued, in full packets, from which `auto` takes the sender for a bulk transfer
+/// and protects nothing: retransmission serves bulk well, and repairs would take its bandwidth.
+const BULK_PACKETS: u64 = 16;
 
 /// Gaps in the peer's packet numbers waiting for the reordering allowance; beyond, a gap
 /// counts as lost at once.
@@ -59,8 +63,8 @@ impl Connection {
     }
 
     /// Whether the packet being built is a source of the open group: FEC is in use, and (in
-    /// `auto`) the path is lossy and the sender is not in a bulk transfer (more than a group of
-    /// full packets' worth of stream data queued).
+    /// `auto`) the path is lossy and the sender is not in a bulk transfer (more than
+    /// [`BULK_PACKETS`] full packets' worth of stream data queued).
     pub(super) fn fec_protects(&self) -> bool {
         if !self.fec_negotiated() {
             return false;
@@ -69,7 +73,7 @@ impl Connection {
             FecMode::Off => false,
             FecMode::Fixed { .. } => true,
             FecMode::Auto => {
-                let bulk = u64::from(MAX_GROUP_SOURCES) * self.max_datagram as u64;
+                let bulk = BULK_PACKETS * self.max_datagram as u64;
                 self.path_lossy() && !self.streams.pending_data_at_least(bulk)
             }
         }
@@ -140,15 +144,15 @@ impl Connection {
         self.fec_tx.next_repair(now, room, stale)
     }
 
-    /// Packet `pn`, sent at `now`, carried the first repair of the group of `sources`: their
-    /// loss counts from it now.
-    pub(super) fn cover_fec_group(&mut self, now: Instant, pn: u64, sources: GroupSources) {
+    /// Packet `pn`, sent at `now`, carried a repair over `sources`: their loss counts from it
+    /// now.
+    pub(super) fn cover_fec_sources(&mut self, now: Instant, pn: u64, sources: GroupSources) {
         let cover = FecCover::Repaired {
-            first_repair_pn: pn,
+            repair_pn: pn,
             at: now,
         };
         self.sent
-            .cover_fec_group(sources.first_pn, sources.members, cover);
+            .cover_fec_sources(sources.first_pn, sources.members, cover);
     }
 
     /// A FEC_REPAIR frame arrived.

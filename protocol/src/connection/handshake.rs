@@ -107,7 +107,6 @@ impl Connection {
             peer.initial_max_stream_data,
             peer.initial_max_streams,
         );
-        self.fec_tx.set_peer_max_repairs(peer.fec_max_repairs);
         self.peer_settings = Some(peer);
         self.peer_hello = body.to_vec();
         if self.side == Side::Server {

@@ -472,13 +472,13 @@ impl Connection {
             }
         }
         let mut frames = Vec::new();
-        // The group whose first repair this packet carries, if it does.
-        let mut first_repair_of = None;
+        // The sources whose loss counts from the repair this packet carries, if any.
+        let mut covered = None;
         if repair_packet {
             if let Some(repair) = self.next_fec_repair(now, limit.saturating_sub(buf.len())) {
                 buf.extend_from_slice(&repair.frame);
                 frames.push(SentFrame::FecRepair);
-                first_repair_of = repair.first_of;
+                covered = repair.covers;
             }
         }
         let repair_written = !frames.is_empty();
@@ -588,8 +588,8 @@ impl Connection {
                     cover: FecCover::Uncovered,
                 }),
             );
-            if let Some(sources) = first_repair_of {
-                self.cover_fec_group(now, pn, sources);
+            if let Some(sources) = covered {
+                self.cover_fec_sources(now, pn, sources);
             }
             self.last_sent = now;
             self.maybe_duplicate_tail(pn);

@@ -5,30 +5,36 @@
 //! message that is most of its latency. Retransmission stays the guarantee; FEC takes the round
 //! trip out of the common case, at a cost in bytes that is chosen from the measured loss.
 //!
-//! **The code.** A systematic Reed-Solomon erasure code over GF(2^8) (`reed-solomon-erasure`):
-//! `k` source packets and `r` repair symbols rebuild any `r` missing sources. XOR parity alone
-//! rebuilds one loss per group, which at 10% loss leaves a group of four about 3% of its packets
-//! to retransmit, three times too many for a p99 within one round trip; Reed-Solomon with two or
-//! three repairs takes that below 0.3%. Groups are small (at most
-//! [`MAX_GROUP_SOURCES`](crate::wire::frame::MAX_GROUP_SOURCES) sources and
-//! [`MAX_GROUP_REPAIRS`](crate::wire::frame::MAX_GROUP_REPAIRS) repairs), where the classic
-//! matrix code is fast: on the development machine (2 EPYC vCPUs), 1,200-byte symbols encode
-//! in 1 us for 4+1, 4 us for 8+2 and 17 us for 16+4, and one lost source is rebuilt in 0.4 to
-//! 5 us. `reed-solomon-simd` encodes 7 to 13 times faster but every decode costs at least
-//! 125 us (a fixed transform over 65,536 entries), 25 to 300 times slower where it matters:
-//! each rebuild is on a lost packet's path. A sliding-window code's advantage (no group
-//! boundary) buys little here: groups close after a few milliseconds anyway.
+//! **The code.** A sliding window of random linear combinations over GF(2^8), in the spirit
+//! of RFC 8681's sliding-window codes: each repair is the sum of the recent source packets
+//! (those of the last [`group_hold`], at most 32 packet numbers) times coefficients both ends
+//! derive from the repair's id, and the receiver solves the overlapping repairs together
+//! (Gauss-Jordan elimination over the missing sources). In `auto` a repair leaves every few
+//! sources, at a steady rate ([`repair_rate`]: what a block of twice the window's sources,
+//! at most [`RATE_BLOCK`], would need), so a lone loss in a busy flow is rebuilt by the next
+//! repair, a few packets later, and the bytes are what a block of sixteen costs. An earlier version closed *groups* (a
+//! fifth of the RTT, or sixteen sources) and sent a systematic Reed-Solomon code's repairs at
+//! the close: a loss waited for its group to close, up to the whole hold, and larger groups
+//! that would have cost less waited longer. Measured in the simulator with `ferry-bench`'s
+//! traffic (1,000 sequential exchanges, then 64 clients starting together, 50 Mbit/s, 40 ms
+//! round trip), the window against the groups: p99 46.3 against 48.8 ms at 5% loss and 47.4
+//! against 50.0 ms at 10%, for 1.49 against 1.53 bytes sent per payload byte (1.73 against
+//! 1.82 at 10%). XOR parity alone rebuilds one loss per repair, too few at 10% loss. Random
+//! coefficients make a square system singular about once in 256, which costs a
+//! retransmission, not a wrong packet; the field arithmetic is `reed-solomon-erasure`'s.
 //!
 //! **What is protected.** Whole packets, as sent: a source packet carries a one-byte FEC_SOURCE
 //! frame so that the receiver keeps a copy of its payload (and only of those); its symbol is
-//! its plaintext payload prefixed with its length, zero-padded to the group's longest. A repair
+//! its plaintext payload prefixed with its length, zero-padded to the longest a repair covers. A repair
 //! is a FEC_REPAIR frame in a packet of its own, sealed like any other: a rebuilt payload is
 //! as authentic as the packets it was computed from. A rebuilt packet is processed as if it
 //! had arrived and acknowledged as received, and the sender's loss detection counts a source
-//! from its group's first repair (its reorder and time thresholds and its timeout; see
-//! [`FecCover`](crate::recovery::FecCover)), so a rebuilt packet is not sent again: counted
-//! from the packet, the thresholds had declared nearly every lost source lost before its
-//! rebuilt copy was acknowledged, and 5% of the stream bytes at 5% loss went twice. Since
+//! from the last repair computed over it (its reorder and time thresholds and its timeout;
+//! see [`FecCover`](crate::recovery::FecCover)), so a rebuilt packet is not sent again:
+//! counted from the packet, the thresholds had declared nearly every lost source lost before
+//! its rebuilt copy was acknowledged, and 5% of the stream bytes at 5% loss went twice;
+//! counted from the first repair over it, 1.5% still did, as two losses in a window wait for
+//! a later repair. Since
 //! rebuilt packets never look lost to the sender, the receiver measures the
 //! path's loss itself, from gaps in the packet numbers it sees (before repair; a gap counts
 //! once it has stayed open a quarter of a round trip, so reordering is not loss), and reports
@@ -36,34 +42,33 @@
 //! either changes and at least once a round trip); the sender sizes its repairs by that report.
 //!
 //! **When and how much** ([`FecMode`]): `auto` protects while the path's measured loss is at
-//! least 0.3% (until it is below 0.1%) and the sender is not in a bulk transfer (more than a
-//! group's worth of stream data queued: bulk throughput is what retransmission is good at, and
-//! redundancy would only take bandwidth from it). A group closes when it holds
-//! [`MAX_GROUP_SOURCES`](crate::wire::frame::MAX_GROUP_SOURCES) sources, a short while after
-//! its first ([`group_hold`]: a fifth of the RTT, 1 to 15 ms) so that many connections' small
-//! messages share repairs, or at once when the connection goes quiet (nothing queued, at most
-//! three packets besides repairs in flight) so that a lone request's repair follows it
-//! immediately. The repair count is the least that leaves a group unrecoverable with
-//! probability at most [`GROUP_FAILURE_TARGET`] at the measured loss rate and run length
-//! ([`repairs_needed`]), and no more than the peer decodes (it says so in its settings). In
-//! `auto`, stream data waiting to be sent goes before owed repairs: it is other messages, which
-//! the repairs exist to speed up.
+//! least 0.3% (until it is below 0.1%) and the sender is not in a bulk transfer (sixteen full
+//! packets' worth of stream data queued: bulk throughput is what retransmission is good at,
+//! and redundancy would only take bandwidth from it). A repair over the window is computed
+//! each time the steady rate adds up to one; sources that no repair covers yet get theirs at
+//! once when the connection goes quiet (nothing queued, at most three packets besides repairs
+//! in flight), so that a lone request's repair follows it immediately, and at the latest a
+//! hold after the oldest of them ([`group_hold`]: a fifth of the RTT, 1 to 15 ms). Those
+//! get as many repairs as a group of them needs to be lost with probability at most
+//! [`GROUP_FAILURE_TARGET`] at the measured loss rate and run length ([`repairs_needed`]),
+//! or as the window as a whole needs, less the repairs already computed over it. In `auto`,
+//! stream data waiting to be sent goes before owed repairs: it is other messages, which the
+//! repairs exist to speed up.
 //!
 //! **Bursts.** Repairs leave right behind their sources, so a path that loses packets in runs
 //! takes a lost source's repairs with it more often than independent loss would: with runs of
 //! mean 3 at 5% a repair is lost after a lost packet two times in three, and a lone message
-//! needs seven repairs to keep its group's failure below 0.3%, against one; a group of twelve
-//! (what 64 clients' requests fill) twelve, against four. That is what the count gives on such
-//! a path, up to sixteen (measured in the simulator, bursty 5% with runs of 3: 1 to 1.6% of
-//! exchanges wait for a retransmission, sequential or 64 clients, against 4 to 11% without
-//! FEC; with at most eight repairs per group 64 clients' share was 1.7%), and it is expensive
-//! for lone messages (about six repair bytes per other byte) and about one for one in full
-//! groups; `--fec K/N` bounds it where bytes matter more than the tail. Spacing repairs in
-//! time would cost nothing and help where bursts are time-bound (a fade), but not against
-//! losses that cluster by packet as modelled here, so repairs are not spaced. `K/N` protects
-//! every packet with `N - K` repairs per `K` sources (fewer for a group closed early, in
-//! proportion), whatever the loss. `off` sends no repairs; either end announcing that it does
-//! not decode turns repairs off on the connection.
+//! needs seven repairs to keep its loss with them below 0.3%, against one; the steady rate
+//! on such a path is fourteen repairs per sixteen sources, against four. That is what the
+//! count gives, up to sixteen at once (measured in the simulator, bursty 5% with runs of 3:
+//! 1.5 to 1.8% of exchanges wait for a retransmission, sequential or 64 clients, against 4 to
+//! 11% without FEC), and it is expensive for lone messages (about six repair bytes per other
+//! byte) and about one for one in a busy flow; `--fec K/N` bounds it where bytes matter more
+//! than the tail. `K/N` protects every packet with `N - K` repairs per `K` sources (fewer for
+//! a tail sent when the connection goes quiet, in proportion), whatever the loss. `off` sends
+//! no repairs; either end announcing that it does not decode turns repairs off on the
+//! connection; a peer of a version with the earlier block code announces nothing this version
+//! reads, and gets tail duplication instead.
 
 mod code;
 mod receive;
@@ -74,7 +79,7 @@ use std::time::Duration;
 pub(crate) use receive::FecReceiver;
 pub(crate) use send::{FecSender, GroupSources, Repair};
 
-use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES};
+use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS};
 
 /// When a connection sends repair packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,9 +110,9 @@ impl FecMode {
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let k: u8 = k.trim().parse().map_err(|_| bad())?;
         let n: u8 = n.trim().parse().map_err(|_| bad())?;
-        if !(1..=MAX_GROUP_SOURCES as u8).contains(&k) {
+        if !(1..=MAX_FIXED_SOURCES).contains(&k) {
             return Err(format!(
-                "`{text}`: a group has 1 to {MAX_GROUP_SOURCES} source packets"
+                "`{text}`: a group has 1 to {MAX_FIXED_SOURCES} source packets"
             ));
         }
         if n <= k || n - k > MAX_GROUP_REPAIRS {
@@ -132,6 +137,9 @@ impl std::fmt::Display for FecMode {
     }
 }
 
+/// Most source packets per group of a `K/N` code.
+pub const MAX_FIXED_SOURCES: u8 = 16;
+
 /// Forward error correction on one connection, each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FecStats {
@@ -155,12 +163,30 @@ pub struct FecStats {
     pub groups_unrecoverable: u64,
 }
 
+/// Repairs per source that `auto` sends on a steady flow at `loss` while `window` sources
+/// are in the window: what a block of twice that many would need ([`repairs_needed`]; a
+/// source shares the repairs over it with those of a hold before and a hold after it), at
+/// most [`RATE_BLOCK`], spread one repair at a time. With 64 clients' messages (about 13 in a
+/// window) at 5% independent loss a quarter: one repair every fourth source, each covering
+/// the window. A sparse flow pays more per source: a datagram every 2 ms (four in the
+/// window) five repairs per eight at 10% loss, where sixteen sources' rate (seven per
+/// sixteen) left 0.85% of them lost.
+pub fn repair_rate(window: u32, loss: PathLoss) -> f64 {
+    let block = (2 * window).clamp(1, RATE_BLOCK);
+    f64::from(repairs_needed(block, loss, MAX_GROUP_REPAIRS)) / f64::from(block)
+}
+
+/// The block of sources the steady repair rate is taken from: what 64 clients on a 40 ms path
+/// send in a window (a fifth of the RTT).
+pub const RATE_BLOCK: u32 = 16;
+
 /// Chance that a group loses more packets (sources and repairs together) than its repairs
 /// can make up for, that the repair count aims below: 0.3%. Per group rather than per packet
 /// because a group's failure is several messages' failure at once (64 clients' requests share
-/// a group), and a message often straddles two packets. Under independent loss a lone packet
-/// gets one repair at 5% loss (both lost: 0.25%) and two at 10% (0.1%); a group of 16 four at
-/// 5% (25%). Bursty loss takes a packet's repairs with it more often, and needs more.
+/// a group), and a message often straddles two packets. Under independent loss a group of 16
+/// gets four repairs at 5% (25%), which is the steady rate [`repair_rate`] spreads; a lone
+/// packet one at 5% (both lost: 0.25%) and two at 10% (0.1%). Bursty loss takes a packet's
+/// repairs with it more often, and needs more.
 pub const GROUP_FAILURE_TARGET: f64 = 0.003;
 
 /// The loss a repair count is chosen for: its rate, and how it clusters.
@@ -185,11 +211,10 @@ impl PathLoss {
 
 /// Repairs for a group of `sources` at `loss`: the least count `r` for which more than `r` of
 /// the `sources + r` packets are lost with probability at most [`GROUP_FAILURE_TARGET`]; at
-/// most `max_repairs` (what the peer decodes, at most [`MAX_GROUP_REPAIRS`]). Repairs leave
-/// right after their group's last source, so a burst that takes a source tends to take the
-/// repairs behind it: with runs of mean 3 at 5% loss a lone packet needs seven repairs (each
-/// is lost after a lost one two times in three), against one for independent losses, and a
-/// group of twelve, what 64 clients put in a group, twelve, against four.
+/// most `max_repairs` (at most [`MAX_GROUP_REPAIRS`]). Repairs leave right after their sources, so a burst that takes a
+/// source tends to take the repairs behind it: with runs of mean 3 at 5% loss a lone packet
+/// needs seven repairs (each is lost after a lost one two times in three), against one for
+/// independent losses, and sixteen sources fourteen, against four.
 pub fn repairs_needed(sources: u32, loss: PathLoss, max_repairs: u8) -> u8 {
     let max_repairs = max_repairs.clamp(1, MAX_GROUP_REPAIRS);
     for r in 1..max_repairs {
@@ -232,11 +257,11 @@ fn more_lost_than(sent: u32, repairs: u8, loss: PathLoss) -> f64 {
     lost[cap] + kept[cap]
 }
 
-/// How long a group stays open for more sources after its first: a fifth of the smoothed RTT,
-/// 1 to 15 ms. Long enough that many connections' small messages share a group (64 clients on
-/// a 40 ms path put about 13 requests in 8 ms, which three repairs protect at 5% loss: 23%),
+/// How long a source stays in the window that repairs cover, and longest it waits for its
+/// first repair: a fifth of the smoothed RTT, 1 to 15 ms. Long enough that many connections'
+/// small messages share repairs (64 clients on a 40 ms path send about 13 requests in 8 ms),
 /// short enough that a rebuilt packet still beats its retransmission by most of a round trip.
-/// A lone message does not wait: its group closes as soon as nothing else is queued (see
+/// A lone message does not wait: its repairs follow as soon as nothing else is queued (see
 /// [`FecSender::add_source`]).
 pub fn group_hold(srtt: Duration) -> Duration {
     (srtt / 5).clamp(Duration::from_millis(1), Duration::from_millis(15))
@@ -296,8 +321,8 @@ mod tests {
         // Runs of mean 3 at 5%: a lone packet and its r repairs all lost with probability
         // 0.05 (2/3)^r, below 0.3% from r = 7.
         assert_eq!(repairs_needed(1, bursty(0.05, 3.0), MAX), 7);
-        // Sixteen sources: fourteen repairs, more than the eight that peers of versions before
-        // the limit was announced decode, which is all that such a peer is sent.
+        // Sixteen sources: fourteen repairs (the steady rate on such a path: 14/16), never
+        // more than asked for.
         assert_eq!(repairs_needed(16, bursty(0.05, 3.0), MAX), 14);
         assert_eq!(repairs_needed(16, bursty(0.05, 3.0), 8), 8);
         // The run length independent losses make is no burst.

@@ -27,8 +27,9 @@
 //! | 0x34        | DATAGRAM         | flow, sequence, data (length-prefixed); never retransmitted |
 //! | 0x35        | DATAGRAM_FRAGMENT | flow, sequence, index (u8), count (u8), data (length-prefixed) |
 //! | 0x36        | FEC_SOURCE       | none; the packet belongs to a group that repair packets protect |
-//! | 0x37        | FEC_REPAIR       | first packet number, members (bitmap), repair count (u8), index (u8), symbol (length-prefixed) |
+//! | 0x37        | (retired)        | an earlier version's block-code repair; never sent, malformed if received |
 //! | 0x38        | LOSS_REPORT      | the peer's packets lost on the way here lately, per mille; their mean run length, tenths |
+//! | 0x39        | FEC_REPAIR       | first packet number, members (bitmap), repair id, symbol (length-prefixed) |
 
 use std::ops::Range;
 
@@ -61,8 +62,8 @@ pub mod types {
     pub const DATAGRAM: u64 = 0x34;
     pub const DATAGRAM_FRAGMENT: u64 = 0x35;
     pub const FEC_SOURCE: u64 = 0x36;
-    pub const FEC_REPAIR: u64 = 0x37;
     pub const LOSS_REPORT: u64 = 0x38;
+    pub const FEC_REPAIR: u64 = 0x39;
 }
 
 /// Most fragments one datagram is split into: a datagram that needs more is refused at the
@@ -154,37 +155,36 @@ impl LossReport {
     pub const MAX_RUN_TENTHS: u16 = 10_000;
 }
 
-/// Most packet numbers a repair group spans, first to last: its members are a bitmap this wide.
+/// Most packet numbers the sources of one repair span, first to last: its members are a bitmap
+/// this wide.
 pub const MAX_GROUP_SPAN: u64 = 32;
-/// Most source packets in one repair group.
-pub const MAX_GROUP_SOURCES: u32 = 16;
-/// Most repair symbols of one group this version decodes and sends. A peer says how many it
-/// decodes in its settings (`fec_max_repairs`; one that does not say decodes
-/// [`UNANNOUNCED_FEC_MAX_REPAIRS`](crate::wire::settings::UNANNOUNCED_FEC_MAX_REPAIRS)), and
-/// is sent no more.
+/// Most source packets one repair covers.
+pub const MAX_GROUP_SOURCES: u32 = 32;
+/// Most repairs sent at once for the newest sources when the sender goes quiet (see
+/// [`crate::fec`]); the receiver has no such limit.
 pub const MAX_GROUP_REPAIRS: u8 = 16;
 
-/// One repair symbol of a group of source packets: with any `members` of the group's sources and
-/// repairs received, the missing sources can be rebuilt (see [`crate::fec`]).
+/// One repair symbol: a linear combination of the source packets named by `members`, with
+/// coefficients both ends derive from `id` and each source's packet number; with enough
+/// repairs covering the missing sources (and the other sources received), they are rebuilt
+/// (see [`crate::fec`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairFrame<'a> {
-    /// The group's first packet number.
+    /// The first packet number covered.
     pub first_pn: u64,
-    /// Which packet numbers are sources: bit `i` is `first_pn + i`; bit 0 always set.
+    /// Which packet numbers are covered: bit `i` is `first_pn + i`; bit 0 always set.
     pub members: u32,
-    /// How many repair symbols the group has (1 to [`MAX_GROUP_REPAIRS`]).
-    pub repairs: u8,
-    /// Which of them this is.
-    pub index: u8,
-    /// The symbol: as long as the longest source payload plus two bytes.
+    /// The repair's number, counted by its sender: the coefficients' seed.
+    pub id: u64,
+    /// The symbol: as long as the longest source payload covered plus two bytes.
     pub symbol: &'a [u8],
 }
 
 impl RepairFrame<'_> {
     /// Bytes a FEC_REPAIR frame takes besides its symbol, at most.
-    pub const MAX_OVERHEAD: usize = 1 + 8 + 8 + 1 + 1 + 4;
+    pub const MAX_OVERHEAD: usize = 1 + 8 + 8 + 8 + 4;
 
-    /// Source packets in the group.
+    /// Source packets covered.
     pub fn sources(&self) -> u32 {
         self.members.count_ones()
     }
@@ -194,8 +194,7 @@ impl RepairFrame<'_> {
         out.put_varint(types::FEC_REPAIR);
         out.put_varint(self.first_pn);
         out.put_varint(u64::from(self.members));
-        out.put_u8(self.repairs);
-        out.put_u8(self.index);
+        out.put_varint(self.id);
         out.put_length_prefixed(self.symbol);
     }
 }
@@ -494,18 +493,14 @@ impl<'a> Frame<'a> {
             types::FEC_REPAIR => {
                 let first_pn = r.varint()?;
                 let members = r.varint()?;
-                let repairs = r.u8()?;
-                let index = r.u8()?;
+                let id = r.varint()?;
                 let symbol = r.length_prefixed()?;
                 if members & 1 == 0 || members >> MAX_GROUP_SPAN != 0 {
-                    return Err(DecodeError::Invalid("repair group members"));
+                    return Err(DecodeError::Invalid("repair members"));
                 }
                 let members = members as u32;
                 if members.count_ones() > MAX_GROUP_SOURCES {
-                    return Err(DecodeError::Invalid("repair group size"));
-                }
-                if !(1..=MAX_GROUP_REPAIRS).contains(&repairs) || index >= repairs {
-                    return Err(DecodeError::Invalid("repair symbol number"));
+                    return Err(DecodeError::Invalid("repair sources"));
                 }
                 if symbol.len() < 2 {
                     return Err(DecodeError::Invalid("repair symbol length"));
@@ -513,8 +508,7 @@ impl<'a> Frame<'a> {
                 Frame::FecRepair(RepairFrame {
                     first_pn,
                     members,
-                    repairs,
-                    index,
+                    id,
                     symbol,
                 })
             }
@@ -744,42 +738,41 @@ mod tests {
         round_trip(Frame::FecRepair(RepairFrame {
             first_pn: (1 << 62) - 1,
             members: 0x8000_7fff,
-            repairs: MAX_GROUP_REPAIRS,
-            index: MAX_GROUP_REPAIRS - 1,
+            id: (1 << 62) - 1,
             symbol: &[9; 1300],
         }));
     }
 
     #[test]
-    fn repair_overhead_bounds_the_encoding_and_bad_groups_are_malformed() {
+    fn repair_overhead_bounds_the_encoding_and_bad_repairs_are_malformed() {
         let frame = RepairFrame {
             first_pn: (1 << 62) - 1,
-            members: 0xffff_0001,
-            repairs: 8,
-            index: 7,
+            members: 0xffff_ffff,
+            id: (1 << 62) - 1,
             symbol: &[0; 1500],
         };
         let mut buf = Vec::new();
         frame.encode(&mut buf);
         assert!(buf.len() <= RepairFrame::MAX_OVERHEAD + 1500);
-        let bad = |members: u64, repairs: u8, index: u8, symbol: &[u8]| {
+        let bad = |members: u64, symbol: &[u8]| {
             let mut buf = Vec::new();
             buf.put_varint(types::FEC_REPAIR);
             buf.put_varint(5);
             buf.put_varint(members);
-            buf.put_u8(repairs);
-            buf.put_u8(index);
+            buf.put_varint(7);
             buf.put_length_prefixed(symbol);
             decode_all(&buf).is_err()
         };
-        assert!(!bad(0b101, 2, 1, b"abc"));
-        assert!(bad(0b100, 2, 1, b"abc"), "first packet not a member");
-        assert!(bad(1 << 32 | 1, 2, 1, b"abc"), "span too wide");
-        assert!(bad(0x1_ffff, 2, 1, b"abc"), "17 sources");
-        assert!(bad(1, 0, 0, b"abc"), "no repairs");
-        assert!(bad(1, MAX_GROUP_REPAIRS + 1, 0, b"abc"), "too many repairs");
-        assert!(bad(1, 2, 2, b"abc"), "index past the count");
-        assert!(bad(1, 2, 1, b"a"), "symbol too short for a length");
+        assert!(!bad(0b101, b"abc"));
+        assert!(!bad(0xffff_ffff, b"abc"));
+        assert!(bad(0b100, b"abc"), "first packet not a member");
+        assert!(bad(1 << 32 | 1, b"abc"), "span too wide");
+        assert!(bad(1, b"a"), "symbol too short for a length");
+        // The retired block-code repair (0x37) is no frame of this version.
+        let mut buf = Vec::new();
+        buf.put_varint(0x37);
+        buf.put_varint(5);
+        assert!(decode_all(&buf).is_err());
     }
 
     #[test]

@@ -27,13 +27,13 @@ mod keys {
     pub const REQUIRED: u64 = 0x06;
     pub const MAX_ACK_DELAY_US: u64 = 0x07;
     pub const MAX_DATAGRAM_PAYLOAD: u64 = 0x08;
-    pub const FEC: u64 = 0x09;
-    pub const FEC_MAX_REPAIRS: u64 = 0x0a;
+    /// An earlier version's block code (FEC_REPAIR 0x37) and its repair limit: no longer
+    /// announced, and skipped when a peer announces them, so that such a peer, which could
+    /// not decode this version's repairs, is sent none and sends none.
+    #[cfg(test)]
+    pub const RETIRED_BLOCK_FEC: [u64; 2] = [0x09, 0x0a];
+    pub const FEC: u64 = 0x0b;
 }
-
-/// Repairs per group a peer that does not announce `fec_max_repairs` decodes: what versions
-/// before the setting decoded.
-pub const UNANNOUNCED_FEC_MAX_REPAIRS: u8 = 8;
 
 /// Largest unreliable datagram an end may announce that it accepts: a UDP payload.
 pub const MAX_DATAGRAM_PAYLOAD_LIMIT: u32 = 65_535;
@@ -63,13 +63,11 @@ pub struct Settings {
     /// Largest unreliable datagram (DATAGRAM frames, reassembled) this end accepts; zero (or
     /// absent: an older peer) means none.
     pub max_datagram_payload: u32,
-    /// This end decodes forward error correction (FEC_SOURCE and FEC_REPAIR frames,
-    /// and sends LOSS_REPORT frames; see [`crate::fec`]), so the peer may protect its packets. Absent (an older peer)
-    /// means no: such a peer is never sent repair packets.
+    /// This end decodes forward error correction (FEC_SOURCE and FEC_REPAIR frames, and
+    /// sends LOSS_REPORT frames; see [`crate::fec`]), so the peer may protect its packets.
+    /// Absent (an older peer, whose block code this version does not speak) means no: such a
+    /// peer is never sent repair packets.
     pub fec: bool,
-    /// Most repair packets per group this end decodes (1 to 255); the peer sends no more.
-    /// Absent (an older peer): [`UNANNOUNCED_FEC_MAX_REPAIRS`].
-    pub fec_max_repairs: u8,
     /// Settings that must be identical on both ends, by name.
     pub required: BTreeMap<String, String>,
 }
@@ -105,7 +103,6 @@ impl Settings {
                 u64::from(self.max_datagram_payload),
             ),
             (keys::FEC, u64::from(self.fec)),
-            (keys::FEC_MAX_REPAIRS, u64::from(self.fec_max_repairs)),
         ] {
             num.clear();
             num.put_varint(value);
@@ -130,7 +127,6 @@ impl Settings {
         let mut max_ack_delay = Duration::ZERO;
         let mut max_datagram_payload = 0;
         let mut fec = false;
-        let mut fec_max_repairs = UNANNOUNCED_FEC_MAX_REPAIRS;
         let mut required = BTreeMap::new();
         while !r.is_empty() {
             let key = r.varint()?;
@@ -168,12 +164,6 @@ impl Settings {
                         _ => return Err(DecodeError::Invalid("fec")),
                     }
                 }
-                keys::FEC_MAX_REPAIRS => {
-                    fec_max_repairs = match u8::try_from(number()?) {
-                        Ok(n) if n > 0 => n,
-                        _ => return Err(DecodeError::Invalid("fec max repairs")),
-                    }
-                }
                 keys::REQUIRED => {
                     let mut pr = Reader::new(value);
                     let name = pr.length_prefixed()?;
@@ -208,7 +198,6 @@ impl Settings {
             max_ack_delay,
             max_datagram_payload,
             fec,
-            fec_max_repairs,
             required,
         })
     }
@@ -283,7 +272,6 @@ mod tests {
             max_ack_delay: Duration::from_millis(2),
             max_datagram_payload: 1500,
             fec: true,
-            fec_max_repairs: 16,
             required: BTreeMap::from([("crypto".into(), "none".into())]),
         }
     }
@@ -348,26 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn an_absent_fec_repair_limit_is_the_old_eight_and_zero_or_above_255_is_malformed() {
-        let s = sample();
+    fn an_earlier_versions_block_code_records_are_skipped() {
+        // Such a peer announced that it decodes block-code repairs (0x09 = 1) and how many
+        // per group (0x0a); it does not decode this version's repairs, so it counts as not
+        // decoding FEC at all.
+        let mut s = sample();
+        s.fec = false;
         let mut buf = Vec::new();
         s.encode(&mut buf);
-        let older = without(&buf, keys::FEC_MAX_REPAIRS);
-        assert!(older.len() < buf.len());
-        let decoded = Settings::decode(&older).unwrap();
-        assert_eq!(decoded.fec_max_repairs, UNANNOUNCED_FEC_MAX_REPAIRS);
-        for (value, ok) in [(0u64, false), (1, true), (255, true), (256, false)] {
-            let mut with = older.clone();
-            with.put_varint(keys::FEC_MAX_REPAIRS);
-            let mut number = Vec::new();
-            number.put_varint(value);
-            with.put_length_prefixed(&number);
-            let decoded = Settings::decode(&with);
-            match ok {
-                true => assert_eq!(decoded.unwrap().fec_max_repairs as u64, value),
-                false => assert_eq!(decoded, Err(DecodeError::Invalid("fec max repairs"))),
-            }
+        let mut older = without(&buf, keys::FEC);
+        for key in keys::RETIRED_BLOCK_FEC {
+            older.put_varint(key);
+            older.put_length_prefixed(&[1]);
         }
+        assert_eq!(Settings::decode(&older), Ok(s));
     }
 
     #[test]
