@@ -7,8 +7,8 @@
 //! them), so the frames reach the connection's frame handling on either side, where the
 //! stateless-path targets never go. A datagram may also be made to arrive from a new address
 //! (a NAT rebinding), so the tamperer's frames meet path validation too. The input's first
-//! byte picks forward error correction's mode on both ends (`auto`, `1/2` or `4/6`), so repair
-//! groups form and the tamperer's FEC frames meet a receiver that decodes them.
+//! byte picks forward error correction's mode on both ends (`auto`, `1/2` or `4/6`), so repairs
+//! are computed and the tamperer's FEC frames meet a receiver that solves them.
 //!
 //! Checked for every input: nothing panics (overflow checks are on in fuzz builds); neither end
 //! sends without end at one instant (at most [`MAX_DATAGRAMS_PER_INSTANT`]); a connection not
