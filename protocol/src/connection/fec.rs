@@ -281,7 +281,7 @@ impl Connection {
         FecStats {
             repair_packets_received: rx.repair_packets_received,
             packets_recovered: rx.packets_recovered,
-            groups_unrecoverable: rx.groups_unrecoverable,
+            repairs_unusable: rx.repairs_unusable,
             ..tx
         }
     }

@@ -143,9 +143,9 @@ pub const MAX_FIXED_SOURCES: u8 = 16;
 /// Forward error correction on one connection, each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FecStats {
-    /// Groups closed with repairs.
-    pub groups: u64,
-    /// Source packets sent in those groups.
+    /// Times repairs were computed over the window (one or more at once).
+    pub repair_batches: u64,
+    /// Source packets that those repairs were the first to cover.
     pub source_packets: u64,
     /// Repair packets sent.
     pub repair_packets_sent: u64,
@@ -158,9 +158,11 @@ pub struct FecStats {
     pub repair_packets_received: u64,
     /// Lost packets of the peer's rebuilt here from its repairs.
     pub packets_recovered: u64,
-    /// Groups whose missing sources could not be rebuilt (too few repairs arrived, or a
-    /// source's copy was no longer kept): those packets wait for their retransmission.
-    pub groups_unrecoverable: u64,
+    /// Repairs received that were of no use: dropped with a source still missing that they
+    /// covered (too few others arrived, or the peer stopped protecting those packets), or
+    /// covering a source that arrived but whose copy was no longer kept. Those packets wait for
+    /// their retransmission.
+    pub repairs_unusable: u64,
 }
 
 /// Repairs per source that `auto` sends on a steady flow at `loss` while `window` sources

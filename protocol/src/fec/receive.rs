@@ -78,7 +78,7 @@ impl FecReceiver {
         let before = self.equations.len();
         self.equations
             .retain(|e| e.terms.last().is_some_and(|(pn, _)| *pn >= horizon));
-        self.stats.groups_unrecoverable += (before - self.equations.len()) as u64;
+        self.stats.repairs_unusable += (before - self.equations.len()) as u64;
         let mut symbol = repair.symbol.to_vec();
         let mut terms = Vec::new();
         for pn in (0..MAX_GROUP_SPAN)
@@ -97,7 +97,7 @@ impl FecReceiver {
                 }
                 // Received but not kept (or longer than the symbol): of no use.
                 _ => {
-                    self.stats.groups_unrecoverable += 1;
+                    self.stats.repairs_unusable += 1;
                     return;
                 }
             }
@@ -107,7 +107,7 @@ impl FecReceiver {
         }
         if self.equations.len() >= PENDING_REPAIRS {
             self.equations.pop_front();
-            self.stats.groups_unrecoverable += 1;
+            self.stats.repairs_unusable += 1;
         }
         self.equations.push_back(Equation { terms, symbol });
         self.solve(received);
@@ -214,7 +214,7 @@ impl FecReceiver {
             for (pn, symbol) in solved {
                 let Some(payload) = code::from_symbol(&symbol) else {
                     // Inconsistent repairs (not computed from the sources that arrived).
-                    self.stats.groups_unrecoverable += 1;
+                    self.stats.repairs_unusable += 1;
                     self.equations
                         .retain(|e| e.terms.iter().all(|(p, _)| *p != pn));
                     continue;
@@ -222,7 +222,7 @@ impl FecReceiver {
                 if received.contains(pn) {
                     // Named as missing though it arrived (it was no source): the equations
                     // that name it cannot be taken apart.
-                    self.stats.groups_unrecoverable += 1;
+                    self.stats.repairs_unusable += 1;
                     self.equations
                         .retain(|e| e.terms.iter().all(|(p, _)| *p != pn));
                     continue;
@@ -258,7 +258,7 @@ impl FecReceiver {
     fn bound_unknowns(&mut self) {
         while self.unknowns().len() > MAX_UNKNOWNS {
             self.equations.pop_front();
-            self.stats.groups_unrecoverable += 1;
+            self.stats.repairs_unusable += 1;
         }
     }
 
@@ -424,7 +424,7 @@ mod tests {
         received.insert_one(0);
         rx.on_repair(&repair(&repairs[0]), &received, 2000);
         assert!(rx.take_rebuilt().is_none());
-        assert_eq!(rx.stats().groups_unrecoverable, 1);
+        assert_eq!(rx.stats().repairs_unusable, 1);
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl FecSender {
             });
         }
         if count > 0 {
-            self.stats.groups += 1;
+            self.stats.repair_batches += 1;
             self.stats.source_packets += u64::from(self.uncovered);
             self.uncovered = 0;
             self.tail_deadline = None;
