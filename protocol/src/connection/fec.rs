@@ -1,5 +1,5 @@
 //! The connection's side of forward error correction (see [`crate::fec`]): whether this
-//! packet is a source, the group's hold, rebuilt packets processed as received, the loss this
+//! packet is a source, the window's hold, rebuilt packets processed as received, the loss this
 //! end sees in the peer's packet numbers (reported to it), and the peer's report of ours, which
 //! the repair count follows.
 
@@ -62,8 +62,8 @@ impl Connection {
         }
     }
 
-    /// Whether the packet being built is a source of the open group: FEC is in use, and (in
-    /// `auto`) the path is lossy and the sender is not in a bulk transfer (more than
+    /// Whether the packet being built is a FEC source (repairs will cover it): FEC is in use,
+    /// and (in `auto`) the path is lossy and the sender is not in a bulk transfer (more than
     /// [`BULK_PACKETS`] full packets' worth of stream data queued).
     pub(super) fn fec_protects(&self) -> bool {
         if !self.fec_negotiated() {
@@ -95,10 +95,10 @@ impl Connection {
         }
     }
 
-    /// Packet `pn`, whose plaintext payload is `payload`, left as a source. The group closes
-    /// at once if the connection is quiet (nothing queued, at most three packets in flight
-    /// besides repairs): a lone message's repair follows it without waiting for the group's
-    /// hold. Repairs do not count: a lone message's predecessor leaves up to eight behind it,
+    /// Packet `pn`, whose plaintext payload is `payload`, left as a source. Its repairs are
+    /// computed at once if the connection is quiet (nothing queued, at most three packets in
+    /// flight besides repairs): a lone message's repair follows it without waiting for the
+    /// steady rate or the hold. Repairs do not count: a lone message's predecessor leaves up to eight behind it,
     /// which tell of no data to come, and a client that sends its next request as soon as
     /// the answer arrives would otherwise find them unacknowledged and wait out the hold.
     pub(super) fn on_fec_source_sent(
@@ -118,8 +118,8 @@ impl Connection {
             .add_source(now, pn, payload, mode, loss, hold, quiet);
     }
 
-    /// The FEC timer fired: the open group closes if its hold is over.
-    pub(super) fn close_fec_group(&mut self, now: Instant) {
+    /// The FEC timer fired: sources that no repair covers get theirs if their hold is over.
+    pub(super) fn fec_hold_ended(&mut self, now: Instant) {
         let (mode, loss) = (self.config.fec, self.fec_loss());
         self.fec_tx.on_timer(now, mode, loss);
     }

@@ -763,7 +763,7 @@ impl Connection {
                 Timer::Pacing | Timer::Batch | Timer::Ack => {}
                 Timer::Datagram => self.datagrams.on_timer(now),
                 Timer::Mtu => self.mtud.on_timeout(now),
-                Timer::Fec => self.close_fec_group(now),
+                Timer::Fec => self.fec_hold_ended(now),
                 Timer::Loss => self.on_loss_timer(now),
             }
         }

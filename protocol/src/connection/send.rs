@@ -438,7 +438,7 @@ impl Connection {
         let mut limit = self.packet_limit(&layout);
         // Forward error correction: an owed repair leaves first, in a packet of its own (an
         // ACK waits for the next packet: the repair must fit whole). Otherwise the packet may
-        // be a source of the open group, leaving room for a repair of it to fit a packet too.
+        // be a source that repairs will cover, leaving room for a repair of it to fit a packet.
         // The room is kept only if the next datagram due still fits a packet without it
         // (datagrams are sized for a whole packet unless they asked for FEC): else that
         // datagram could never leave, and every packet built for it would go out empty.

@@ -24,7 +24,8 @@ pub(super) enum Timer {
     Datagram,
     /// A path MTU probe counts as lost, or a completed search starts again.
     Mtu,
-    /// The open group of forward error correction closes: its repairs are owed.
+    /// Forward error correction's hold ended for sources no repair covers: their repairs are
+    /// owed.
     Fec,
 }
 

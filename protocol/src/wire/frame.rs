@@ -26,7 +26,7 @@
 //! | 0x33        | NEW_TOKEN        | address token for the client's next connection (length-prefixed) |
 //! | 0x34        | DATAGRAM         | flow, sequence, data (length-prefixed); never retransmitted |
 //! | 0x35        | DATAGRAM_FRAGMENT | flow, sequence, index (u8), count (u8), data (length-prefixed) |
-//! | 0x36        | FEC_SOURCE       | none; the packet belongs to a group that repair packets protect |
+//! | 0x36        | FEC_SOURCE       | none; the packet is a source that repair packets cover  |
 //! | 0x37        | (retired)        | an earlier version's block-code repair; never sent, malformed if received |
 //! | 0x38        | LOSS_REPORT      | the peer's packets lost on the way here lately, per mille; their mean run length, tenths |
 //! | 0x39        | FEC_REPAIR       | first packet number, members (bitmap), repair id, symbol (length-prefixed) |
@@ -128,8 +128,8 @@ pub enum Frame<'a> {
     NewToken(&'a [u8]),
     /// An unreliable datagram of a flow, or one fragment of it.
     Datagram(DatagramFrame<'a>),
-    /// Forward error correction: this packet is a source of a group (see [`crate::fec`]); the
-    /// receiver keeps its payload until the group's repairs have passed.
+    /// Forward error correction: this packet is a source that repairs cover (see
+    /// [`crate::fec`]); the receiver keeps its payload for the repairs to come.
     FecSource,
     /// Forward error correction: one repair symbol of a group of source packets.
     FecRepair(RepairFrame<'a>),
