@@ -243,10 +243,9 @@ impl SentPackets {
     /// The sources `first_pn + i` for each bit `i` of `members` still in flight take `cover`:
     /// the latest repair over them left.
     pub fn cover_fec_sources(&mut self, first_pn: u64, members: u32, cover: FecCover) {
-        for i in (0..32).filter(|i| members & (1 << i) != 0) {
-            let Some(idx) = first_pn
-                .checked_add(i)
-                .and_then(|pn| pn.checked_sub(self.base))
+        for pn in crate::wire::frame::member_pns(first_pn, members) {
+            let Some(idx) = pn
+                .checked_sub(self.base)
                 .and_then(|idx| usize::try_from(idx).ok())
             else {
                 continue;

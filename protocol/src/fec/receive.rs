@@ -81,10 +81,7 @@ impl FecReceiver {
         self.stats.repairs_unusable += (before - self.equations.len()) as u64;
         let mut symbol = repair.symbol.to_vec();
         let mut terms = Vec::new();
-        for pn in (0..MAX_GROUP_SPAN)
-            .filter(|i| repair.members & (1 << i) != 0)
-            .map(|i| repair.first_pn.saturating_add(i))
-        {
+        for pn in repair.pns() {
             let c = code::coefficient(repair.id, pn);
             let rebuilt = self.rebuilt.iter().find(|(p, _)| *p == pn);
             if !received.contains(pn) && rebuilt.is_none() {
@@ -137,8 +134,7 @@ impl FecReceiver {
     /// rebuilt, queued, and taken out of the equations (which may determine more).
     fn solve(&mut self, received: &RangeSet) {
         loop {
-            self.bound_unknowns();
-            let unknowns = self.unknowns();
+            let unknowns = self.bound_unknowns();
             let rows = self.equations.len();
             if rows == 0 {
                 return;
@@ -254,9 +250,14 @@ impl FecReceiver {
         all
     }
 
-    /// Drops the oldest equations while they name more than [`MAX_UNKNOWNS`] missing packets.
-    fn bound_unknowns(&mut self) {
-        while self.unknowns().len() > MAX_UNKNOWNS {
+    /// Drops the oldest equations while they name more than [`MAX_UNKNOWNS`] missing packets;
+    /// returns those the rest name, ascending.
+    fn bound_unknowns(&mut self) -> Vec<u64> {
+        loop {
+            let unknowns = self.unknowns();
+            if unknowns.len() <= MAX_UNKNOWNS {
+                return unknowns;
+            }
             self.equations.pop_front();
             self.stats.repairs_unusable += 1;
         }

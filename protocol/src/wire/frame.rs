@@ -158,6 +158,13 @@ impl LossReport {
 /// Most packet numbers the sources of one repair span, first to last: its members are a bitmap
 /// this wide.
 pub const MAX_GROUP_SPAN: u64 = 32;
+
+/// The packet numbers a members bitmap names: `first_pn + i` for each bit `i` set.
+pub fn member_pns(first_pn: u64, members: u32) -> impl Iterator<Item = u64> {
+    (0..MAX_GROUP_SPAN)
+        .filter(move |i| members & (1 << i) != 0)
+        .map(move |i| first_pn.saturating_add(i))
+}
 /// Most source packets one repair covers.
 pub const MAX_GROUP_SOURCES: u32 = 32;
 /// Most repairs sent at once for the newest sources when the sender goes quiet (see
@@ -187,6 +194,11 @@ impl RepairFrame<'_> {
     /// Source packets covered.
     pub fn sources(&self) -> u32 {
         self.members.count_ones()
+    }
+
+    /// Their packet numbers, ascending.
+    pub fn pns(&self) -> impl Iterator<Item = u64> {
+        member_pns(self.first_pn, self.members)
     }
 
     /// Appends the frame.
