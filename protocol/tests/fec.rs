@@ -292,8 +292,8 @@ fn bursty_loss_keeps_the_tail_within_one_retransmission() {
     // reports the runs it sees, and the sender sends enough repairs to outlast them (seven for
     // a lone packet at 5%, fourteen per sixteen sources in a busy flow). What is left above one
     // round trip is the start, before the runs are measured, and the losses that outlast their
-    // repairs anyway: 1.4 to 1.6% of
-    // exchanges wait for one retransmission, where without FEC 4 to 11% do. Here a
+    // repairs anyway: 1.5 to 1.6% of sequential exchanges and 0.5% of 64 clients' wait for one
+    // retransmission, where without FEC 4 to 11% do. Here a
     // retransmission takes two round trips or a little more, the goal's bound, so the p99 says
     // little once 1% wait: the share that waits is what is checked.
     //
@@ -301,8 +301,11 @@ fn bursty_loss_keeps_the_tail_within_one_retransmission() {
     // still in flight: they must not hold its next request's repairs back (its p99 was 100 ms
     // and 1.8% waited when they did). With 64 clients, 2.1% waited when a group's repairs
     // went out ahead of the messages waiting behind them, and when STARTUP ended at one round
-    // that a burst made look like an overflowing buffer; 0.9% with repairs in groups, 1.4%
-    // with a sliding window (whose repairs cover sources a burst may have taken together).
+    // that a burst made look like an overflowing buffer; 0.9% with repairs in groups. With a
+    // sliding window of one hold 1.4% waited, in clusters of 6 to 11 exchanges: a long run of
+    // losses took several sources and the repairs right behind them, and too few repairs
+    // covered them afterwards. A window of two holds lets the next hold's repairs cover them
+    // too: 0.5%.
     let ((auto, black_holes), (off, _)) = (bursty(FecMode::Auto), bursty(FecMode::Off));
     let names = [
         "sequential, paused",
@@ -325,6 +328,8 @@ fn bursty_loss_keeps_the_tail_within_one_retransmission() {
     // by one made, which fell back from 1,452 bytes to 1,200 once in these runs.
     eprintln!("path MTU black holes seen: {black_holes}");
     assert_eq!(black_holes, 0);
+    let many = retransmitted(&auto[2]);
+    assert!(many <= 0.01, "64 clients: {:.2}% waited", 100.0 * many);
     for ((name, lat), without) in names.iter().zip(&auto).zip(&off) {
         let p90 = quantile(lat, 0.9);
         assert!(p90 <= RTT * 5 / 4, "{name}: p90 {:.1} ms", ms(p90));
@@ -518,7 +523,9 @@ fn in_a_busy_flow_a_loss_is_rebuilt_by_the_next_repair_not_when_a_group_closes()
     // leave every fourth source, so a lone loss comes back a few packets later. When repairs
     // went in groups (closed a fifth of the RTT after their first source, Reed-Solomon
     // repairs at the close), a loss waited for its group to close: in this run p95 46.0 ms,
-    // p99 49.0 ms, 0.370 repair bytes per other byte; now 41.8 ms, 45.5 ms and 0.330.
+    // p99 49.0 ms, 0.370 repair bytes per other byte; now 41.8 ms, 45.5 ms and 0.352 (0.330
+    // with a window of one hold, whose repairs were shorter: here messages share packets, and
+    // a repair is as long as the longest packet it covers).
     let config = TransportConfig::default();
     let path = link(0.05, 1.0).with_rate(50_000_000, 250_000);
     let mut pair = Pair::symmetric(11, ServerConfig::new(config.clone()), path);
@@ -544,5 +551,5 @@ fn in_a_busy_flow_a_loss_is_rebuilt_by_the_next_repair_not_when_a_group_closes()
     );
     assert!(p95 <= RTT + 3 * MS, "p95 {p95:?}");
     assert!(p99 <= RTT * 5 / 4, "p99 {p99:?}");
-    assert!(cost <= 0.34, "overhead {cost:.3}");
+    assert!(cost <= 0.36, "overhead {cost:.3}");
 }

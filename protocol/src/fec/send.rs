@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{code, copy_from_spare, repair_rate, repairs_needed, FecMode, FecStats, PathLoss};
+use super::{
+    code, copy_from_spare, repair_rate, repairs_needed, FecMode, FecStats, PathLoss, WINDOW_HOLDS,
+};
 use crate::wire::frame::{RepairFrame, MAX_GROUP_REPAIRS, MAX_GROUP_SOURCES, MAX_GROUP_SPAN};
 
 /// A source packet that repairs may still cover.
@@ -48,7 +50,8 @@ struct QueuedRepair {
 /// The window of recent sources and the repair frames computed on it.
 #[derive(Debug, Default)]
 pub(crate) struct FecSender {
-    /// Sources that the next repair covers, oldest first: those sent within the hold, at
+    /// Sources that the next repair covers, oldest first: those sent within the last
+    /// [`WINDOW_HOLDS`] holds, at
     /// most [`MAX_GROUP_SOURCES`] and [`MAX_GROUP_SPAN`] packet numbers (a `K/N` code: those
     /// since its last repairs).
     window: VecDeque<Source>,
@@ -120,12 +123,12 @@ impl FecSender {
         }
     }
 
-    /// Drops from the window the sources older than `hold`, and as many more as keep the
-    /// window within its bounds with `pn` added; sources not yet covered get their repairs
-    /// first.
+    /// Drops from the window the sources older than [`WINDOW_HOLDS`] holds, and as many more
+    /// as keep the window within its bounds with `pn` added; sources not yet covered get their
+    /// repairs first.
     fn make_room(&mut self, now: Instant, pn: u64, hold: Duration, mode: FecMode, loss: PathLoss) {
         let too_far = |s: &Source, len: usize| {
-            now.saturating_duration_since(s.at) > hold
+            now.saturating_duration_since(s.at) > hold * WINDOW_HOLDS
                 || pn < s.pn
                 || pn - s.pn >= MAX_GROUP_SPAN
                 || len >= MAX_GROUP_SOURCES as usize
@@ -335,9 +338,10 @@ mod tests {
 
     #[test]
     fn a_steady_flow_gets_repairs_at_the_rate_each_covering_the_recent_window() {
-        // One source every half millisecond with a 5 ms hold: ten in the window, charged as a
-        // block of sixteen, which at 5% loss needs four repairs: one every fourth source.
-        assert_eq!(repair_rate(10, PathLoss::independent(0.05)), 0.25);
+        // One source every half millisecond with a 5 ms hold: twenty in the window (two
+        // holds), charged as a block of sixteen, which at 5% loss needs four repairs: one
+        // every fourth source.
+        assert_eq!(repair_rate(20, PathLoss::independent(0.05)), 0.25);
         let t0 = Instant::now();
         let mut s = FecSender::default();
         let mut steady = Vec::new();
@@ -351,10 +355,10 @@ mod tests {
         }
         assert_eq!(steady.len(), 20, "{steady:?}");
         for (i, (first_pn, members, len, covers)) in steady {
-            // Each covers the sources of the last hold, up to the newest, and their loss
+            // Each covers the sources of the last two holds, up to the newest, and their loss
             // counts from it.
             assert_eq!(first_pn + 31 - u64::from(members.leading_zeros()), 1000 + i);
-            assert!((10..=11).contains(&members.count_ones()), "{members:b}");
+            assert!((20..=21).contains(&members.count_ones()), "{members:b}");
             assert_eq!(members.count_ones(), 32 - members.leading_zeros());
             assert_eq!(len, 9);
             assert_eq!(covers, Some(GroupSources { first_pn, members }));
