@@ -98,9 +98,10 @@ impl Connection {
     /// Packet `pn`, whose plaintext payload is `payload`, left as a source. Its repairs are
     /// computed at once if the connection is quiet (nothing queued, at most three packets in
     /// flight besides repairs): a lone message's repair follows it without waiting for the
-    /// steady rate or the hold. Repairs do not count: a lone message's predecessor leaves up to eight behind it,
-    /// which tell of no data to come, and a client that sends its next request as soon as
-    /// the answer arrives would otherwise find them unacknowledged and wait out the hold.
+    /// steady rate or the hold. Repairs do not count: a lone message's predecessor leaves up
+    /// to eight behind it, which tell of no data to come, and a client that sends its next
+    /// request as soon as the answer arrives would otherwise find them unacknowledged and
+    /// wait out the hold.
     pub(super) fn on_fec_source_sent(
         &mut self,
         now: Instant,

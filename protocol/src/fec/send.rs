@@ -51,9 +51,8 @@ struct QueuedRepair {
 #[derive(Debug, Default)]
 pub(crate) struct FecSender {
     /// Sources that the next repair covers, oldest first: those sent within the last
-    /// [`WINDOW_HOLDS`] holds, at
-    /// most [`MAX_GROUP_SOURCES`] and [`MAX_GROUP_SPAN`] packet numbers (a `K/N` code: those
-    /// since its last repairs).
+    /// [`WINDOW_HOLDS`] holds, at most [`MAX_GROUP_SOURCES`] and [`MAX_GROUP_SPAN`] packet
+    /// numbers (a `K/N` code: those since its last repairs).
     window: VecDeque<Source>,
     /// How many of the newest sources in the window no repair covers yet.
     uncovered: u32,

@@ -131,7 +131,7 @@ pub enum Frame<'a> {
     /// Forward error correction: this packet is a source that repairs cover (see
     /// [`crate::fec`]); the receiver keeps its payload for the repairs to come.
     FecSource,
-    /// Forward error correction: one repair symbol of a group of source packets.
+    /// Forward error correction: one repair symbol, a combination of recent source packets.
     FecRepair(RepairFrame<'a>),
     /// How many of our packets the peer saw missing lately (per mille, from gaps in packet
     /// numbers, before any repair): what forward error correction sizes its repairs by, since
@@ -165,6 +165,7 @@ pub fn member_pns(first_pn: u64, members: u32) -> impl Iterator<Item = u64> {
         .filter(move |i| members & (1 << i) != 0)
         .map(move |i| first_pn.saturating_add(i))
 }
+
 /// Most source packets one repair covers.
 pub const MAX_GROUP_SOURCES: u32 = 32;
 /// Most repairs sent at once for the newest sources when the sender goes quiet (see
@@ -190,11 +191,6 @@ pub struct RepairFrame<'a> {
 impl RepairFrame<'_> {
     /// Bytes a FEC_REPAIR frame takes besides its symbol, at most.
     pub const MAX_OVERHEAD: usize = 1 + 8 + 8 + 8 + 4;
-
-    /// Source packets covered.
-    pub fn sources(&self) -> u32 {
-        self.members.count_ones()
-    }
 
     /// Their packet numbers, ascending.
     pub fn pns(&self) -> impl Iterator<Item = u64> {
